@@ -1,0 +1,39 @@
+"""Lanthorn: a DICOM server built as a plugin host.
+
+This module is the public plugin API: ``hookimpl``, ``Server``, the records plugins
+exchange with the core, and the errors they may raise.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import BadFileFormat, BadRequest, LanthornError, Rejected, UnknownResource
+from .model import ChangeType, Level
+from .plugins import hookimpl
+from .server import Server
+from .types import (
+    Command,
+    IndexBackendFactory,
+    Origin,
+    PluginRoute,
+    StorageAreaFactory,
+    StoredInstance,
+)
+
+__all__ = [
+    "BadFileFormat",
+    "BadRequest",
+    "ChangeType",
+    "Command",
+    "IndexBackendFactory",
+    "LanthornError",
+    "Level",
+    "Origin",
+    "PluginRoute",
+    "Rejected",
+    "Server",
+    "StorageAreaFactory",
+    "StoredInstance",
+    "UnknownResource",
+    "__version__",
+    "hookimpl",
+]

@@ -1,0 +1,1 @@
+"""Core features written as ordinary plugins and registered like any other."""

@@ -1,0 +1,54 @@
+"""The default index backend: SQLite in WAL mode, in ``IndexDirectory``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, create_engine, event
+
+from ..index import SqlIndex, upgrade
+from ..plugins import hookimpl
+from ..types import IndexBackendFactory
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+INDEX_FILE = "index.sqlite"
+
+
+def sqlite_engine(path: Path, *, durable: bool) -> Engine:
+    """An engine whose connections are in WAL mode and take write locks up front.
+
+    ``synchronous=FULL`` makes each commit durable across power loss (what
+    ``SyncStorageArea`` promises); NORMAL still survives a process crash.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}", pool_size=8, max_overflow=56,
+                           connect_args={"check_same_thread": False, "timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection, _record) -> None:  # noqa: ANN001
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        for pragma in ("journal_mode=WAL", f"synchronous={'FULL' if durable else 'NORMAL'}",
+                       "foreign_keys=ON", "case_sensitive_like=ON", "busy_timeout=60000"):
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection) -> None:  # noqa: ANN001
+        write = connection.get_execution_options().get("lanthorn_write")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _create(server: Server) -> SqlIndex:
+    folder = Path(server.config["IndexDirectory"] or server.config["StorageDirectory"])
+    engine = sqlite_engine(folder / INDEX_FILE, durable=bool(server.config["SyncStorageArea"]))
+    upgrade(engine)
+    return SqlIndex(engine, server.main_tags)
+
+
+@hookimpl(trylast=True)
+def register_index_backends(server: Server) -> list[IndexBackendFactory]:
+    return [IndexBackendFactory("sqlite", _create)]

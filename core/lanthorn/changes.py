@@ -1,0 +1,98 @@
+"""Events from the change log: ``on_change`` delivery and stable-resource detection.
+
+The change log in the index *is* the event queue. One process of the cluster (the
+holder of the "events" lease) marks quiet resources stable and feeds every
+``on_change`` implementation from its own cursor, saved in the index: delivery is in
+order, at least once, survives restarts, and happens once per cluster. A consumer
+that raises is retried later without holding the others back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from .index.records import Change
+
+if TYPE_CHECKING:
+    from pluggy import HookImpl
+
+    from .server import Server
+
+log = logging.getLogger(__name__)
+
+LEASE = "events"
+LEASE_SECONDS = 15.0
+POLL_SECONDS = 0.5
+BATCH = 200
+
+
+class EventDispatcher:
+    """A background thread; ``wake()`` makes it look at the log right away."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lanthorn-events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self.server.index.release_lease(LEASE, self.server.identity)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if self.server.index.acquire_lease(LEASE, self.server.identity, LEASE_SECONDS):
+                    self.run_once()
+            except Exception:
+                log.exception("the event loop failed; retrying")
+            self._wake.wait(POLL_SECONDS)
+            self._wake.clear()
+
+    def run_once(self) -> None:
+        """One round: stable resources, then every consumer up to the end of the log."""
+        stable_age = float(self.server.config["StableAge"])
+        self.server.index.mark_stable(time.time() - stable_age)
+        for impl in self.server.plugins.hook.on_change.get_hookimpls():
+            self._feed(impl)
+
+    def _feed(self, impl: HookImpl) -> None:
+        index = self.server.index
+        name = f"on_change:{impl.plugin_name}"
+        cursor = index.cursor(name)
+        if cursor is None:  # a new consumer starts at the present, not at the dawn of time
+            last = index.last_change()
+            index.set_cursor(name, last.seq if last else 0)
+            return
+        while not self._stopping.is_set():
+            batch = index.changes(since=cursor, limit=BATCH)
+            for change in batch:
+                if not self._deliver(impl, change):
+                    index.set_cursor(name, cursor)
+                    return
+                cursor = change.seq
+            if batch:
+                index.set_cursor(name, cursor)
+            if len(batch) < BATCH:
+                return
+
+    def _deliver(self, impl: HookImpl, change: Change) -> bool:
+        try:
+            arguments = {"server": self.server, "change": change}
+            impl.function(**{k: arguments[k] for k in impl.argnames})
+        except Exception:
+            log.exception('plugin "%s" failed on change %d; it will get it again',
+                          impl.plugin_name, change.seq)
+            return False
+        return True

@@ -1,0 +1,234 @@
+"""Reading DICOM bytes with pydicom, and rendering datasets as Orthanc's JSON.
+
+Parsing happens once per instance at ingest. What the index keeps of an instance is
+its *header*: the file's bytes with the pixel data element cut out, compressed. That
+keeps every other element exact (no re-encoding) and makes ``/tags`` and C-FIND
+answers cheap without reading the file again.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pydicom
+from pydicom.datadict import private_dictionary_description
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.valuerep import IS, DSfloat
+
+from .errors import BadFileFormat
+from .model import Level, MainTags, format_tag, tag_name
+
+PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
+NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or SS"})
+#: Orthanc shows longer values as "TooLong" in /tags.
+MAX_TAG_LENGTH = 256
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
+
+
+@dataclass(frozen=True)
+class ParsedInstance:
+    """One instance read from bytes, with what ingest needs and nothing computed twice."""
+
+    data: bytes
+    dataset: Dataset
+    uids: tuple[str, str, str, str]  # PatientID, StudyInstanceUID, SeriesInstanceUID, SOP
+    transfer_syntax: str
+    sop_class: str
+    pixel_data_offset: int | None
+    header: bytes  # the file without its pixel data element (not yet compressed)
+
+
+def parse_instance(data: bytes) -> ParsedInstance:
+    """Parse and validate; raise BadFileFormat with a message naming the problem."""
+    if not data:
+        raise BadFileFormat("Received an empty DICOM file")
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        meta = dataset.file_meta
+        transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
+        pixel_offset, pixel_end = _pixel_span(dataset, data, transfer_syntax)
+        _convert_everything(dataset)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError,
+            NotImplementedError, AttributeError, IndexError) as exc:
+        raise BadFileFormat(
+            f"Cannot parse an invalid DICOM file (size: {len(data)} bytes): {exc}"
+        ) from None
+    if not transfer_syntax:
+        raise BadFileFormat("The file meta information has no TransferSyntaxUID")
+    if str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
+        raise BadFileFormat("A DICOMDIR cannot be stored: import the files it refers to")
+    uids = _identifiers(dataset)
+    if pixel_offset is None or transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        header = data
+    else:
+        header = data[:pixel_offset] + data[pixel_end:]
+    return ParsedInstance(
+        data=data,
+        dataset=dataset,
+        uids=uids,
+        transfer_syntax=transfer_syntax,
+        sop_class=str(dataset.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "")),
+        pixel_data_offset=pixel_offset,
+        header=header,
+    )
+
+
+def _convert_everything(dataset: Dataset) -> None:
+    """Decode every element (sequences included) so that corruption fails here, not later."""
+    for element in dataset.iterall():
+        element.value  # noqa: B018 - access forces the conversion of raw elements
+
+
+def _identifiers(dataset: Dataset) -> tuple[str, str, str, str]:
+    values = [_clean(dataset.get(k, "")) for k in
+              ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+    missing = [k for k, v in zip(("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"),
+                                 values[1:], strict=True) if not v]
+    if missing:
+        raise BadFileFormat(f"The file has no {', '.join(missing)}: it cannot be indexed")
+    return tuple(values)  # type: ignore[return-value]
+
+
+def _clean(value: Any) -> str:
+    return str(value).strip(" \x00")
+
+
+def _pixel_span(dataset: Dataset, data: bytes, syntax: str) -> tuple[int | None, int]:
+    """Where the pixel data element starts and ends in ``data``; detects truncation."""
+    raw_elements = [dataset.get_item(t) for t in dataset.keys()]  # noqa: SIM118 - raw access
+    for raw in raw_elements:
+        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF \
+                and raw.value_tell + raw.length > len(data):
+            raise BadFileFormat(f"The file is truncated (element {format_tag(raw.tag)} "
+                                f"needs {raw.length} bytes)")
+    pixel = next((r for r in raw_elements if r.tag in PIXEL_TAGS), None)
+    if not isinstance(pixel, RawDataElement):
+        return None, 0
+    implicit = pydicom.uid.UID(syntax).is_implicit_VR if syntax else False
+    start = pixel.value_tell - (8 if implicit else 12)
+    if pixel.length != 0xFFFFFFFF:
+        return start, pixel.value_tell + pixel.length
+    delimiter = data.find(_SEQUENCE_DELIMITER, pixel.value_tell + len(pixel.value or b""))
+    if delimiter < 0:
+        raise BadFileFormat("The file is truncated (the encapsulated pixel data never ends)")
+    return start, delimiter + 8
+
+
+# -- headers kept by the index -------------------------------------------------------
+
+def pack_header(header: bytes) -> bytes:
+    return zlib.compress(header, 1)
+
+
+def read_header(packed: bytes) -> Dataset:
+    """The dataset of a stored header (file meta included, pixel data left out)."""
+    return pydicom.dcmread(io.BytesIO(zlib.decompress(packed)))
+
+
+def header_value(packed: bytes | None, tag: int) -> str | None:
+    """One top-level value of a stored header as Orthanc's string, or None if absent."""
+    if not packed:
+        return None
+    element = read_header(packed).get(tag)
+    return None if element is None else element_string(element)
+
+
+# -- values as Orthanc spells them ------------------------------------------------------
+
+def element_string(element: DataElement, limit: int | None = None) -> str | None:
+    """A non-sequence value as one string ("a\\b" for several); None for binary data."""
+    if element.VR in BINARY_VRS or element.VR == "SQ":
+        return None
+    value = element.value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return None
+    parts = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    text = "\\".join(_scalar_string(v) for v in parts)
+    return text if limit is None or len(text) <= limit else None
+
+
+def _scalar_string(value: Any) -> str:
+    if isinstance(value, DSfloat | IS):  # keep the decimal string as it was sent
+        return str(getattr(value, "original_string", None) or value).strip(" \x00")
+    if isinstance(value, float):
+        return repr(value)
+    return str(value).rstrip(" \x00")
+
+
+def main_tag_values(dataset: Dataset, main_tags: MainTags) -> dict[Level, dict[int, str]]:
+    """The main DICOM tags present in the dataset, per level."""
+    return {
+        level: {tag: element_string(dataset[tag]) or "" for tag in tags if tag in dataset}
+        for level, tags in main_tags.by_level.items()
+    }
+
+
+Mode = Literal["full", "short", "simplify"]
+
+
+def dataset_json(dataset: Dataset, mode: Mode = "full", *, with_pixel_data: bool = False
+                 ) -> dict[str, Any]:
+    """Orthanc's rendering of a dataset: ``/tags``, ``?short`` or ``?simplify``."""
+    result: dict[str, Any] = {}
+    for element in dataset:
+        key = tag_name(element.tag) if mode == "simplify" else format_tag(element.tag)
+        result[key] = _element_json(element, mode, dataset)
+    if with_pixel_data:
+        key = "PixelData" if mode == "simplify" else format_tag(0x7FE00010)
+        result[key] = _element_json(DataElement(0x7FE00010, "OB", None), mode, dataset)
+    return result
+
+
+def _element_json(element: DataElement, mode: Mode, parent: Dataset) -> Any:
+    if element.VR == "SQ":
+        items = [dataset_json(item, mode) for item in element.value or []]
+        value: Any = items
+        kind = "Sequence"
+    else:
+        text = element_string(element)
+        if text is None:
+            value, kind = None, "Null"
+        elif len(text) > MAX_TAG_LENGTH:
+            value, kind = None, "TooLong"
+        else:
+            value, kind = text, "String"
+    if mode != "full":
+        return value
+    described: dict[str, Any] = {"Name": _element_name(element, parent)}
+    if element.tag.is_private and not element.tag.is_private_creator:
+        creator = _private_creator(element, parent)
+        if creator:
+            described["PrivateCreator"] = creator
+    described["Type"] = kind
+    described["Value"] = value
+    return described
+
+
+def _element_name(element: DataElement, parent: Dataset) -> str:
+    if not element.tag.is_private:
+        return element.keyword or "Unknown Tag & Data"
+    if element.tag.is_private_creator:
+        return "PrivateCreator"
+    creator = _private_creator(element, parent)
+    try:
+        description = private_dictionary_description(element.tag, creator or "")
+    except KeyError:
+        return "Unknown Tag & Data"
+    return "".join(word[:1].upper() + word[1:] for word in description.replace("-", " ").split()
+                   if word.isalnum())
+
+
+def _private_creator(element: DataElement, parent: Dataset) -> str | None:
+    creator_tag = (element.tag.group << 16) | (element.tag.element >> 8)
+    creator = parent.get(creator_tag)
+    return str(creator.value).strip() if creator is not None else None

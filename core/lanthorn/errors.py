@@ -1,0 +1,75 @@
+"""Errors that carry their HTTP status and Orthanc error code across protocol edges.
+
+The REST layer renders these as Orthanc's JSON error object; the DICOM layer maps
+them to failure statuses. Anything else that escapes is an internal error.
+"""
+
+from __future__ import annotations
+
+
+class LanthornError(Exception):
+    """Base class: ``http_status`` and Orthanc's ``orthanc_status`` / ``orthanc_error``."""
+
+    http_status = 500
+    orthanc_status = -1
+    orthanc_error = "Internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.orthanc_error)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class BadRequest(LanthornError):
+    http_status = 400
+    orthanc_status = 8
+    orthanc_error = "Bad request"
+
+
+class BadFileFormat(LanthornError):
+    """The bytes are not a DICOM instance we can store."""
+
+    http_status = 400
+    orthanc_status = 15
+    orthanc_error = "Bad file format"
+
+
+class UnknownResource(LanthornError):
+    http_status = 404
+    orthanc_status = 17
+    orthanc_error = "Unknown resource"
+
+
+class InexistentItem(LanthornError):
+    http_status = 404
+    orthanc_status = 7
+    orthanc_error = "Accessing an inexistent item"
+
+
+class Forbidden(LanthornError):
+    http_status = 403
+    orthanc_status = 11
+    orthanc_error = "Forbidden access"
+
+
+class Rejected(LanthornError):
+    """A plugin filter or a policy refused an instance."""
+
+    http_status = 403
+    orthanc_status = 11
+    orthanc_error = "Forbidden access"
+
+
+class StorageFull(LanthornError):
+    http_status = 507
+    orthanc_status = 19
+    orthanc_error = "The file storage is full"
+
+
+class PluginError(LanthornError):
+    """A plugin is misconfigured or missing; raised at start-up."""
+
+    orthanc_status = 1
+    orthanc_error = "Error encountered within the plugin engine"

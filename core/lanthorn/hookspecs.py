@@ -1,0 +1,143 @@
+"""Hook specifications: the whole plugin contract, and nothing but typed stubs.
+
+Naming: ``register_*`` returns records; ``handle_*`` is firstresult (one plugin answers,
+``None`` passes); ``filter_*`` is a veto (any ``False`` refuses); ``on_*`` notifies.
+Each hook is documented in ``docs/plugin-hooks.md`` and tested by ``test_hook_<name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from .dicom import ParsedInstance
+    from .index.records import Change
+    from .server import Server
+    from .types import (
+        Command,
+        IndexBackendFactory,
+        Origin,
+        PluginRoute,
+        StorageAreaFactory,
+        StoredInstance,
+    )
+
+hookspec = pluggy.HookspecMarker("lanthorn")
+
+
+# -- plugin host ------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def add_hookspecs(plugin_manager: pluggy.PluginManager) -> None:
+    """Add a plugin's own hook specifications (``plugin_manager.add_hookspecs(module)``).
+
+    Historic: a plugin registered later still receives the call, so the order in
+    which plugins load does not matter.
+    """
+
+
+# -- lifecycle --------------------------------------------------------------------------
+
+
+@hookspec
+def startup(server: Server) -> None:
+    """The server is configured and its index and storage are open; start your work.
+
+    Raise to refuse start-up (a configuration error, say): the message is shown to
+    the admin and the server does not start.
+    """
+
+
+@hookspec
+def shutdown(server: Server) -> None:
+    """The server is stopping: in-flight requests have finished; release resources."""
+
+
+# -- backends ---------------------------------------------------------------------------
+
+
+@hookspec
+def register_storage_areas(server: Server) -> list[StorageAreaFactory]:
+    """Named storage-area factories; the ``StorageArea`` option picks one by name."""
+
+
+@hookspec
+def register_index_backends(server: Server) -> list[IndexBackendFactory]:
+    """Named index-backend factories; ``IndexBackend`` (or a backend's own config
+    section, such as ``"PostgreSQL": {"EnableIndex": true}``) picks one."""
+
+
+# -- REST -------------------------------------------------------------------------------
+
+
+@hookspec
+def register_routes(server: Server) -> list[PluginRoute | Any]:
+    """Starlette routes (``Route``/``Mount``, or ``PluginRoute`` to add metadata).
+
+    A path that a core route already serves is a start-up error unless the
+    ``PluginRoute`` says ``overrides_core=True``.
+    """
+
+
+@hookspec(firstresult=True)
+def handle_exception(server: Server, request: Request, exc: Exception) -> Response | None:
+    """Render an exception raised while answering ``request``.
+
+    firstresult: the first non-None response wins; the core's default (Orthanc's JSON
+    error object) is registered ``trylast``.
+    """
+
+
+# -- ingest -----------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def receive_instance(server: Server, instance: ParsedInstance, origin: Origin) -> bytes | None:
+    """Replace an incoming instance before it is stored.
+
+    Return new DICOM bytes to store instead (they go through parsing and the filters
+    again), or ``None`` to keep the instance as received. firstresult.
+    """
+
+
+@hookspec
+def filter_incoming_instance(server: Server, instance: ParsedInstance,
+                             origin: Origin) -> bool | None:
+    """Veto an incoming instance before anything is written: return ``False`` to refuse.
+
+    The sender gets HTTP 403 / a DIMSE refusal. Raise ``lanthorn.Rejected(msg)``
+    instead to give the reason.
+    """
+
+
+@hookspec
+def on_stored_instance(server: Server, instance: StoredInstance, dataset: Dataset) -> None:
+    """An instance was committed (called in the storing thread, after the commit).
+
+    An exception is logged and does not undo the store.
+    """
+
+
+@hookspec
+def on_change(server: Server, change: Change) -> None:
+    """A change-log entry (new resource, stable resource, deletion, ...).
+
+    Delivered from the change log by one process of the cluster, in order and at
+    least once: a consumer that raises gets the same change again later.
+    """
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+@hookspec
+def register_commands(parser: argparse.ArgumentParser) -> list[Command]:
+    """``lanthorn`` subcommands (e.g. ``lanthorn wsi dicomize``)."""

@@ -1,0 +1,155 @@
+"""The index schema (SQLAlchemy Core), shared by every index backend.
+
+Public API for backend plugins: the PostgreSQL plugin binds the same tables to its own
+engine, and Alembic migrations in ``lanthorn.index.migrations`` evolve them for all.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+#: Integer primary keys that are BIGINT on PostgreSQL but the rowid alias on SQLite.
+Key = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _resource_fk(**kwargs: object) -> Column:
+    return Column(
+        "resource_id", Key, ForeignKey("resources.id", ondelete="CASCADE"), **kwargs
+    )
+
+
+#: One row per patient, study, series and instance.
+resources = Table(
+    "resources",
+    metadata,
+    Column("id", Key, primary_key=True, autoincrement=True),
+    Column("level", SmallInteger, nullable=False),
+    Column("public_id", String(44), nullable=False, unique=True),
+    Column("parent_id", Key, ForeignKey("resources.id", ondelete="CASCADE"), index=True),
+    Column("last_update", Float, nullable=False),
+    # Stable = no new child for StableAge seconds (never set on instances).
+    Column("is_stable", Boolean, nullable=False, default=False),
+    Column("protected", Boolean, nullable=False, default=False),
+    Index("ix_resources_unstable", "is_stable", "last_update"),
+    Index("ix_resources_level", "level", "id"),
+)
+
+#: Main DICOM tags per resource; ``norm`` is the case- and accent-folded value used
+#: for case-insensitive matching (PN and Orthanc's insensitive mode).
+main_tags = Table(
+    "main_tags",
+    metadata,
+    _resource_fk(primary_key=True),
+    Column("tag", Integer, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("norm", Text, nullable=False),
+    Index("ix_main_tags_value", "tag", "value"),
+    Index("ix_main_tags_norm", "tag", "norm"),
+)
+
+metadata_table = Table(
+    "metadata",
+    metadata,
+    _resource_fk(primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("revision", Integer, nullable=False, default=1),
+)
+
+attachments = Table(
+    "attachments",
+    metadata,
+    _resource_fk(primary_key=True),
+    Column("content_type", Integer, primary_key=True),
+    Column("uuid", String(36), nullable=False, unique=True),
+    Column("compressed_size", BigInteger, nullable=False),
+    Column("uncompressed_size", BigInteger, nullable=False),
+    Column("compression", SmallInteger, nullable=False),
+    Column("compressed_md5", String(32), nullable=False),
+    Column("uncompressed_md5", String(32), nullable=False),
+    Column("revision", Integer, nullable=False, default=1),
+)
+
+#: The DICOM header of each instance (bytes up to the pixel data, zlib-compressed):
+#: answers /tags, C-FIND return keys and DICOMweb metadata without reading files.
+instance_headers = Table(
+    "instance_headers",
+    metadata,
+    _resource_fk(primary_key=True),
+    Column("header", LargeBinary, nullable=False),
+)
+
+labels = Table(
+    "labels",
+    metadata,
+    _resource_fk(primary_key=True),
+    Column("label", String(64), primary_key=True),
+    Index("ix_labels_label", "label"),
+)
+
+#: The change log: Orthanc's /changes, and the event queue consumers read from.
+changes = Table(
+    "changes",
+    metadata,
+    Column("seq", Key, primary_key=True, autoincrement=True),
+    Column("change_type", SmallInteger, nullable=False),
+    Column("level", SmallInteger, nullable=False),
+    Column("public_id", String(44), nullable=False),
+    Column("date", String(16), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+#: Where each event consumer has read the change log up to.
+cursors = Table(
+    "cursors",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+)
+
+exported_resources = Table(
+    "exported_resources",
+    metadata,
+    Column("seq", Key, primary_key=True, autoincrement=True),
+    Column("level", SmallInteger, nullable=False),
+    Column("public_id", String(44), nullable=False),
+    Column("remote_modality", String(64), nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("study_uid", Text, nullable=False),
+    Column("series_uid", Text, nullable=False),
+    Column("sop_uid", Text, nullable=False),
+    Column("date", String(16), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+global_properties = Table(
+    "global_properties",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+#: Background duties run in one process of a cluster: the holder of the lease.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires", Float, nullable=False),
+)

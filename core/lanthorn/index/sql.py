@@ -1,0 +1,593 @@
+"""The SQLAlchemy index: every SQL statement Lanthorn runs lives in this package.
+
+One class serves SQLite (built in) and PostgreSQL (the postgres plugin passes its own
+engine). Write transactions are short and take the write lock up front
+(``BEGIN IMMEDIATE`` on SQLite) so concurrent writers queue instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.sql.elements import ColumnElement
+
+from ..model import NEW_RESOURCE_CHANGE, STABLE_CHANGE, ChangeType, Level, MainTags
+from ..query import Constraint, Match, Query, normalize
+from . import schema as s
+from .records import (
+    Attachment,
+    Change,
+    DeleteOutcome,
+    NewInstance,
+    Resource,
+    ResourceInfo,
+    Statistics,
+    StoreOutcome,
+)
+
+
+def orthanc_date(timestamp: float) -> str:
+    """Orthanc's compact UTC timestamp, as in ``LastUpdate`` and ``/changes``."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y%m%dT%H%M%S")
+
+
+class SqlIndex:
+    """The index of resources, tags, metadata, attachments and the change log."""
+
+    def __init__(self, engine: Engine, main_tags: MainTags | None = None) -> None:
+        self.engine = engine
+        self.main_tags = main_tags or MainTags()
+
+    # -- transactions -------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; commits on success, rolls back on any exception."""
+        with self.engine.connect().execution_options(lanthorn_write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- ingest ---------------------------------------------------------------------
+
+    def store_instance(self, new: NewInstance, *, overwrite: bool) -> StoreOutcome:
+        """Create an instance and any missing parent in one transaction."""
+        with self.write() as conn:
+            existing = _lookup(conn, new.public_ids[3])
+            replaced: list[str] = []
+            if existing is not None:
+                if not overwrite:
+                    return StoreOutcome(stored=False)
+                replaced = _attachment_uuids(conn, [existing.id])
+                conn.execute(delete(s.resources).where(s.resources.c.id == existing.id))
+            parent_id: int | None = None
+            created: list[Level] = []
+            for level in (Level.PATIENT, Level.STUDY, Level.SERIES):
+                found = _lookup(conn, new.public_ids[level])
+                if found is None:
+                    parent_id = self._create(conn, level, new, parent_id)
+                    created.append(level)
+                else:
+                    parent_id = found.id
+            series_id = parent_id
+            index_in_series = conn.scalar(
+                select(func.count()).where(s.resources.c.parent_id == series_id)
+            )
+            instance_id = self._create(conn, Level.INSTANCE, new, series_id)
+            # Orthanc's order in the change log: the instance first, then new parents.
+            for level in (Level.INSTANCE, *reversed(created)):
+                _log(conn, NEW_RESOURCE_CHANGE[level], level, new.public_ids[level],
+                     new.timestamp)
+            metadata = {**new.metadata, "IndexInSeries": str(index_in_series + 1)}
+            _insert_metadata(conn, instance_id, metadata)
+            conn.execute(insert(s.attachments).values(resource_id=instance_id,
+                                                      **vars(new.attachment)))
+            conn.execute(insert(s.instance_headers).values(resource_id=instance_id,
+                                                           header=new.header))
+            self._touch_ancestors(conn, series_id, new.timestamp)
+            return StoreOutcome(True, replaced, (*created, Level.INSTANCE))
+
+    def _create(self, conn: Connection, level: Level, new: NewInstance, parent: int | None) -> int:
+        public_id = new.public_ids[level]
+        resource_id = conn.execute(
+            insert(s.resources).values(
+                level=level, public_id=public_id, parent_id=parent,
+                last_update=new.timestamp, is_stable=False,
+            )
+        ).inserted_primary_key[0]
+        tags = new.main_tags.get(level, {})
+        if tags:
+            conn.execute(insert(s.main_tags), [
+                {"resource_id": resource_id, "tag": tag, "value": value, "norm": normalize(value)}
+                for tag, value in tags.items()
+            ])
+        return resource_id
+
+    def _touch_ancestors(self, conn: Connection, series_id: int, timestamp: float) -> None:
+        """A new instance makes its series, study and patient unstable again."""
+        ids = _ancestor_ids(conn, series_id)
+        conn.execute(
+            update(s.resources).where(s.resources.c.id.in_(ids))
+            .values(last_update=timestamp, is_stable=False)
+        )
+
+    # -- lookups --------------------------------------------------------------------
+
+    def lookup(self, public_id: str, level: Level | None = None) -> Resource | None:
+        with self.read() as conn:
+            found = _lookup(conn, public_id)
+        return found if found and (level is None or found.level == level) else None
+
+    def lookup_identifier(self, value: str) -> list[Resource]:
+        """Resources whose identifying tag (PatientID, UIDs) equals ``value``."""
+        identifier_tags = [0x00100020, 0x0020000D, 0x0020000E, 0x00080018]
+        with self.read() as conn:
+            rows = conn.execute(
+                select(s.resources).join(s.main_tags).where(
+                    s.main_tags.c.tag.in_(identifier_tags), s.main_tags.c.value == value,
+                    s.main_tags.c.tag == _identifier_tag_of_level(),
+                ).order_by(s.resources.c.level, s.resources.c.id)
+            )
+            return [_resource(r) for r in rows]
+
+    def list_public_ids(self, level: Level, *, since: int = 0, limit: int = 0) -> list[str]:
+        statement = (
+            select(s.resources.c.public_id).where(s.resources.c.level == level)
+            .order_by(s.resources.c.id).offset(since)
+        )
+        if limit:
+            statement = statement.limit(limit)
+        with self.read() as conn:
+            return list(conn.scalars(statement))
+
+    def public_ids_of(self, ids: Sequence[int]) -> list[str]:
+        with self.read() as conn:
+            found = dict(conn.execute(
+                select(s.resources.c.id, s.resources.c.public_id).where(s.resources.c.id.in_(ids))
+            ).all())
+        return [found[i] for i in ids if i in found]
+
+    def describe(self, ids: Sequence[int]) -> list[ResourceInfo]:
+        """Full descriptions of several resources, in the order given."""
+        if not ids:
+            return []
+        with self.read() as conn:
+            rows = {r.id: _resource(r) for r in conn.execute(
+                select(s.resources).where(s.resources.c.id.in_(ids)))}
+            parents = dict(conn.execute(
+                select(s.resources.c.id, s.resources.c.public_id)
+                .where(s.resources.c.id.in_({r.parent_id for r in rows.values() if r.parent_id}))
+            ).all())
+            children: dict[int, list[str]] = {i: [] for i in rows}
+            for parent_id, public_id in conn.execute(
+                select(s.resources.c.parent_id, s.resources.c.public_id)
+                .where(s.resources.c.parent_id.in_(rows)).order_by(s.resources.c.id)
+            ):
+                children[parent_id].append(public_id)
+            tags = _grouped(conn, s.main_tags, rows, "tag", "value")
+            labels = _grouped(conn, s.labels, rows, "label", "label")
+            metadata = _grouped(conn, s.metadata_table, rows, "name", "value")
+            attachments: dict[int, dict[int, Attachment]] = {i: {} for i in rows}
+            for row in conn.execute(select(s.attachments).where(
+                    s.attachments.c.resource_id.in_(rows))):
+                attachments[row.resource_id][row.content_type] = _attachment(row)
+        return [
+            ResourceInfo(
+                resource=rows[i],
+                parent_public_id=parents.get(rows[i].parent_id),  # type: ignore[arg-type]
+                children=children[i],
+                main_tags=tags[i],
+                labels=sorted(labels[i]),
+                metadata=metadata[i],
+                attachments=attachments[i],
+            )
+            for i in ids if i in rows
+        ]
+
+    def ancestors(self, resource_id: int) -> list[Resource]:
+        """The resource and its parents, from itself up to the patient."""
+        with self.read() as conn:
+            chain = []
+            current: int | None = resource_id
+            while current is not None:
+                row = conn.execute(select(s.resources).where(s.resources.c.id == current)).one()
+                chain.append(_resource(row))
+                current = row.parent_id
+            return chain
+
+    def descendants(self, resource_id: int, level: Level) -> list[int]:
+        """IDs of the resource's descendants at ``level`` (itself if at that level)."""
+        with self.read() as conn:
+            return _descendants(conn, [resource_id], level)
+
+    def main_tags_of(self, resource_id: int) -> dict[int, str]:
+        with self.read() as conn:
+            return dict(conn.execute(
+                select(s.main_tags.c.tag, s.main_tags.c.value)
+                .where(s.main_tags.c.resource_id == resource_id)
+            ).all())
+
+    def header(self, instance_id: int) -> bytes:
+        with self.read() as conn:
+            return conn.scalar(select(s.instance_headers.c.header)
+                               .where(s.instance_headers.c.resource_id == instance_id)) or b""
+
+    def attachment(self, resource_id: int, content_type: int) -> Attachment | None:
+        with self.read() as conn:
+            row = conn.execute(select(s.attachments).where(
+                s.attachments.c.resource_id == resource_id,
+                s.attachments.c.content_type == content_type)).one_or_none()
+        return _attachment(row) if row else None
+
+    def attachment_uuids(self) -> Iterator[str]:
+        """Every attachment UUID the index references (for consistency checks)."""
+        with self.read() as conn:
+            yield from conn.scalars(select(s.attachments.c.uuid))
+
+    def attachments_all(self) -> list[tuple[int, Attachment]]:
+        with self.read() as conn:
+            return [(r.resource_id, _attachment(r)) for r in conn.execute(select(s.attachments))]
+
+    def child_count(self, resource_id: int) -> int:
+        with self.read() as conn:
+            return conn.scalar(select(func.count()).where(s.resources.c.parent_id == resource_id))
+
+    # -- metadata --------------------------------------------------------------------
+
+    def metadata(self, resource_id: int) -> dict[str, str]:
+        with self.read() as conn:
+            return dict(conn.execute(
+                select(s.metadata_table.c.name, s.metadata_table.c.value)
+                .where(s.metadata_table.c.resource_id == resource_id)
+            ).all())
+
+    def set_metadata(self, resource: Resource, name: str, value: str) -> None:
+        with self.write() as conn:
+            conn.execute(delete(s.metadata_table).where(
+                s.metadata_table.c.resource_id == resource.id, s.metadata_table.c.name == name))
+            _insert_metadata(conn, resource.id, {name: value})
+            _log(conn, ChangeType.UpdatedMetadata, resource.level, resource.public_id, time.time())
+
+    def delete_metadata(self, resource: Resource, name: str) -> bool:
+        with self.write() as conn:
+            deleted = conn.execute(delete(s.metadata_table).where(
+                s.metadata_table.c.resource_id == resource.id,
+                s.metadata_table.c.name == name)).rowcount
+            if deleted:
+                _log(conn, ChangeType.UpdatedMetadata, resource.level, resource.public_id,
+                     time.time())
+            return bool(deleted)
+
+    # -- deletion ---------------------------------------------------------------------
+
+    def delete_resource(self, resource: Resource) -> DeleteOutcome:
+        """Delete a resource, its descendants, and the ancestors it leaves empty."""
+        with self.write() as conn:
+            now = time.time()
+            subtree = [resource.id] + [
+                i for level in Level if level > resource.level
+                for i in _descendants(conn, [resource.id], level)
+            ]
+            uuids = _attachment_uuids(conn, subtree)
+            deleted = [(resource.level, resource.public_id)]
+            conn.execute(delete(s.resources).where(s.resources.c.id == resource.id))
+            remaining: tuple[Level, str] | None = None
+            parent_id = resource.parent_id
+            while parent_id is not None:
+                parent = _resource(conn.execute(
+                    select(s.resources).where(s.resources.c.id == parent_id)).one())
+                if conn.scalar(select(func.count()).where(s.resources.c.parent_id == parent_id)):
+                    remaining = (parent.level, parent.public_id)
+                    break
+                conn.execute(delete(s.resources).where(s.resources.c.id == parent_id))
+                deleted.append((parent.level, parent.public_id))
+                parent_id = parent.parent_id
+            for level, public_id in deleted:
+                _log(conn, ChangeType.Deleted, level, public_id, now)
+            return DeleteOutcome(uuids, deleted, remaining)
+
+    # -- find ----------------------------------------------------------------------------
+
+    def find(self, query: Query) -> list[int]:
+        """IDs of the resources matching ``query``, in insertion order.
+
+        Constraints on tags the index keeps are matched in SQL; the rest (rare) are
+        checked in Python on one instance header per candidate, as Orthanc would on a
+        file, before ``since``/``limit`` apply.
+        """
+        target = s.resources.alias("target")
+        indexed, header_only = [], []
+        for c in query.constraints:
+            kept = c.tag in self.main_tags.by_level[c.level]
+            (indexed if kept else header_only).append(c)
+        conditions = [target.c.level == query.level]
+        conditions += [self._condition(target, query.level, c) for c in indexed]
+        conditions += _label_conditions(target, query)
+        statement = select(target.c.id).where(*conditions).order_by(target.c.id)
+        if not header_only:
+            statement = statement.offset(query.since)
+            if query.limit:
+                statement = statement.limit(query.limit)
+        with self.read() as conn:
+            ids = list(conn.scalars(statement))
+            if header_only:
+                ids = [i for i in ids if self._header_matches(conn, i, query.level, header_only)]
+                ids = ids[query.since:][: query.limit or None]
+        return ids
+
+    def _condition(self, target, level: Level, c: Constraint) -> ColumnElement[bool]:  # noqa: ANN001
+        owner = target
+        if c.level < level:  # an ancestor's tag: walk up with correlated aliases
+            owner_ref = target.c.parent_id
+            for _ in range(level - c.level - 1):
+                parent = s.resources.alias()
+                owner_ref = select(parent.c.parent_id).where(parent.c.id == owner_ref) \
+                    .scalar_subquery()
+            return exists().where(s.main_tags.c.resource_id == owner_ref,
+                                  s.main_tags.c.tag == c.tag, _match(c))
+        if c.level > level:  # some descendant carries the tag
+            below = _descendant_subquery(target.c.id, level, c.level)
+            return exists().where(s.main_tags.c.resource_id.in_(below),
+                                  s.main_tags.c.tag == c.tag, _match(c))
+        return exists().where(s.main_tags.c.resource_id == owner.c.id,
+                              s.main_tags.c.tag == c.tag, _match(c))
+
+    def _header_matches(self, conn: Connection, resource_id: int, level: Level,
+                        constraints: list[Constraint]) -> bool:
+        from ..dicom import header_value  # local: keeps the index free of pydicom at import
+
+        instance = _descendants(conn, [resource_id], Level.INSTANCE, limit=1)
+        if not instance:
+            return False
+        header = conn.scalar(select(s.instance_headers.c.header)
+                             .where(s.instance_headers.c.resource_id == instance[0]))
+        return all(c.accepts(header_value(header, c.tag)) for c in constraints)
+
+    # -- changes and events --------------------------------------------------------------
+
+    def changes(self, since: int = 0, limit: int = 100) -> list[Change]:
+        with self.read() as conn:
+            rows = conn.execute(select(s.changes).where(s.changes.c.seq > since)
+                                .order_by(s.changes.c.seq).limit(limit))
+            return [_change(r) for r in rows]
+
+    def last_change(self) -> Change | None:
+        with self.read() as conn:
+            row = conn.execute(select(s.changes).order_by(s.changes.c.seq.desc()).limit(1)).first()
+        return _change(row) if row else None
+
+    def log_change(self, change_type: ChangeType, level: Level, public_id: str) -> None:
+        with self.write() as conn:
+            _log(conn, change_type, level, public_id, time.time())
+
+    def mark_stable(self, cutoff: float) -> list[tuple[Level, str]]:
+        """Mark resources quiet since ``cutoff`` as stable and log Stable* changes."""
+        with self.write() as conn:
+            rows = conn.execute(select(s.resources.c.id, s.resources.c.level,
+                                       s.resources.c.public_id).where(
+                s.resources.c.is_stable == False,  # noqa: E712 - SQL comparison
+                s.resources.c.last_update <= cutoff,
+                s.resources.c.level < Level.INSTANCE,
+            ).order_by(s.resources.c.level.desc(), s.resources.c.id)).all()
+            if rows:
+                conn.execute(update(s.resources).where(s.resources.c.id.in_([r.id for r in rows]))
+                             .values(is_stable=True))
+            now = time.time()
+            for row in rows:
+                _log(conn, STABLE_CHANGE[Level(row.level)], Level(row.level), row.public_id, now)
+            return [(Level(r.level), r.public_id) for r in rows]
+
+    def cursor(self, name: str) -> int | None:
+        with self.read() as conn:
+            return conn.scalar(select(s.cursors.c.seq).where(s.cursors.c.name == name))
+
+    def set_cursor(self, name: str, seq: int) -> None:
+        with self.write() as conn:
+            if not conn.execute(update(s.cursors).where(s.cursors.c.name == name)
+                                .values(seq=seq)).rowcount:
+                conn.execute(insert(s.cursors).values(name=name, seq=seq))
+
+    def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew the lease ``name``; False while another live holder has it."""
+        now = time.time()
+        with self.write() as conn:
+            row = conn.execute(select(s.leases).where(s.leases.c.name == name)).one_or_none()
+            if row is None:
+                conn.execute(insert(s.leases).values(name=name, holder=holder, expires=now + ttl))
+                return True
+            if row.holder != holder and row.expires > now:
+                return False
+            conn.execute(update(s.leases).where(s.leases.c.name == name)
+                         .values(holder=holder, expires=now + ttl))
+            return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.write() as conn:
+            conn.execute(delete(s.leases).where(s.leases.c.name == name,
+                                                s.leases.c.holder == holder))
+
+    def live_lease_holders(self) -> list[str]:
+        with self.read() as conn:
+            return list(conn.scalars(select(s.leases.c.holder).distinct()
+                                     .where(s.leases.c.expires > time.time())))
+
+    # -- statistics and maintenance ------------------------------------------------------
+
+    def statistics(self, resource_id: int | None = None) -> Statistics:
+        """Counts per level and attachment sizes, of everything or of one subtree."""
+        with self.read() as conn:
+            if resource_id is None:
+                counts = dict(conn.execute(select(s.resources.c.level, func.count())
+                                           .group_by(s.resources.c.level)).all())
+                sizes = conn.execute(select(func.coalesce(func.sum(s.attachments.c.compressed_size), 0),
+                                            func.coalesce(func.sum(s.attachments.c.uncompressed_size), 0))).one()
+                return Statistics({lv: counts.get(lv, 0) for lv in Level}, *sizes)
+            level = Level(conn.scalar(select(s.resources.c.level)
+                                      .where(s.resources.c.id == resource_id)))
+            by_level = {lv: len(_descendants(conn, [resource_id], lv))
+                        for lv in Level if lv > level}
+            instances = _descendants(conn, [resource_id], Level.INSTANCE)
+            sizes = conn.execute(select(func.coalesce(func.sum(s.attachments.c.compressed_size), 0),
+                                        func.coalesce(func.sum(s.attachments.c.uncompressed_size), 0))
+                                 .where(s.attachments.c.resource_id.in_(instances))).one()
+            return Statistics(by_level, *sizes)
+
+    def delete_attachment_rows(self, uuids: Sequence[str]) -> list[int]:
+        """Forget attachments whose files are gone; returns the owning resource IDs."""
+        with self.write() as conn:
+            owners = list(conn.scalars(select(s.attachments.c.resource_id)
+                                       .where(s.attachments.c.uuid.in_(uuids))))
+            conn.execute(delete(s.attachments).where(s.attachments.c.uuid.in_(uuids)))
+            return owners
+
+
+# -- helpers (module-level so that they are shared by every method) --------------------
+
+def _resource(row) -> Resource:  # noqa: ANN001 - a SQLAlchemy Row
+    return Resource(row.id, Level(row.level), row.public_id, row.parent_id, row.last_update,
+                    bool(row.is_stable), bool(row.protected))
+
+
+def _attachment(row) -> Attachment:  # noqa: ANN001
+    return Attachment(row.content_type, row.uuid, row.compressed_size, row.uncompressed_size,
+                      row.compression, row.compressed_md5, row.uncompressed_md5, row.revision)
+
+
+def _change(row) -> Change:  # noqa: ANN001
+    return Change(row.seq, ChangeType(row.change_type), Level(row.level), row.public_id, row.date)
+
+
+def _lookup(conn: Connection, public_id: str) -> Resource | None:
+    row = conn.execute(select(s.resources).where(s.resources.c.public_id == public_id)).first()
+    return _resource(row) if row else None
+
+
+def _identifier_tag_of_level() -> ColumnElement[int]:
+    """The identifying tag of the joined resource's own level (PatientID at patient...)."""
+    from sqlalchemy import case
+
+    return case(
+        (s.resources.c.level == Level.PATIENT, literal(0x00100020)),
+        (s.resources.c.level == Level.STUDY, literal(0x0020000D)),
+        (s.resources.c.level == Level.SERIES, literal(0x0020000E)),
+        else_=literal(0x00080018),
+    )
+
+
+def _log(conn: Connection, change_type: ChangeType, level: Level, public_id: str,
+         timestamp: float) -> None:
+    conn.execute(insert(s.changes).values(change_type=change_type, level=level,
+                                          public_id=public_id, date=orthanc_date(timestamp)))
+
+
+def _insert_metadata(conn: Connection, resource_id: int, values: dict[str, str]) -> None:
+    if values:
+        conn.execute(insert(s.metadata_table), [
+            {"resource_id": resource_id, "name": k, "value": v} for k, v in values.items()
+        ])
+
+
+def _ancestor_ids(conn: Connection, resource_id: int) -> list[int]:
+    ids = []
+    current: int | None = resource_id
+    while current is not None:
+        ids.append(current)
+        current = conn.scalar(select(s.resources.c.parent_id).where(s.resources.c.id == current))
+    return ids
+
+
+def _descendants(conn: Connection, ids: list[int], level: Level, limit: int = 0) -> list[int]:
+    """Walk down one level at a time (at most three queries, each on an index)."""
+    if not ids:
+        return []
+    current_level = Level(conn.scalar(select(s.resources.c.level)
+                                      .where(s.resources.c.id == ids[0])))
+    while current_level < level and ids:
+        statement = select(s.resources.c.id).where(s.resources.c.parent_id.in_(ids)) \
+            .order_by(s.resources.c.id)
+        if limit and current_level + 1 == level:
+            statement = statement.limit(limit)
+        ids = list(conn.scalars(statement))
+        current_level = Level(current_level + 1)
+    return ids
+
+
+def _descendant_subquery(resource_id, level: Level, target: Level):  # noqa: ANN001, ANN202
+    """A correlated subquery of the IDs of ``resource_id``'s descendants at ``target``."""
+    ids = select(s.resources.c.id).where(s.resources.c.parent_id == resource_id)
+    for _ in range(target - level - 1):
+        child = s.resources.alias()
+        ids = select(child.c.id).where(child.c.parent_id.in_(ids))
+    return ids
+
+
+def _attachment_uuids(conn: Connection, resource_ids: list[int]) -> list[str]:
+    return list(conn.scalars(select(s.attachments.c.uuid)
+                             .where(s.attachments.c.resource_id.in_(resource_ids))))
+
+
+def _grouped(conn: Connection, table, ids, key: str, value: str) -> dict:  # noqa: ANN001
+    result: dict[int, dict] = {i: {} for i in ids}
+    for row in conn.execute(select(table.c.resource_id, table.c[key], table.c[value])
+                            .where(table.c.resource_id.in_(ids))):
+        result[row[0]][row[1]] = row[2]
+    return result
+
+
+def _match(c: Constraint) -> ColumnElement[bool]:
+    column = s.main_tags.c.value if c.case_sensitive else s.main_tags.c.norm
+    if c.match is Match.EQUAL:
+        return column == c.values[0]
+    if c.match is Match.LIST:
+        return column.in_(c.values)
+    if c.match is Match.RANGE:
+        low, high = c.values
+        parts = []
+        if low:
+            parts.append(column >= low)
+        if high:
+            parts.append(func.substr(column, 1, len(high)) <= high)
+        return and_(*parts) if parts else literal(True)
+    pattern = c.values[0]
+    like = (pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            .replace("*", "%").replace("?", "_"))
+    # Case-sensitive on every backend: SQLite connections set case_sensitive_like, and
+    # insensitive matching compares the case-folded ``norm`` column instead.
+    return column.like(like, escape="\\")
+
+
+def _label_conditions(target, query: Query) -> list[ColumnElement[bool]]:  # noqa: ANN001
+    if not query.labels:
+        return []
+    has = [exists().where(s.labels.c.resource_id == target.c.id, s.labels.c.label == label)
+           for label in query.labels]
+    if query.labels_constraint == "Any":
+        return [or_(*has)]
+    if query.labels_constraint == "None":
+        return [not_(or_(*has))]
+    return has
+
+

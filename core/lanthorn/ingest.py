@@ -1,0 +1,143 @@
+"""The one path every instance takes into Lanthorn: REST, C-STORE, STOW-RS and plugins.
+
+parse once → plugin hooks (replace, veto) → write the file → one index transaction →
+reply. Nothing is acknowledged before it is durable, and a failure at any step leaves
+neither a row without its file nor (beyond a crash) a file without its row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .dicom import ParsedInstance, main_tag_values, pack_header, parse_instance
+from .errors import BadFileFormat, LanthornError, Rejected
+from .index.records import Attachment, NewInstance
+from .index.sql import orthanc_date
+from .model import public_ids
+from .storage import COMPRESSION_NONE, COMPRESSION_ZLIB, compress, new_uuid
+from .types import Origin, StoredInstance
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger(__name__)
+
+#: Orthanc's content type of the DICOM file attachment.
+DICOM_ATTACHMENT = 1
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """The outcome for one member of a batch (a ZIP upload): stored, or why not."""
+
+    name: str
+    stored: StoredInstance | None = None
+    error: LanthornError | None = None
+
+
+class Ingester:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def store(self, data: bytes, origin: Origin) -> StoredInstance:
+        """Store one instance; raise BadFileFormat / Rejected with the reason."""
+        hook = self.server.plugins.hook
+        parsed = parse_instance(data)
+        replacement = hook.receive_instance(server=self.server, instance=parsed, origin=origin)
+        if replacement is not None:
+            parsed = parse_instance(replacement)
+        if False in hook.filter_incoming_instance(server=self.server, instance=parsed,
+                                                  origin=origin):
+            raise Rejected("A plugin refused this instance")
+        stored = self._commit(parsed, origin)
+        if stored.status == "Success":
+            self._notify(stored, parsed)
+        return stored
+
+    def _commit(self, parsed: ParsedInstance, origin: Origin) -> StoredInstance:
+        server = self.server
+        ids = public_ids(parsed.uids)
+        overwrite = bool(server.config["OverwriteInstances"])
+        if not overwrite and server.index.lookup(ids[3]) is not None:
+            return StoredInstance(ids, "AlreadyStored", parsed.uids)
+        attachment = self._write_file(parsed.data)
+        now = time.time()
+        try:
+            outcome = server.index.store_instance(
+                NewInstance(
+                    public_ids=ids,
+                    main_tags=main_tag_values(parsed.dataset, server.main_tags),
+                    metadata=_metadata(parsed, origin, now),
+                    attachment=attachment,
+                    header=pack_header(parsed.header),
+                    timestamp=now,
+                ),
+                overwrite=overwrite,
+            )
+        except BaseException:
+            server.storage.remove(attachment.uuid)
+            raise
+        for uuid in (outcome.replaced_uuids if outcome.stored else [attachment.uuid]):
+            server.storage.remove(uuid)
+        return StoredInstance(ids, "Success" if outcome.stored else "AlreadyStored", parsed.uids)
+
+    def _write_file(self, data: bytes) -> Attachment:
+        uuid = new_uuid()
+        md5 = hashlib.md5(data).hexdigest()
+        if self.server.config["StorageCompression"]:
+            stored, compression = compress(data), COMPRESSION_ZLIB
+            stored_md5 = hashlib.md5(stored).hexdigest()
+        else:
+            stored, compression, stored_md5 = data, COMPRESSION_NONE, md5
+        self.server.storage.write(uuid, stored)
+        return Attachment(DICOM_ATTACHMENT, uuid, len(stored), len(data), compression,
+                          stored_md5, md5)
+
+    def _notify(self, stored: StoredInstance, parsed: ParsedInstance) -> None:
+        try:
+            self.server.plugins.hook.on_stored_instance(
+                server=self.server, instance=stored, dataset=parsed.dataset)
+        except Exception:
+            log.exception("a plugin failed in on_stored_instance for %s", stored.id)
+
+    def store_many(self, data: bytes, origin: Origin) -> Iterator[BatchItem]:
+        """A ZIP archive member by member, or a single file; bad members are reported."""
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            yield self._attempt("", lambda: data, origin)
+            return
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for member in archive.infolist():
+                if not member.is_dir():
+                    yield self._attempt(member.filename, lambda m=member: archive.read(m), origin)
+
+    def _attempt(self, name: str, read: callable, origin: Origin) -> BatchItem:  # type: ignore[valid-type]
+        try:
+            return BatchItem(name, stored=self.store(read(), origin))
+        except LanthornError as exc:
+            return BatchItem(name, error=exc)
+        except (zipfile.BadZipFile, OSError, RuntimeError) as exc:  # a corrupt ZIP member
+            return BatchItem(name, error=BadFileFormat(f"Cannot read this ZIP member: {exc}"))
+
+
+def _metadata(parsed: ParsedInstance, origin: Origin, now: float) -> dict[str, str]:
+    """Orthanc's per-instance metadata."""
+    values = {
+        "ReceptionDate": orthanc_date(now),
+        "Origin": origin.kind,
+        "RemoteAET": origin.remote_aet,
+        "RemoteIP": origin.remote_ip,
+        "CalledAET": origin.called_aet,
+        "HttpUsername": origin.username,
+        "TransferSyntax": parsed.transfer_syntax,
+        "SopClassUid": parsed.sop_class,
+    }
+    if parsed.pixel_data_offset is not None:
+        values["PixelDataOffset"] = str(parsed.pixel_data_offset)
+    return values

@@ -1,0 +1,1 @@
+"""The Orthanc-compatible REST API of the core, grouped by resource."""

@@ -1,0 +1,121 @@
+"""Assembling the Starlette application from every plugin's routes.
+
+Built once from lists (core routes are a built-in plugin like any other); errors are
+rendered by the ``handle_exception`` hook, whose core default is Orthanc's JSON error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..errors import LanthornError, PluginError
+from ..types import PluginRoute
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+log = logging.getLogger(__name__)
+
+HTTP_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+                405: "Method Not Allowed", 415: "Unsupported Media Type",
+                500: "Internal Server Error", 507: "Insufficient Storage"}
+
+
+def build_app(server: Server) -> Starlette:
+    routes = collect_routes(server)
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return server.plugins.hook.handle_exception(server=server, request=request, exc=exc)
+
+    app = Starlette(routes=routes,
+                    exception_handlers={Exception: on_error, HTTPException: on_error,
+                                        LanthornError: on_error})
+    app.state.server = server
+    if not server.config["RemoteAccessAllowed"]:
+        app.add_middleware(LoopbackOnly)
+    return app
+
+
+def collect_routes(server: Server) -> list[BaseRoute]:
+    """Every plugin's routes; a path served twice is an error unless declared an override."""
+    chosen: dict[tuple[str, frozenset[str]], PluginRoute] = {}
+    for batch in server.plugins.hook.register_routes(server=server):
+        for item in batch:
+            spec = item if isinstance(item, PluginRoute) else PluginRoute(item)
+            key = _route_key(spec.route)
+            if key in chosen and not spec.overrides_core:
+                if not chosen[key].overrides_core:
+                    raise PluginError(f"two plugins serve {sorted(key[1])} {key[0]}; "
+                                      "declare overrides_core=True to replace a core route")
+                continue
+            chosen[key] = spec
+    return [spec.route for spec in chosen.values()]
+
+
+def _route_key(route: BaseRoute) -> tuple[str, frozenset[str]]:
+    if isinstance(route, Route):
+        return route.path, frozenset(route.methods or ())
+    if isinstance(route, Mount):
+        return route.path, frozenset({"*"})
+    return repr(route), frozenset()
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    """Orthanc's JSON error object, with the specific reason under ``Details``."""
+    if isinstance(exc, LanthornError):
+        status, code, name, details = exc.http_status, exc.orthanc_status, \
+            exc.orthanc_error, exc.message
+    elif isinstance(exc, HTTPException):
+        status, details = exc.status_code, exc.detail
+        code, name = (17, "Unknown resource") if status == 404 else (8, "Bad request")
+        if status == 405:
+            code, name = 8, "Method not allowed"
+    else:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        status, code, name, details = 500, -1, "Internal error", f"{type(exc).__name__}: {exc}"
+    body = {
+        "HttpError": HTTP_REASONS.get(status, str(status)),
+        "HttpStatus": status,
+        "Message": name,
+        "Method": request.method,
+        "OrthancError": name,
+        "OrthancStatus": code,
+        "Uri": request.url.path,
+    }
+    if details and details != name:
+        body["Details"] = details
+    return JSONResponse(body, status_code=status)
+
+
+class LoopbackOnly:
+    """``RemoteAccessAllowed: false``: only clients on this machine may talk to us."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client and not _is_loopback(client[0]):
+            response = JSONResponse(
+                {"HttpError": "Forbidden", "HttpStatus": 403, "Message": "Forbidden access",
+                 "Details": "remote access is disabled (RemoteAccessAllowed is false)"},
+                status_code=403)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in ("localhost", "testclient")

@@ -1,0 +1,69 @@
+"""Small helpers shared by the REST modules: arguments, lookups, JSON answers."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import BadRequest, UnknownResource
+from ..index.records import Resource
+from ..model import Level
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+
+def server_of(request: Request) -> Server:
+    return request.app.state.server
+
+
+def flag(request: Request, name: str, default: bool = False) -> bool:
+    """Orthanc's boolean arguments: ``?expand``, ``?expand=true``, ``?expand=0``..."""
+    if name not in request.query_params:
+        return default
+    return request.query_params[name].lower() not in ("false", "0", "no")
+
+
+def integer(request: Request, name: str, default: int = 0) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f'the argument "{name}" must be an integer') from None
+    if value < 0:
+        raise BadRequest(f'the argument "{name}" must not be negative')
+    return value
+
+
+def level_of(request: Request) -> Level:
+    return Level.parse(request.path_params["level"])
+
+
+def resource_of(request: Request, level: Level | None = None) -> Resource:
+    """The resource named in the path, or a 404 that says which one was not found."""
+    level = level if level is not None else level_of(request)
+    public_id = request.path_params["id"]
+    found = server_of(request).index.lookup(public_id, level)
+    if found is None:
+        raise UnknownResource(f"{level.title} {public_id} does not exist")
+    return found
+
+
+def json_body(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("The body must contain a JSON object") from None
+
+
+def answer(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status)
+
+
+def text(value: str, media_type: str = "text/plain") -> Response:
+    return Response(value, media_type=media_type)

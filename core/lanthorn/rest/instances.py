@@ -1,0 +1,139 @@
+"""Uploading instances and reading them back: file, tags, content, attachments."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ..dicom import dataset_json, element_string, read_header
+from ..errors import BadFileFormat, InexistentItem
+from ..ingest import DICOM_ATTACHMENT
+from ..model import Level, format_tag, parse_tag
+from ..storage import COMPRESSION_ZLIB, decompress
+from ..types import Origin
+from .common import answer, flag, resource_of, server_of
+
+CHUNK = 1 << 20
+
+
+async def upload(request: Request) -> Response:
+    """One DICOM file, or a ZIP of them (each member stored or reported on its own)."""
+    data = await request.body()
+    origin = Origin("RestApi", remote_ip=request.client.host if request.client else "")
+    return await run_in_threadpool(_store, server_of(request), data, origin)
+
+
+def _store(server, data: bytes, origin: Origin) -> Response:  # noqa: ANN001
+    items = list(server.ingest.store_many(data, origin))
+    if len(items) == 1 and items[0].name == "":
+        if items[0].error:
+            raise items[0].error
+        return answer(items[0].stored.as_json())
+    if not items:
+        raise BadFileFormat("The ZIP archive contains no file")
+    return answer([item.stored.as_json() if item.stored else
+                   {"Path": item.name, "Status": "Failure", "Details": item.error.message}
+                   for item in items])
+
+
+def instance_file(request: Request) -> Response:
+    """The file as received, streamed from the storage area."""
+    server = server_of(request)
+    instance = resource_of(request, Level.INSTANCE)
+    attachment = server.index.attachment(instance.id, DICOM_ATTACHMENT)
+    if attachment is None:
+        raise InexistentItem("this instance has no DICOM file")
+    handle = server.storage.open(attachment.uuid)
+    if attachment.compression == COMPRESSION_ZLIB:
+        with handle:
+            data = decompress(handle.read())
+        return Response(data, media_type="application/dicom")
+
+    def chunks():  # noqa: ANN202 - a generator of bytes
+        with handle:
+            while block := handle.read(CHUNK):
+                yield block
+
+    return StreamingResponse(chunks(), media_type="application/dicom",
+                             headers={"Content-Length": str(attachment.uncompressed_size)})
+
+
+def _dataset(request: Request):  # noqa: ANN202 - a pydicom Dataset
+    server = server_of(request)
+    instance = resource_of(request, Level.INSTANCE)
+    has_pixels = "PixelDataOffset" in server.index.metadata(instance.id)
+    return read_header(server.index.header(instance.id)), has_pixels
+
+
+def tags(request: Request) -> Response:
+    mode = "simplify" if flag(request, "simplify") else "short" if flag(request, "short") \
+        else "full"
+    return _tags_answer(request, mode)
+
+
+def simplified_tags(request: Request) -> Response:
+    return _tags_answer(request, "simplify")
+
+
+def _tags_answer(request: Request, mode: str) -> Response:
+    dataset, has_pixels = _dataset(request)
+    dataset.file_meta = None  # /tags shows the data set; /header shows the file meta
+    return answer(dataset_json(dataset, mode, with_pixel_data=has_pixels))  # type: ignore[arg-type]
+
+
+def header(request: Request) -> Response:
+    dataset, _ = _dataset(request)
+    mode = "simplify" if flag(request, "simplify") else "short" if flag(request, "short") \
+        else "full"
+    return answer(dataset_json(dataset.file_meta, mode))  # type: ignore[arg-type]
+
+
+def content(request: Request) -> Response:
+    """Browse the dataset: ``content/0010-0010``, ``content/0008-1140/0/0008-1150``."""
+    dataset, _ = _dataset(request)
+    dataset.file_meta = None
+    path = [p for p in request.path_params.get("path", "").split("/") if p]
+    node = dataset
+    for position, step in enumerate(path):
+        try:
+            if isinstance(node, list):
+                node = node[int(step)]
+                continue
+            tag = parse_tag(step)
+        except (ValueError, IndexError):
+            raise InexistentItem(f'no "{"/".join(path[: position + 1])}" in this instance') \
+                from None
+        if tag not in node:
+            raise InexistentItem(f"no tag {format_tag(tag)} in this instance")
+        element = node[tag]
+        node = list(element.value) if element.VR == "SQ" else element
+    if isinstance(node, list):
+        return answer([str(i) for i in range(len(node))])
+    if hasattr(node, "VR"):
+        raw = node.value
+        value = raw if isinstance(raw, bytes) else (element_string(node) or "").encode()
+        return Response(value, media_type="application/octet-stream")
+    return answer([format_tag(e.tag).replace(",", "-") for e in node])
+
+
+def attachments(request: Request) -> Response:
+    server = server_of(request)
+    instance = resource_of(request)
+    names = {DICOM_ATTACHMENT: "dicom"}
+    info = server.index.describe([instance.id])[0]
+    return answer([names.get(c, str(c)) for c in sorted(info.attachments)])
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/instances", upload, methods=["POST"]),
+        Route("/instances/{id}/file", instance_file, methods=["GET"]),
+        Route("/instances/{id}/tags", tags, methods=["GET"]),
+        Route("/instances/{id}/simplified-tags", simplified_tags, methods=["GET"]),
+        Route("/instances/{id}/header", header, methods=["GET"]),
+        Route("/instances/{id}/content", content, methods=["GET"]),
+        Route("/instances/{id}/content/{path:path}", content, methods=["GET"]),
+        Route("/{level:lanthorn_level}/{id}/attachments", attachments, methods=["GET"]),
+    ]

@@ -1,0 +1,164 @@
+"""Patients, studies, series and instances: listing, describing, navigating, deleting."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.routing import Route
+
+from ..dicom import dataset_json, read_header
+from ..errors import InexistentItem
+from ..model import Level
+from .common import answer, flag, integer, level_of, resource_of, server_of, text
+from .describe import describe_many, parse_requested
+
+LEVELS = "{level:lanthorn_level}"
+COUNT_KEYS = {Level.PATIENT: "CountPatients", Level.STUDY: "CountStudies",
+              Level.SERIES: "CountSeries", Level.INSTANCE: "CountInstances"}
+
+
+class LevelConvertor(Convertor[str]):
+    """Matches the four collection names in ``/{level}/...`` routes."""
+
+    regex = "patients|studies|series|instances"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("lanthorn_level", LevelConvertor())
+
+
+def tag_form(request: Request) -> str:
+    """How tags are keyed in the answer: by keyword, by hex tag, or in full."""
+    if flag(request, "full"):
+        return "full"
+    return "short" if flag(request, "short") else "simplify"
+
+
+def describe_ids(request: Request, ids: list[int]) -> list[dict]:
+    return describe_many(server_of(request), ids, form=tag_form(request),
+                         requested=parse_requested(request.query_params.get("requested-tags")))
+
+
+def list_resources(request: Request) -> Response:
+    server, level = server_of(request), level_of(request)
+    since, limit = integer(request, "since"), integer(request, "limit")
+    if not flag(request, "expand"):
+        return answer(server.index.list_public_ids(level, since=since, limit=limit))
+    public_ids = server.index.list_public_ids(level, since=since, limit=limit)
+    resources = [server.index.lookup(p) for p in public_ids]
+    return answer(describe_ids(request, [r.id for r in resources if r]))
+
+
+def get_resource(request: Request) -> Response:
+    return answer(describe_ids(request, [resource_of(request).id])[0])
+
+
+def delete_resource(request: Request) -> Response:
+    server = server_of(request)
+    outcome = server.index.delete_resource(resource_of(request))
+    for uuid in outcome.removed_uuids:
+        server.storage.remove(uuid)
+    remaining = None
+    if outcome.remaining_ancestor:
+        level, public_id = outcome.remaining_ancestor
+        remaining = {"ID": public_id, "Path": f"/{level.plural}/{public_id}",
+                     "Type": level.title}
+    return answer({"RemainingAncestor": remaining})
+
+
+def related(level: Level, target: Level):  # noqa: ANN201 - a Starlette endpoint
+    """``/studies/{id}/series``, ``/instances/{id}/patient``...: children or an ancestor."""
+
+    def endpoint(request: Request) -> Response:
+        server, resource = server_of(request), resource_of(request, level)
+        if target > resource.level:
+            ids = server.index.descendants(resource.id, target)
+            if not flag(request, "expand", default=True):
+                return answer(server.index.public_ids_of(ids))
+            return answer(describe_ids(request, ids))
+        ancestor = next(r for r in server.index.ancestors(resource.id) if r.level == target)
+        return answer(describe_ids(request, [ancestor.id])[0])
+
+    return endpoint
+
+
+def shared_tags(request: Request) -> Response:
+    """Tags with the same value in every instance of the resource (read from headers)."""
+    server, resource = server_of(request), resource_of(request)
+    mode = "simplify" if flag(request, "simplify") else "short" if flag(request, "short") \
+        else "full"
+    shared: dict | None = None
+    for instance in server.index.descendants(resource.id, Level.INSTANCE):
+        tags = dataset_json(read_header(server.index.header(instance)), "full")
+        shared = tags if shared is None else {k: v for k, v in shared.items()
+                                              if tags.get(k) == v}
+    shared = {k: v for k, v in (shared or {}).items() if not k.startswith("0002,")}
+    return answer(_reshape(shared, mode))
+
+
+def _reshape(full: dict, mode: str) -> dict:
+    if mode == "full":
+        return full
+    if mode == "short":
+        return {k: _plain(v) for k, v in full.items()}
+    return {v["Name"]: _plain(v, by_name=True) for v in full.values()}
+
+
+def _plain(entry: dict, by_name: bool = False):  # noqa: ANN202 - JSON value
+    if entry["Type"] != "Sequence":
+        return entry["Value"]
+    return [_reshape(item, "simplify" if by_name else "short") for item in entry["Value"]]
+
+
+def statistics(request: Request) -> Response:
+    server, resource = server_of(request), resource_of(request)
+    stats = server.index.statistics(resource.id)
+    body: dict = {COUNT_KEYS[level]: count for level, count in stats.count_by_level.items()}
+    for prefix in ("", "Dicom"):
+        body[f"{prefix}DiskSize"] = str(stats.disk_size)
+        body[f"{prefix}DiskSizeMB"] = stats.disk_size // (1024 * 1024)
+        body[f"{prefix}UncompressedSize"] = str(stats.uncompressed_size)
+        body[f"{prefix}UncompressedSizeMB"] = stats.uncompressed_size // (1024 * 1024)
+    return answer(body)
+
+
+def list_metadata(request: Request) -> Response:
+    metadata = server_of(request).index.metadata(resource_of(request).id)
+    return answer(metadata if flag(request, "expand") else list(metadata))
+
+
+def get_metadata(request: Request) -> Response:
+    metadata = server_of(request).index.metadata(resource_of(request).id)
+    name = request.path_params["name"]
+    if name not in metadata:
+        raise InexistentItem(f'no metadata "{name}" on this resource')
+    return text(metadata[name])
+
+
+def protected(request: Request) -> Response:
+    return text("1" if resource_of(request, Level.PATIENT).protected else "0")
+
+
+def routes() -> list[Route]:
+    nav = [
+        Route(f"/{level.plural}/{{id}}/{target.plural if target > level else target.name.lower()}",
+              related(level, target), methods=["GET"])
+        for level in Level for target in Level if target != level
+    ]
+    return [
+        Route(f"/{LEVELS}", list_resources, methods=["GET"]),
+        Route(f"/{LEVELS}/{{id}}", get_resource, methods=["GET"]),
+        Route(f"/{LEVELS}/{{id}}", delete_resource, methods=["DELETE"]),
+        Route(f"/{LEVELS}/{{id}}/shared-tags", shared_tags, methods=["GET"]),
+        Route(f"/{LEVELS}/{{id}}/statistics", statistics, methods=["GET"]),
+        Route(f"/{LEVELS}/{{id}}/metadata", list_metadata, methods=["GET"]),
+        Route(f"/{LEVELS}/{{id}}/metadata/{{name}}", get_metadata, methods=["GET"]),
+        Route("/patients/{id}/protected", protected, methods=["GET"]),
+        *nav,
+    ]

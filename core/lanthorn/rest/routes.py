@@ -1,0 +1,18 @@
+"""The core REST API, registered as a built-in plugin like any other."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..plugins import hookimpl
+from . import find, instances, resources, system
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from ..server import Server
+
+
+@hookimpl
+def register_routes(server: Server) -> list[BaseRoute]:
+    return [*system.routes(), *instances.routes(), *find.routes(), *resources.routes()]

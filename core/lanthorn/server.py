@@ -1,0 +1,142 @@
+"""The Server: owns the configuration, plugins, storage area, index and event loop.
+
+A Server is built from a Config, opens its backends, and hands out the Starlette app
+and the DICOM listener; ``lanthorn serve`` runs those, tests build their own Servers
+(without entry points, so installed plugins never leak into core tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import Config, ConfigError
+from .errors import PluginError
+from .ingest import Ingester
+from .model import MainTags
+from .plugins import PluginHost, make_plugin_host
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from .changes import EventDispatcher
+    from .index.sql import SqlIndex
+    from .storage import StorageArea
+
+log = logging.getLogger(__name__)
+
+#: Sections of Lanthorn's own plugins, so that enabling one that is not installed is
+#: an error that says what to install (never a silent fallback to the defaults).
+OFFICIAL_PLUGIN_SECTIONS = {
+    "PostgreSQL": "lanthorn-postgres",
+    "DicomWeb": "lanthorn-dicomweb",
+    "Worklists": "lanthorn-worklists",
+    "WholeSlideImaging": "lanthorn-wsi",
+    "Viewer": "lanthorn-viewer",
+    "Lua": "lanthorn-lua",
+}
+
+
+class Server:
+    """One Lanthorn server process (several can share an index: see ``Workers``)."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        load_entry_points: bool = True,
+        plugins: list[object] | tuple[object, ...] = (),
+    ) -> None:
+        self.config = config or Config.defaults()
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        base_dir = self.config.sources[0].parent if self.config.sources else Path.cwd()
+        self.plugins: PluginHost = make_plugin_host(
+            extra=self.config["Plugins"], disabled=self.config["DisabledPlugins"],
+            load_entry_points=load_entry_points, base_dir=base_dir, objects=plugins,
+        )
+        self._check_sections()
+        self.main_tags = MainTags(self.config["ExtraMainDicomTags"])
+        self.plugins.hook.add_hookspecs.call_historic(
+            kwargs={"plugin_manager": self.plugins.manager})
+        self.storage: StorageArea = self._open_storage()
+        self.index: SqlIndex = self._open_index()
+        self.ingest = Ingester(self)
+        self.events: EventDispatcher | None = None
+        self._app: Starlette | None = None
+
+    # -- configuration checks ------------------------------------------------------------
+
+    def _check_sections(self) -> None:
+        loaded = self.plugins.loaded_sections()
+        for section, package in OFFICIAL_PLUGIN_SECTIONS.items():
+            if section in self.config.user_keys() and section not in loaded \
+                    and _enables_something(self.config.section(section)):
+                raise ConfigError(
+                    f'the configuration enables "{section}" but the plugin {package} is not '
+                    f"installed (pip install {package}), or it failed to load: see "
+                    "`lanthorn plugins`")
+        for warning in self.config.unknown_key_warnings(loaded | set(OFFICIAL_PLUGIN_SECTIONS)):
+            log.warning(warning)
+
+    def _open_storage(self) -> StorageArea:
+        factories = {f.name: f for batch in self.plugins.hook.register_storage_areas(server=self)
+                     for f in batch}
+        return _choose(factories, self.config["StorageArea"], "StorageArea").create(self)
+
+    def _open_index(self) -> SqlIndex:
+        factories = {f.name: f for batch in self.plugins.hook.register_index_backends(server=self)
+                     for f in batch}
+        requested = [f for f in factories.values() if f.requested(self)]
+        if len(requested) > 1:
+            raise ConfigError("several index backends are enabled: "
+                              + ", ".join(f.name for f in requested))
+        chosen = requested[0] if requested else \
+            _choose(factories, self.config["IndexBackend"], "IndexBackend")
+        return chosen.create(self)
+
+    # -- running -------------------------------------------------------------------------
+
+    @property
+    def app(self) -> Starlette:
+        """The REST application (built once, on first use)."""
+        if self._app is None:
+            from .rest.app import build_app
+
+            self._app = build_app(self)
+        return self._app
+
+    def start(self, *, background: bool = True) -> None:
+        """Run plugins' start-up; with ``background``, the event loop and other duties."""
+        self.plugins.hook.startup(server=self)
+        if background:
+            from .changes import EventDispatcher
+
+            self.events = EventDispatcher(self)
+            self.events.start()
+
+    def stop(self) -> None:
+        if self.events is not None:
+            self.events.stop()
+            self.events = None
+        self.plugins.hook.shutdown(server=self)
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def _choose(factories: dict, name: str, option: str):  # noqa: ANN001, ANN202
+    try:
+        return factories[name]
+    except KeyError:
+        raise PluginError(f'{option} "{name}" is not available; choose one of: '
+                          + ", ".join(sorted(factories))) from None
+
+
+def _enables_something(section: dict) -> bool:
+    """A plugin section switches something on when any Enable* flag is true."""
+    flags = [v for k, v in section.items() if k.startswith("Enable")]
+    return any(flags) if flags else bool(section)

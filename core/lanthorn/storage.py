@@ -1,0 +1,132 @@
+"""The storage area: where the bytes of attachments (DICOM files first) live.
+
+A storage area is addressed by attachment UUID and knows nothing of DICOM. The index
+records which UUIDs exist; storage is written *before* the index commits and removed
+*after* it, so a crash can leave an orphan file (``lanthorn check --repair`` removes
+it) but never an index row without its file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from .errors import InexistentItem
+
+
+@runtime_checkable
+class StorageArea(Protocol):
+    """What the core needs from a place that keeps attachment bytes."""
+
+    def write(self, uuid: str, data: bytes) -> None:
+        """Store ``data`` under ``uuid`` durably (per the area's sync policy), atomically."""
+
+    def open(self, uuid: str) -> BinaryIO:
+        """A binary file object positioned at the start; raises InexistentItem."""
+
+    def remove(self, uuid: str) -> None:
+        """Forget ``uuid``; a missing file is not an error (deletes are retried)."""
+
+    def exists(self, uuid: str) -> bool: ...
+
+    def scan(self) -> Iterator[tuple[str, float]]:
+        """Every stored UUID with its modification time (for consistency checks)."""
+
+    def clean_temporary(self, older_than: float) -> int:
+        """Remove unfinished writes older than the given Unix time; return how many."""
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+class FilesystemStorage:
+    """Files in a two-level fan-out (``ab/cd/abcd....``), written via temp file + rename.
+
+    With ``sync`` the file and the folders it lands in are fsynced before ``write``
+    returns, so an acknowledged instance survives a power loss.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, sync: bool = True) -> None:
+        self.root = Path(root)
+        self.sync = sync
+        self._tmp = self.root / "tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, uuid: str) -> Path:
+        return self.root / uuid[0:2] / uuid[2:4] / uuid
+
+    def write(self, uuid: str, data: bytes) -> None:
+        target = self.path(uuid)
+        created = self._make_folders(target.parent)
+        temporary = self._tmp / f"{uuid}.{os.getpid()}.part"
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            if self.sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        if self.sync:
+            for folder in (target.parent, *created):
+                _fsync_folder(folder)
+
+    def _make_folders(self, folder: Path) -> list[Path]:
+        """Create the fan-out folders; return the parents whose entries changed."""
+        if folder.is_dir():
+            return []
+        changed = [p.parent for p in (folder.parent, folder) if not p.is_dir()]
+        folder.mkdir(parents=True, exist_ok=True)
+        return changed
+
+    def open(self, uuid: str) -> BinaryIO:
+        try:
+            return open(self.path(uuid), "rb")
+        except FileNotFoundError:
+            raise InexistentItem(f"attachment {uuid} is missing from the storage area") from None
+
+    def remove(self, uuid: str) -> None:
+        self.path(uuid).unlink(missing_ok=True)
+
+    def exists(self, uuid: str) -> bool:
+        return self.path(uuid).is_file()
+
+    def scan(self) -> Iterator[tuple[str, float]]:
+        for first in sorted(self.root.glob("[0-9a-f][0-9a-f]")):
+            for entry in first.glob("[0-9a-f][0-9a-f]/*"):
+                if entry.is_file():
+                    yield entry.name, entry.stat().st_mtime
+
+    def clean_temporary(self, older_than: float = float("inf")) -> int:
+        removed = 0
+        for entry in self._tmp.glob("*.part"):
+            if entry.stat().st_mtime < older_than:
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+#: Attachment compression codes, as Orthanc numbers them.
+COMPRESSION_NONE = 1
+COMPRESSION_ZLIB = 2
+
+
+def compress(data: bytes) -> bytes:
+    """Orthanc's zlib layout: the uncompressed size (8 bytes, little endian), then zlib."""
+    return len(data).to_bytes(8, "little") + zlib.compress(data, 6)
+
+
+def decompress(data: bytes) -> bytes:
+    return zlib.decompress(data[8:]) if data else b""
+
