@@ -240,7 +240,7 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # --- parsing -------------------------------------------------------------------------------
 
 
-def strip_comments(text: str, source: str = "<string>") -> str:
+def _strip_comments(text: str, source: str = "<string>") -> str:
     """Blank out comments outside strings, keeping newlines so JSON errors keep their position."""
 
     def blank(match: re.Match[str]) -> str:
@@ -264,7 +264,7 @@ def _position(text: str, offset: int) -> tuple[int, int]:
 def parse_config_text(text: str, source: str = "<string>") -> dict[str, Any]:
     """Parse commented JSON whose top level must be an object."""
     try:
-        data = json.loads(strip_comments(text, source))
+        data = json.loads(_strip_comments(text, source))
     except json.JSONDecodeError as error:
         raise ConfigError(
             f"{source}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
@@ -285,7 +285,7 @@ def _read_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _expand(value: Any, environ: Mapping[str, str], source: str, where: str) -> Any:
-    """Replace ${VAR} in every string of a value, as Orthanc does."""
+    """Replace ${VAR} in every string of a value; Orthanc files use the same syntax."""
     if isinstance(value, str):
         return _VARIABLE.sub(lambda match: _variable(match[1], environ, source, where), value)
     if isinstance(value, list):

@@ -1,0 +1,1 @@
+"""DICOM network services (pynetdicom): the listener's SCP handlers."""

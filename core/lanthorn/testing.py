@@ -1,0 +1,154 @@
+"""Pytest fixtures for Lanthorn and its plugins (published through ``pytest11``).
+
+- ``lanthorn_config``: a Config on a temporary folder and free ports;
+- ``lanthorn_server``: a Server built from it, without installed entry points (add
+  plugins with ``@pytest.mark.lanthorn_plugins(module, ...)``), started and closed;
+- ``lanthorn_client``: an in-process HTTP client for that server's REST API;
+- ``lanthorn_process``: a real ``lanthorn serve`` subprocess (uvicorn and the DICOM
+  listener on loopback), for tests that need real sockets, signals or ``kill -9``;
+- ``free_port()``: a free TCP port on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .config import Config
+from .server import Server
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def require_tool(name: str, package: str | None = None) -> str:
+    """The path of a system tool; skip the test when missing (a failure under CI).
+
+    ``.ci/run`` sets ``LANTHORN_REQUIRE_TOOLS=1`` so that a missing tool cannot hide
+    behind a skip there.
+    """
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (apt-get install {package or name})"
+    if os.environ.get("LANTHORN_REQUIRE_TOOLS"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "lanthorn_plugins(*plugins): plugin objects the lanthorn_server loads")
+    config.addinivalue_line(
+        "markers", "lanthorn_config(**options): options the lanthorn_config fixture sets")
+
+
+@pytest.fixture
+def lanthorn_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    options: dict[str, Any] = {
+        "StorageDirectory": str(tmp_path / "storage"),
+        "HttpPort": free_port(),
+        "DicomPort": free_port(),
+        "StableAge": 1,
+    }
+    for marker in request.node.iter_markers("lanthorn_config"):
+        options = {**options, **marker.kwargs}
+    return Config.defaults().with_overrides(**options)
+
+
+@pytest.fixture
+def lanthorn_server(request: pytest.FixtureRequest, lanthorn_config: Config) -> Iterator[Server]:
+    plugins = [p for m in request.node.iter_markers("lanthorn_plugins") for p in m.args]
+    server = Server(lanthorn_config, load_entry_points=False, plugins=plugins)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.close()
+
+
+@pytest.fixture
+def lanthorn_client(lanthorn_server: Server) -> Iterator[Any]:
+    from starlette.testclient import TestClient
+
+    with TestClient(lanthorn_server.app, client=("127.0.0.1", 50000)) as client:
+        yield client
+
+
+@dataclass
+class ServerProcess:
+    """A ``lanthorn serve`` child process and how to reach it."""
+
+    config_path: Path
+    http_port: int
+    dicom_port: int
+    log_path: Path
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lanthorn", "serve", "--config", str(self.config_path),
+             *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        import httpx2
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process and self.process.poll() is not None:
+                raise RuntimeError(f"lanthorn serve exited:\n{self.log_path.read_text()}")
+            try:
+                if httpx2.get(self.url + "/system", timeout=1).status_code == 200:
+                    return
+            except httpx2.HTTPError:
+                time.sleep(0.1)
+        raise TimeoutError(f"lanthorn serve did not answer:\n{self.log_path.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def lanthorn_process(lanthorn_config: Config, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server process on ``lanthorn_config`` (not started: call ``.start()``)."""
+    config_path = tmp_path / "lanthorn.json"
+    options = {key: lanthorn_config[key] for key in lanthorn_config.user_keys()}
+    config_path.write_text(json.dumps({**options, "DicomBindAddress": "127.0.0.1",
+                                       "HttpBindAddress": "127.0.0.1"}))
+    child = ServerProcess(config_path, lanthorn_config["HttpPort"], lanthorn_config["DicomPort"],
+                          tmp_path / "server.log")
+    try:
+        yield child
+    finally:
+        child.kill()
