@@ -1,13 +1,23 @@
 """``lanthorn serve``: uvicorn for REST plus the DICOM listener, stopped cleanly on signals.
 
+With ``Workers`` > 1 the parent binds the HTTP port, forks that many server processes
+and supervises them; each serves HTTP on the shared socket and DICOM on the same port
+(``SO_REUSEPORT``). They share nothing but the index and the storage area, exactly as
+several machines on one database would: background duties go to the holder of a lease.
+
 On SIGINT/SIGTERM uvicorn stops accepting and lets in-flight requests finish; the DICOM
-listener then stops accepting and gives open associations time to finish their
-current operation before they are aborted.
+listener then stops accepting and gives open associations time to finish their current
+operation before they are aborted.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
 import time
 
 import uvicorn
@@ -22,6 +32,18 @@ ASSOCIATION_GRACE_SECONDS = 10.0
 
 
 def serve(config: Config, workers: int | None = None) -> int:
+    count = int(workers or config["Workers"])
+    if count <= 1:
+        run_server(config, None)
+        return 0
+    # Check the configuration and migrate the index once, before any process forks.
+    Server(config).close()
+    http_socket = _bind_http(config) if config["HttpServerEnabled"] else None
+    return _supervise(config, http_socket, count)
+
+
+def run_server(config: Config, http_socket: socket.socket | None) -> None:
+    """One server process: start, serve until a signal, stop cleanly."""
     server = Server(config)
     server.start()
     listener = None
@@ -32,7 +54,7 @@ def serve(config: Config, workers: int | None = None) -> int:
             listener = start_listener(server)
             log.info("DICOM listener %s on port %s", config["DicomAet"], config["DicomPort"])
         if config["HttpServerEnabled"]:
-            _run_http(server)
+            _run_http(server, http_socket)
         else:
             _wait_for_signal()
     finally:
@@ -40,10 +62,20 @@ def serve(config: Config, workers: int | None = None) -> int:
             _stop_listener(listener)
         server.stop()
         server.close()
-    return 0
 
 
-def _run_http(server: Server) -> None:
+def _bind_http(config: Config) -> socket.socket:
+    # IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on sockets that say they are TCP,
+    # and without it every keep-alive answer waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config["HttpBindAddress"] or "0.0.0.0", int(config["HttpPort"])))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run_http(server: Server, http_socket: socket.socket | None) -> None:
     config = server.config
     http = uvicorn.Server(uvicorn.Config(
         server.app,
@@ -52,18 +84,14 @@ def _run_http(server: Server) -> None:
         log_level="warning",
         lifespan="off",
         timeout_graceful_shutdown=30,
-        limit_concurrency=None,
         timeout_keep_alive=int(config["HttpTimeout"]) if config["KeepAlive"] else 0,
         access_log=False,
     ))
-    log.info("REST API on port %s", config["HttpPort"])
-    http.run()
+    log.info("REST API on port %s (process %d)", config["HttpPort"], os.getpid())
+    http.run(sockets=[http_socket] if http_socket else None)
 
 
 def _wait_for_signal() -> None:
-    import signal
-    import threading
-
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -78,3 +106,33 @@ def _stop_listener(listener) -> None:  # noqa: ANN001 - a pynetdicom ThreadedAss
         association.join(max(0.0, deadline - time.monotonic()))
         if association.is_alive():
             association.abort()
+
+
+def _supervise(config: Config, http_socket: socket.socket | None, count: int) -> int:
+    """Keep ``count`` worker processes running until SIGINT/SIGTERM, then stop them."""
+    context = multiprocessing.get_context("fork")
+    stopping = threading.Event()
+
+    def spawn() -> multiprocessing.Process:
+        process = context.Process(target=run_server, args=(config, http_socket), daemon=False)
+        process.start()
+        return process
+
+    def request_stop(*_: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    processes = [spawn() for _ in range(count)]
+    while not stopping.wait(0.5):
+        for position, process in enumerate(processes):
+            if not process.is_alive():
+                log.error("worker %d exited with %s; starting a new one",
+                          process.pid, process.exitcode)
+                processes[position] = spawn()
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+        process.join(60)
+    return 0

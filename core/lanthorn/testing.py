@@ -6,13 +6,16 @@
 - ``lanthorn_client``: an in-process HTTP client for that server's REST API;
 - ``lanthorn_process``: a real ``lanthorn serve`` subprocess (uvicorn and the DICOM
   listener on loopback), for tests that need real sockets, signals or ``kill -9``;
-- ``free_port()``: a free TCP port on loopback.
+- ``free_port()``: a free TCP port on loopback;
+- ``make_instance()``: the bytes of a small, valid DICOM file with the tags you ask for.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .config import Config
 from .server import Server
@@ -34,6 +39,42 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def make_instance(*, rows: int = 8, columns: int = 8, seed: int | None = None,
+                  **tags: Any) -> bytes:
+    """A CT-like DICOM file (explicit VR little endian, 16-bit pixels) as bytes.
+
+    Keyword arguments set tags by keyword (``PatientName="DOE^JOHN"``); the UIDs are
+    new unless given. ``seed`` makes the pixel bytes (and nothing else) repeatable.
+    """
+    dataset = Dataset()
+    dataset.SOPClassUID = CT_IMAGE_STORAGE
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.StudyInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = generate_uid()
+    dataset.PatientID = "PATIENT"
+    dataset.PatientName = "TEST^PATIENT"
+    dataset.Modality = "CT"
+    dataset.StudyDate = "20260101"
+    dataset.InstanceNumber = 1
+    for keyword, value in tags.items():
+        setattr(dataset, keyword, value)
+    dataset.Rows, dataset.Columns = rows, columns
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = random.Random(seed).randbytes(rows * columns * 2)
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def require_tool(name: str, package: str | None = None) -> str:

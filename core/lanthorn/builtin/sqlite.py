@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +20,7 @@ if TYPE_CHECKING:
     from ..server import Server
 
 INDEX_FILE = "index.sqlite"
+LOCK_FILE = "index.lock"
 
 
 def sqlite_engine(path: Path, *, durable: bool) -> Engine:
@@ -42,11 +48,33 @@ def sqlite_engine(path: Path, *, durable: bool) -> Engine:
     return engine
 
 
+class WriterLock:
+    """One writer at a time across threads and processes, woken in order by the kernel.
+
+    SQLite's own busy handler sleeps in growing steps (up to 100 ms) while another
+    process writes; queueing on ``flock`` instead hands the lock over immediately.
+    Open it after any fork: an inherited descriptor would be shared, not exclusive.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._threads = threading.Lock()
+        self._descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._threads:
+            fcntl.flock(self._descriptor, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+
+
 def _create(server: Server) -> SqlIndex:
     folder = Path(server.config["IndexDirectory"] or server.config["StorageDirectory"])
     engine = sqlite_engine(folder / INDEX_FILE, durable=bool(server.config["SyncStorageArea"]))
     upgrade(engine)
-    return SqlIndex(engine, server.main_tags)
+    return SqlIndex(engine, server.main_tags, write_lock=WriterLock(folder / LOCK_FILE))
 
 
 @hookimpl(trylast=True)

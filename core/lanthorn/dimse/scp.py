@@ -7,17 +7,19 @@ modality sends is what ``/instances/{id}/file`` returns.
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from typing import TYPE_CHECKING
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from ..errors import BadFileFormat, LanthornError, Rejected, StorageFull
 from ..types import Origin
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
-    from pynetdicom.transport import ThreadedAssociationServer
 
     from ..server import Server
 
@@ -42,12 +44,27 @@ def make_application_entity(server: Server) -> AE:
     return ae
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """An association server whose port other worker processes may also listen on.
+
+    With ``SO_REUSEPORT`` the kernel spreads incoming associations across the
+    processes, so DICOM ingest scales with ``Workers`` like HTTP does.
+    """
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 def start_listener(server: Server) -> ThreadedAssociationServer:
     """Listen on ``DicomBindAddress:DicomPort`` in background threads."""
     ae = make_application_entity(server)
     address = (server.config["DicomBindAddress"] or "0.0.0.0", int(server.config["DicomPort"]))
     handlers = [(evt.EVT_C_ECHO, _on_echo), (evt.EVT_C_STORE, _on_store, [server])]
-    return ae.start_server(address, block=False, evt_handlers=handlers)
+    listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer)
+    threading.Thread(target=listener.serve_forever, name="lanthorn-dicom", daemon=True).start()
+    ae._servers.append(listener)  # so that AE.shutdown() also stops it
+    return listener
 
 
 def _on_echo(event: Event) -> int:

@@ -8,14 +8,15 @@ engine). Write transactions are short and take the write lock up front
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 
 from sqlalchemy import (
     Connection,
     Engine,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -51,16 +52,24 @@ def orthanc_date(timestamp: float) -> str:
 class SqlIndex:
     """The index of resources, tags, metadata, attachments and the change log."""
 
-    def __init__(self, engine: Engine, main_tags: MainTags | None = None) -> None:
+    def __init__(self, engine: Engine, main_tags: MainTags | None = None,
+                 write_lock: Callable[[], AbstractContextManager[object]] = nullcontext) -> None:
         self.engine = engine
         self.main_tags = main_tags or MainTags()
+        self._write_lock = write_lock
 
     # -- transactions -------------------------------------------------------------
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction; commits on success, rolls back on any exception."""
-        with self.engine.connect().execution_options(lanthorn_write=True) as conn, conn.begin():
+        """A write transaction; commits on success, rolls back on any exception.
+
+        ``write_lock`` lets a backend queue writers itself (SQLite: a file lock, which
+        wakes the next writer at once instead of SQLite's sleeping busy handler).
+        """
+        with self._write_lock(), \
+                self.engine.connect().execution_options(lanthorn_write=True) as conn, \
+                conn.begin():
             yield conn
 
     @contextmanager
@@ -74,50 +83,53 @@ class SqlIndex:
     # -- ingest ---------------------------------------------------------------------
 
     def store_instance(self, new: NewInstance, *, overwrite: bool) -> StoreOutcome:
-        """Create an instance and any missing parent in one transaction."""
+        """Create an instance and any missing parent in one transaction.
+
+        Statements are few and prebuilt: this is the hot path of every ingest.
+        """
         with self.write() as conn:
-            existing = _lookup(conn, new.public_ids[3])
+            known = dict(conn.execute(_IDS_BY_PUBLIC_ID, {"ids": list(new.public_ids)}).all())
             replaced: list[str] = []
-            if existing is not None:
+            if new.public_ids[Level.INSTANCE] in known:
                 if not overwrite:
                     return StoreOutcome(stored=False)
-                replaced = _attachment_uuids(conn, [existing.id])
-                conn.execute(delete(s.resources).where(s.resources.c.id == existing.id))
-            parent_id: int | None = None
+                old = known.pop(new.public_ids[Level.INSTANCE])
+                replaced = _attachment_uuids(conn, [old])
+                conn.execute(delete(s.resources).where(s.resources.c.id == old))
+            ancestors: list[int] = []
             created: list[Level] = []
             for level in (Level.PATIENT, Level.STUDY, Level.SERIES):
-                found = _lookup(conn, new.public_ids[level])
-                if found is None:
-                    parent_id = self._create(conn, level, new, parent_id)
+                resource_id = known.get(new.public_ids[level])
+                if resource_id is None:
+                    resource_id = self._create(conn, level, new, ancestors[-1] if ancestors
+                                               else None)
                     created.append(level)
-                else:
-                    parent_id = found.id
-            series_id = parent_id
-            index_in_series = conn.scalar(
-                select(func.count()).where(s.resources.c.parent_id == series_id)
-            )
+                ancestors.append(resource_id)
+            series_id = ancestors[-1]
+            index_in_series = 1 if Level.SERIES in created else 1 + conn.scalar(
+                select(func.count()).where(s.resources.c.parent_id == series_id))
             instance_id = self._create(conn, Level.INSTANCE, new, series_id)
             # Orthanc's order in the change log: the instance first, then new parents.
-            for level in (Level.INSTANCE, *reversed(created)):
-                _log(conn, NEW_RESOURCE_CHANGE[level], level, new.public_ids[level],
-                     new.timestamp)
-            metadata = {**new.metadata, "IndexInSeries": str(index_in_series + 1)}
-            _insert_metadata(conn, instance_id, metadata)
-            conn.execute(insert(s.attachments).values(resource_id=instance_id,
-                                                      **vars(new.attachment)))
-            conn.execute(insert(s.instance_headers).values(resource_id=instance_id,
-                                                           header=new.header))
-            self._touch_ancestors(conn, series_id, new.timestamp)
+            _log_many(conn, [(NEW_RESOURCE_CHANGE[level], level, new.public_ids[level])
+                             for level in (Level.INSTANCE, *reversed(created))], new.timestamp)
+            _insert_metadata(conn, instance_id,
+                             {**new.metadata, "IndexInSeries": str(index_in_series)})
+            conn.execute(insert(s.attachments),
+                         {"resource_id": instance_id, **vars(new.attachment)})
+            conn.execute(insert(s.instance_headers),
+                         {"resource_id": instance_id, "header": new.header})
+            # A new instance makes its (older) series, study and patient unstable again.
+            untouched = [i for level, i in zip(Level, ancestors, strict=False)
+                         if level not in created]
+            if untouched:
+                conn.execute(_TOUCH, [{"key": i, "now": new.timestamp} for i in untouched])
             return StoreOutcome(True, replaced, (*created, Level.INSTANCE))
 
     def _create(self, conn: Connection, level: Level, new: NewInstance, parent: int | None) -> int:
-        public_id = new.public_ids[level]
-        resource_id = conn.execute(
-            insert(s.resources).values(
-                level=level, public_id=public_id, parent_id=parent,
-                last_update=new.timestamp, is_stable=False,
-            )
-        ).inserted_primary_key[0]
+        resource_id = conn.execute(insert(s.resources), {
+            "level": level, "public_id": new.public_ids[level], "parent_id": parent,
+            "last_update": new.timestamp, "is_stable": False, "protected": False,
+        }).inserted_primary_key[0]
         tags = new.main_tags.get(level, {})
         if tags:
             conn.execute(insert(s.main_tags), [
@@ -125,14 +137,6 @@ class SqlIndex:
                 for tag, value in tags.items()
             ])
         return resource_id
-
-    def _touch_ancestors(self, conn: Connection, series_id: int, timestamp: float) -> None:
-        """A new instance makes its series, study and patient unstable again."""
-        ids = _ancestor_ids(conn, series_id)
-        conn.execute(
-            update(s.resources).where(s.resources.c.id.in_(ids))
-            .values(last_update=timestamp, is_stable=False)
-        )
 
     # -- lookups --------------------------------------------------------------------
 
@@ -250,6 +254,20 @@ class SqlIndex:
     def attachments_all(self) -> list[tuple[int, Attachment]]:
         with self.read() as conn:
             return [(r.resource_id, _attachment(r)) for r in conn.execute(select(s.attachments))]
+
+    def attachments_page(self, after: tuple[int, int] = (0, 0),
+                         limit: int = 500) -> list[tuple[Resource, Attachment]]:
+        """Attachments with their owners, in (resource, content type) order after ``after``:
+        a full check pages through them instead of holding the whole index in memory."""
+        resource_id, content_type = after
+        a = s.attachments.c
+        with self.read() as conn:
+            rows = conn.execute(
+                select(s.attachments, s.resources).join(s.resources)
+                .where(or_(a.resource_id > resource_id,
+                           and_(a.resource_id == resource_id, a.content_type > content_type)))
+                .order_by(a.resource_id, a.content_type).limit(limit))
+            return [(_resource(r), _attachment(r)) for r in rows]
 
     def child_count(self, resource_id: int) -> int:
         with self.read() as conn:
@@ -499,8 +517,22 @@ def _identifier_tag_of_level() -> ColumnElement[int]:
 
 def _log(conn: Connection, change_type: ChangeType, level: Level, public_id: str,
          timestamp: float) -> None:
-    conn.execute(insert(s.changes).values(change_type=change_type, level=level,
-                                          public_id=public_id, date=orthanc_date(timestamp)))
+    _log_many(conn, [(change_type, level, public_id)], timestamp)
+
+
+def _log_many(conn: Connection, entries: list[tuple[ChangeType, Level, str]],
+              timestamp: float) -> None:
+    date = orthanc_date(timestamp)
+    conn.execute(insert(s.changes), [
+        {"change_type": change_type, "level": level, "public_id": public_id, "date": date}
+        for change_type, level, public_id in entries
+    ])
+
+
+_IDS_BY_PUBLIC_ID = select(s.resources.c.public_id, s.resources.c.id).where(
+    s.resources.c.public_id.in_(bindparam("ids", expanding=True)))
+_TOUCH = update(s.resources).where(s.resources.c.id == bindparam("key")).values(
+    last_update=bindparam("now"), is_stable=False)
 
 
 def _insert_metadata(conn: Connection, resource_id: int, values: dict[str, str]) -> None:
@@ -508,15 +540,6 @@ def _insert_metadata(conn: Connection, resource_id: int, values: dict[str, str])
         conn.execute(insert(s.metadata_table), [
             {"resource_id": resource_id, "name": k, "value": v} for k, v in values.items()
         ])
-
-
-def _ancestor_ids(conn: Connection, resource_id: int) -> list[int]:
-    ids = []
-    current: int | None = resource_id
-    while current is not None:
-        ids.append(current)
-        current = conn.scalar(select(s.resources.c.parent_id).where(s.resources.c.id == current))
-    return ids
 
 
 def _descendants(conn: Connection, ids: list[int], level: Level, limit: int = 0) -> list[int]:
