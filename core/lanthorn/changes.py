@@ -39,6 +39,9 @@ class EventDispatcher:
         self._thread = threading.Thread(target=self._run, name="lanthorn-events", daemon=True)
 
     def start(self) -> None:
+        # Cursors first: an instance stored before the thread's first round is not missed.
+        for impl in self.server.plugins.hook.on_change.get_hookimpls():
+            self._cursor(_cursor_name(impl))
         self._thread.start()
 
     def wake(self) -> None:
@@ -67,14 +70,21 @@ class EventDispatcher:
         for impl in self.server.plugins.hook.on_change.get_hookimpls():
             self._feed(impl)
 
+    def _cursor(self, name: str) -> int:
+        """A consumer's saved position; a new consumer starts at the present, not at the
+        dawn of time."""
+        index = self.server.index
+        cursor = index.cursor(name)
+        if cursor is None:
+            last = index.last_change()
+            cursor = last.seq if last else 0
+            index.set_cursor(name, cursor)
+        return cursor
+
     def _feed(self, impl: HookImpl) -> None:
         index = self.server.index
-        name = f"on_change:{impl.plugin_name}"
-        cursor = index.cursor(name)
-        if cursor is None:  # a new consumer starts at the present, not at the dawn of time
-            last = index.last_change()
-            index.set_cursor(name, last.seq if last else 0)
-            return
+        name = _cursor_name(impl)
+        cursor = self._cursor(name)
         while not self._stopping.is_set():
             batch = index.changes(since=cursor, limit=BATCH)
             for change in batch:
@@ -96,3 +106,7 @@ class EventDispatcher:
                           impl.plugin_name, change.seq)
             return False
         return True
+
+
+def _cursor_name(impl: HookImpl) -> str:
+    return f"on_change:{impl.plugin_name}"

@@ -106,7 +106,8 @@ def _print_config(args: argparse.Namespace) -> int:
 
 def _plugins(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    host = make_plugin_host(extra=config["Plugins"], disabled=config["DisabledPlugins"])
+    host = make_plugin_host(extra=config["Plugins"], disabled=config["DisabledPlugins"],
+                            base_dir=config.sources[0].parent if config.sources else None)
     for info in sorted(host.plugins.values(), key=lambda p: (p.source != "builtin", p.name)):
         status = info.status if not info.error else f"{info.status}: {info.error}"
         print(f"{info.name:<20} {info.version:<10} {info.source:<12} {status}")

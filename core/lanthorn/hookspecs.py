@@ -66,13 +66,21 @@ def shutdown(server: Server) -> None:
 
 @hookspec
 def register_storage_areas(server: Server) -> list[StorageAreaFactory]:
-    """Named storage-area factories; the ``StorageArea`` option picks one by name."""
+    """Named storage-area factories; the ``StorageArea`` option picks one by name.
+
+    The chosen factory's ``create(server)`` is called once. On a name clash the first
+    answer wins, so a plugin can replace the ``trylast`` built-in ``"filesystem"``.
+    """
 
 
 @hookspec
 def register_index_backends(server: Server) -> list[IndexBackendFactory]:
     """Named index-backend factories; ``IndexBackend`` (or a backend's own config
-    section, such as ``"PostgreSQL": {"EnableIndex": true}``) picks one."""
+    section, such as ``"PostgreSQL": {"EnableIndex": true}``) picks one.
+
+    ``create(server)`` returns a ``lanthorn.index.SqlIndex`` whose schema is up to date
+    (``lanthorn.index.upgrade``); two backends requested at once are a ConfigError.
+    """
 
 
 # -- REST -------------------------------------------------------------------------------
@@ -122,7 +130,9 @@ def filter_incoming_instance(server: Server, instance: ParsedInstance,
 def on_stored_instance(server: Server, instance: StoredInstance, dataset: Dataset) -> None:
     """An instance was committed (called in the storing thread, after the commit).
 
-    An exception is logged and does not undo the store.
+    Not called for a duplicate ("AlreadyStored"). ``dataset`` is the parsed header, for
+    reading. Each plugin is called on its own: an exception is logged, the other plugins
+    are still called, and the store is not undone.
     """
 
 
@@ -140,4 +150,9 @@ def on_change(server: Server, change: Change) -> None:
 
 @hookspec
 def register_commands(parser: argparse.ArgumentParser) -> list[Command]:
-    """``lanthorn`` subcommands (e.g. ``lanthorn wsi dicomize``)."""
+    """``lanthorn`` subcommands (e.g. ``lanthorn wsi dicomize``).
+
+    Asked while the command line is built, before any configuration is read, so only
+    installed (entry-point) plugins can add commands. ``Command.run(args)`` returns the
+    exit status.
+    """

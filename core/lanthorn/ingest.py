@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import time
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,8 +26,6 @@ from .types import Origin, StoredInstance
 
 if TYPE_CHECKING:
     from .server import Server
-
-log = logging.getLogger(__name__)
 
 #: Orthanc's content type of the DICOM file attachment.
 DICOM_ATTACHMENT = 1
@@ -58,15 +56,16 @@ class Ingester:
             raise Rejected("A plugin refused this instance")
         stored = self._commit(parsed, origin)
         if stored.status == "Success":
-            self._notify(stored, parsed)
+            self.server.plugins.notify("on_stored_instance", server=self.server,
+                                       instance=stored, dataset=parsed.dataset)
         return stored
 
     def _commit(self, parsed: ParsedInstance, origin: Origin) -> StoredInstance:
         server = self.server
         ids = public_ids(parsed.uids)
         overwrite = bool(server.config["OverwriteInstances"])
-        if not overwrite and server.index.lookup(ids[3]) is not None:
-            return StoredInstance(ids, "AlreadyStored", parsed.uids)
+        # No look-up first: the index transaction decides about duplicates, and a
+        # duplicate (rare) only costs writing a file that is then removed.
         attachment = self._write_file(parsed.data)
         now = time.time()
         try:
@@ -100,13 +99,6 @@ class Ingester:
         return Attachment(DICOM_ATTACHMENT, uuid, len(stored), len(data), compression,
                           stored_md5, md5)
 
-    def _notify(self, stored: StoredInstance, parsed: ParsedInstance) -> None:
-        try:
-            self.server.plugins.hook.on_stored_instance(
-                server=self.server, instance=stored, dataset=parsed.dataset)
-        except Exception:
-            log.exception("a plugin failed in on_stored_instance for %s", stored.id)
-
     def store_many(self, data: bytes, origin: Origin) -> Iterator[BatchItem]:
         """A ZIP archive member by member, or a single file; bad members are reported."""
         if not zipfile.is_zipfile(io.BytesIO(data)):
@@ -117,13 +109,15 @@ class Ingester:
                 if not member.is_dir():
                     yield self._attempt(member.filename, lambda m=member: archive.read(m), origin)
 
-    def _attempt(self, name: str, read: callable, origin: Origin) -> BatchItem:  # type: ignore[valid-type]
+    def _attempt(self, name: str, read: Callable[[], bytes], origin: Origin) -> BatchItem:
         try:
-            return BatchItem(name, stored=self.store(read(), origin))
+            data = read()
+        except (zipfile.BadZipFile, zlib.error, OSError, RuntimeError) as exc:  # a corrupt member
+            return BatchItem(name, error=BadFileFormat(f"Cannot read this ZIP member: {exc}"))
+        try:
+            return BatchItem(name, stored=self.store(data, origin))
         except LanthornError as exc:
             return BatchItem(name, error=exc)
-        except (zipfile.BadZipFile, OSError, RuntimeError) as exc:  # a corrupt ZIP member
-            return BatchItem(name, error=BadFileFormat(f"Cannot read this ZIP member: {exc}"))
 
 
 def _metadata(parsed: ParsedInstance, origin: Origin, now: float) -> dict[str, str]:
@@ -133,11 +127,12 @@ def _metadata(parsed: ParsedInstance, origin: Origin, now: float) -> dict[str, s
         "Origin": origin.kind,
         "RemoteAET": origin.remote_aet,
         "RemoteIP": origin.remote_ip,
-        "CalledAET": origin.called_aet,
         "HttpUsername": origin.username,
         "TransferSyntax": parsed.transfer_syntax,
         "SopClassUid": parsed.sop_class,
     }
+    if origin.called_aet:  # Orthanc records it only for the DICOM protocol
+        values["CalledAET"] = origin.called_aet
     if parsed.pixel_data_offset is not None:
         values["PixelDataOffset"] = str(parsed.pixel_data_offset)
     return values

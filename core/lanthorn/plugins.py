@@ -66,6 +66,8 @@ class PluginHost:
     def __init__(self) -> None:
         self.manager = pluggy.PluginManager("lanthorn")
         self.manager.add_hookspecs(hookspecs)
+        # Before any registration, so plugins' own hookspecs exist when check_pending runs.
+        self.manager.hook.add_hookspecs.call_historic(kwargs={"plugin_manager": self.manager})
         self.plugins: dict[str, PluginInfo] = {}
 
     @property
@@ -80,6 +82,15 @@ class PluginHost:
             raise PluginError(f'plugin "{info.name}" is invalid: {exc}') from None
         info.config_sections = tuple(getattr(module, "config_sections", ()))
         self.plugins[info.name] = info
+
+    def notify(self, name: str, **kwargs: object) -> None:
+        """Call a notification hook one plugin at a time: a failure is logged and
+        neither stops the other plugins nor reaches the caller."""
+        for impl in reversed(getattr(self.hook, name).get_hookimpls()):
+            try:
+                impl.function(*(kwargs[arg] for arg in impl.argnames))
+            except Exception:
+                log.exception('plugin "%s" failed in %s', impl.plugin_name, name)
 
     def fail(self, info: PluginInfo, exc: BaseException) -> None:
         info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -173,7 +184,11 @@ def _import_file(path: Path, name: str) -> ModuleType:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]  # no half-imported module left behind
+        raise
     return module
 
 

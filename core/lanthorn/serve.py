@@ -76,6 +76,13 @@ def _bind_http(config: Config) -> socket.socket:
 
 
 def _run_http(server: Server, http_socket: socket.socket | None) -> None:
+    """Serve until SIGINT/SIGTERM.
+
+    uvicorn re-raises the signal it caught once it has stopped; with our own (no-op)
+    handlers installed that re-raise is harmless and the clean-up still runs.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     config = server.config
     http = uvicorn.Server(uvicorn.Config(
         server.app,

@@ -12,13 +12,14 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .config import Config, ConfigError
 from .errors import PluginError
 from .ingest import Ingester
 from .model import MainTags
 from .plugins import PluginHost, make_plugin_host
+from .types import IndexBackendFactory, StorageAreaFactory
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .storage import StorageArea
 
 log = logging.getLogger(__name__)
+
+_Factory = TypeVar("_Factory", StorageAreaFactory, IndexBackendFactory)
 
 #: Sections of Lanthorn's own plugins, so that enabling one that is not installed is
 #: an error that says what to install (never a silent fallback to the defaults).
@@ -60,8 +63,6 @@ class Server:
         )
         self._check_sections()
         self.main_tags = MainTags(self.config["ExtraMainDicomTags"])
-        self.plugins.hook.add_hookspecs.call_historic(
-            kwargs={"plugin_manager": self.plugins.manager})
         self.storage: StorageArea = self._open_storage()
         self.index: SqlIndex = self._open_index()
         self.ingest = Ingester(self)
@@ -83,13 +84,11 @@ class Server:
             log.warning(warning)
 
     def _open_storage(self) -> StorageArea:
-        factories = {f.name: f for batch in self.plugins.hook.register_storage_areas(server=self)
-                     for f in batch}
+        factories = _by_name(self.plugins.hook.register_storage_areas(server=self))
         return _choose(factories, self.config["StorageArea"], "StorageArea").create(self)
 
     def _open_index(self) -> SqlIndex:
-        factories = {f.name: f for batch in self.plugins.hook.register_index_backends(server=self)
-                     for f in batch}
+        factories = _by_name(self.plugins.hook.register_index_backends(server=self))
         requested = [f for f in factories.values() if f.requested(self)]
         if len(requested) > 1:
             raise ConfigError("several index backends are enabled: "
@@ -126,6 +125,12 @@ class Server:
 
     def close(self) -> None:
         self.index.close()
+
+
+def _by_name(batches: list[list[_Factory]]) -> dict[str, _Factory]:
+    """Factories by name; on a clash the first answer (a plugin over a ``trylast``
+    built-in) wins, so a plugin can replace a default backend."""
+    return {f.name: f for batch in reversed(batches) for f in batch}
 
 
 def _choose(factories: dict, name: str, option: str):  # noqa: ANN001, ANN202

@@ -148,11 +148,11 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30) -> ServerProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "lanthorn", "serve", "--config", str(self.config_path),
-             *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the handle
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lanthorn", "serve", "--config", str(self.config_path),
+                 *self.extra_args],
+                stdout=log, stderr=subprocess.STDOUT)
         self.wait_ready(timeout)
         return self
 

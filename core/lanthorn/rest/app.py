@@ -34,7 +34,11 @@ def build_app(server: Server) -> Starlette:
     routes = collect_routes(server)
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        return server.plugins.hook.handle_exception(server=server, request=request, exc=exc)
+        try:
+            return server.plugins.hook.handle_exception(server=server, request=request, exc=exc)
+        except Exception:  # a broken renderer must not turn an error into a bare 500
+            log.exception("a plugin failed in handle_exception")
+            return error_response(request, exc)
 
     app = Starlette(routes=routes,
                     exception_handlers={Exception: on_error, HTTPException: on_error,

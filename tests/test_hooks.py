@@ -1,0 +1,556 @@
+"""Every hook: its documentation matches its specification, and it works through a server.
+
+One ``test_hook_<name>`` per hook in ``lanthorn.hookspecs`` (a test below checks that),
+each exercising the hook for real: plugins registered with the ``lanthorn_plugins``
+marker, requests through the REST API, the event loop and the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import io
+import logging
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lanthorn
+import pluggy
+import pydicom
+import pytest
+from lanthorn import cli, hookspecs
+from lanthorn.builtin.sqlite import sqlite_engine
+from lanthorn.changes import EventDispatcher
+from lanthorn.config import Config
+from lanthorn.errors import PluginError
+from lanthorn.index import SqlIndex, upgrade
+from lanthorn.storage import FilesystemStorage
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+DOC = Path(__file__).parents[1] / "docs" / "plugin-hooks.md"
+HOOKSPECS: dict[str, Callable[..., Any]] = {
+    name: function for name, function in vars(hookspecs).items()
+    if callable(function) and hasattr(function, "lanthorn_spec")
+}
+
+
+def dicom(**tags: str) -> bytes:
+    """pydicom's CT_small.dcm with some tags changed, as a new instance (new SOP UID)."""
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword, value in tags.items():
+        setattr(dataset, keyword, value)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+def registered(server: lanthorn.Server, kind: type) -> Any:
+    """The plugin object of class ``kind`` that the lanthorn_plugins marker registered."""
+    return next(p for p in server.plugins.manager.get_plugins() if isinstance(p, kind))
+
+
+def instance_count(client: TestClient) -> int:
+    return client.get("/statistics").json()["CountInstances"]
+
+
+# -- docs/plugin-hooks.md ---------------------------------------------------------------
+
+
+def documented_hooks() -> list[tuple[str, str]]:
+    """(name, body) of each ``## hook_name`` section; other headings have several words."""
+    parts = re.split(r"^## (.+)$", DOC.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    return [(title, body) for title, body in zip(parts[1::2], parts[2::2], strict=True)
+            if re.fullmatch(r"[a-z_]+", title)]
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def signature_line(function: Callable[..., Any]) -> str:
+    """``def name(arg: Type, ...) -> Ret`` (annotations are strings: postponed evaluation)."""
+    signature = inspect.signature(function)
+    arguments = ", ".join(f"{p.name}: {p.annotation}" for p in signature.parameters.values())
+    return f"def {function.__name__}({arguments}) -> {signature.return_annotation}"
+
+
+def expected_kind(name: str, options: dict[str, Any]) -> str:
+    if options.get("historic"):
+        return "historic"
+    if options.get("firstresult"):
+        return "firstresult"
+    return {"filter": "veto", "on": "notification"}.get(name.split("_")[0], "broadcast")
+
+
+def test_each_hookspec_has_exactly_one_section_with_its_exact_signature() -> None:
+    sections = documented_hooks()
+    names = [name for name, _ in sections]
+    assert sorted(names) == sorted(HOOKSPECS), "one '## hook_name' section per hookspec"
+    for name, body in sections:
+        assert python_blocks(body), f"section {name} has no signature block"
+        assert python_blocks(body)[0].strip() == signature_line(HOOKSPECS[name])
+
+
+def test_each_section_states_the_kind_of_its_hook() -> None:
+    for name, body in documented_hooks():
+        kind = re.search(r"\*\*Kind:\*\* (\w+)", body)
+        assert kind, f"section {name} does not state its kind"
+        assert kind[1] == expected_kind(name, HOOKSPECS[name].lanthorn_spec), name
+
+
+def test_every_hookspec_has_a_docstring() -> None:
+    for name, function in HOOKSPECS.items():
+        assert (inspect.getdoc(function) or "").strip(), f"{name} has no docstring"
+
+
+def test_examples_in_the_hook_reference_are_valid_python() -> None:
+    signatures = {signature_line(function) for function in HOOKSPECS.values()}
+    for block in python_blocks(DOC.read_text(encoding="utf-8")):
+        if block.strip() not in signatures:
+            compile(block, str(DOC), "exec")
+
+
+def test_the_plugin_guide_links_every_hook() -> None:
+    guide = (DOC.parent / "writing-plugins.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"\(plugin-hooks\.md#(\w+)\)", guide))
+    assert linked == set(HOOKSPECS)
+
+
+def test_every_hook_has_its_test() -> None:
+    assert {f"test_hook_{name}" for name in HOOKSPECS} <= set(globals())
+
+
+def test_a_misspelled_hook_stops_start_up(lanthorn_config: Config) -> None:
+    class Misspelled:
+        @lanthorn.hookimpl
+        def on_stored_instanse(self, server: lanthorn.Server) -> None: ...
+
+    with pytest.raises(PluginError, match="on_stored_instanse.*misspelled"):
+        lanthorn.Server(lanthorn_config, load_entry_points=False, plugins=[Misspelled()])
+
+
+def test_a_wrong_argument_name_stops_start_up(lanthorn_config: Config) -> None:
+    class WrongArgument:
+        @lanthorn.hookimpl
+        def on_stored_instance(self, server: lanthorn.Server, stored: object) -> None: ...
+
+    with pytest.raises(PluginError, match="stored"):
+        lanthorn.Server(lanthorn_config, load_entry_points=False, plugins=[WrongArgument()])
+
+
+# -- plugin host ------------------------------------------------------------------------
+
+hookspec = pluggy.HookspecMarker("lanthorn")
+
+
+class GreetingSpecs:
+    @hookspec(firstresult=True)
+    def greeting(self, name: str) -> str | None:
+        """A plugin's own hook."""
+
+
+class Greeter:
+    @lanthorn.hookimpl
+    def greeting(self, name: str) -> str:
+        return f"hello, {name}"
+
+
+class SpecAdder:
+    @lanthorn.hookimpl
+    def add_hookspecs(self, plugin_manager: pluggy.PluginManager) -> None:
+        plugin_manager.add_hookspecs(GreetingSpecs)
+
+
+# The implementer comes first: historic add_hookspecs makes the load order irrelevant.
+@pytest.mark.lanthorn_plugins(Greeter(), SpecAdder())
+def test_hook_add_hookspecs(lanthorn_server: lanthorn.Server) -> None:
+    assert lanthorn_server.plugins.hook.greeting(name="Ada") == "hello, Ada"
+
+
+# -- lifecycle --------------------------------------------------------------------------
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @lanthorn.hookimpl
+    def startup(self, server: lanthorn.Server) -> None:
+        assert server.index is not None and server.storage is not None
+        self.calls.append("startup")
+
+    @lanthorn.hookimpl
+    def shutdown(self, server: lanthorn.Server) -> None:
+        self.calls.append("shutdown")
+
+
+def test_hook_startup(lanthorn_config: Config) -> None:
+    lifecycle = Lifecycle()
+    server = lanthorn.Server(lanthorn_config, load_entry_points=False, plugins=[lifecycle])
+    assert lifecycle.calls == []
+    server.start()
+    assert lifecycle.calls == ["startup"]
+    server.stop()
+    server.close()
+
+
+def test_hook_startup_can_refuse_to_start(lanthorn_config: Config) -> None:
+    class Picky:
+        @lanthorn.hookimpl
+        def startup(self, server: lanthorn.Server) -> None:
+            raise lanthorn.LanthornError("Picky needs a Picky section")
+
+    server = lanthorn.Server(lanthorn_config, load_entry_points=False, plugins=[Picky()])
+    with pytest.raises(lanthorn.LanthornError, match="Picky needs"):
+        server.start(background=False)
+    server.close()
+
+
+def test_hook_shutdown(lanthorn_config: Config) -> None:
+    lifecycle = Lifecycle()
+    server = lanthorn.Server(lanthorn_config, load_entry_points=False, plugins=[lifecycle])
+    server.start()
+    server.stop()
+    assert lifecycle.calls == ["startup", "shutdown"]
+    server.close()
+
+
+# -- backends ---------------------------------------------------------------------------
+
+
+def beside_storage(server: lanthorn.Server, name: str) -> Path:
+    """A folder next to StorageDirectory (the fixtures put that in a temporary folder)."""
+    return Path(server.config["StorageDirectory"]).parent / name
+
+
+class ElsewhereStorage:
+    @lanthorn.hookimpl
+    def register_storage_areas(self, server: lanthorn.Server) -> list[Any]:
+        return [lanthorn.StorageAreaFactory("elsewhere", self.create)]
+
+    @staticmethod
+    def create(server: lanthorn.Server) -> FilesystemStorage:
+        return FilesystemStorage(beside_storage(server, "elsewhere"), sync=False)
+
+
+@pytest.mark.lanthorn_plugins(ElsewhereStorage())
+@pytest.mark.lanthorn_config(StorageArea="elsewhere")
+def test_hook_register_storage_areas(lanthorn_server: lanthorn.Server,
+                                     lanthorn_client: TestClient) -> None:
+    data = dicom()
+    stored = lanthorn_client.post("/instances", content=data).json()
+    files = [p for p in beside_storage(lanthorn_server, "elsewhere").rglob("*") if p.is_file()]
+    assert [f.read_bytes() for f in files] == [data]
+    assert lanthorn_client.get(f"/instances/{stored['ID']}/file").content == data
+    with pytest.raises(PluginError, match="choose one of: elsewhere, filesystem"):
+        lanthorn.Server(lanthorn_server.config.with_overrides(StorageArea="nowhere"),
+                        load_entry_points=False, plugins=[ElsewhereStorage()])
+
+
+class ReplacedFilesystem:
+    @lanthorn.hookimpl
+    def register_storage_areas(self, server: lanthorn.Server) -> list[Any]:
+        return [lanthorn.StorageAreaFactory("filesystem", ElsewhereStorage.create)]
+
+
+@pytest.mark.lanthorn_plugins(ReplacedFilesystem())
+def test_a_plugin_factory_replaces_the_built_in_one_of_the_same_name(
+        lanthorn_server: lanthorn.Server) -> None:
+    assert lanthorn_server.storage.root == beside_storage(lanthorn_server, "elsewhere")
+
+
+class SecondIndex:
+    """A second SQLite file, chosen by name or requested by its own section."""
+
+    config_sections = ("SecondIndex",)
+
+    @lanthorn.hookimpl
+    def register_index_backends(self, server: lanthorn.Server) -> list[Any]:
+        return [lanthorn.IndexBackendFactory("second", self.create, self.requested)]
+
+    @staticmethod
+    def create(server: lanthorn.Server) -> SqlIndex:
+        engine = sqlite_engine(beside_storage(server, "second") / "index.sqlite", durable=False)
+        upgrade(engine)
+        return SqlIndex(engine, server.main_tags)
+
+    @staticmethod
+    def requested(server: lanthorn.Server) -> bool:
+        return bool(server.config.section("SecondIndex").get("EnableIndex"))
+
+
+@pytest.mark.parametrize("options", [{"IndexBackend": "second"},
+                                     {"SecondIndex": {"EnableIndex": True}}],
+                         ids=["by-name", "by-section"])
+def test_hook_register_index_backends(options: dict[str, Any], lanthorn_config: Config) -> None:
+    server = lanthorn.Server(lanthorn_config.with_overrides(**options), load_entry_points=False,
+                             plugins=[SecondIndex()])
+    try:
+        server.ingest.store(dicom(), lanthorn.Origin())
+        assert (beside_storage(server, "second") / "index.sqlite").is_file()
+        assert not (Path(server.config["StorageDirectory"]) / "index.sqlite").exists()
+        assert server.index.statistics().count_by_level[lanthorn.Level.INSTANCE] == 1
+    finally:
+        server.close()
+
+
+# -- REST -------------------------------------------------------------------------------
+
+
+def plugin_routes(*routes: Any) -> object:
+    class Routes:
+        @lanthorn.hookimpl
+        def register_routes(self, server: lanthorn.Server) -> list[Any]:
+            return list(routes)
+
+    return Routes()
+
+
+def _name(request: Any) -> JSONResponse:
+    return JSONResponse({"Name": request.app.state.server.config["Name"], "Plugin": True})
+
+
+@pytest.mark.lanthorn_plugins(plugin_routes(
+    Route("/hooks-test/bare", _name, methods=["GET"]),
+    lanthorn.PluginRoute(Route("/hooks-test/wrapped", _name, methods=["GET"]), public=True),
+))
+def test_hook_register_routes(lanthorn_client: TestClient) -> None:
+    for path in ("/hooks-test/bare", "/hooks-test/wrapped"):
+        assert lanthorn_client.get(path).json() == {"Name": "Lanthorn", "Plugin": True}
+    assert "Version" in lanthorn_client.get("/system").json()  # core routes are still there
+
+
+def test_a_route_that_shadows_a_core_route_is_a_start_up_error(lanthorn_config: Config) -> None:
+    server = lanthorn.Server(lanthorn_config, load_entry_points=False,
+                             plugins=[plugin_routes(Route("/system", _name, methods=["GET"]))])
+    try:
+        with pytest.raises(PluginError, match="/system.*overrides_core"):
+            server.app  # noqa: B018 - building the application is what fails
+    finally:
+        server.close()
+
+
+@pytest.mark.lanthorn_plugins(plugin_routes(
+    lanthorn.PluginRoute(Route("/system", _name, methods=["GET"]), overrides_core=True)))
+def test_a_route_declared_as_overriding_replaces_the_core_route(
+        lanthorn_client: TestClient) -> None:
+    assert lanthorn_client.get("/system").json() == {"Name": "Lanthorn", "Plugin": True}
+
+
+class PlainNotFound:
+    @lanthorn.hookimpl
+    def handle_exception(self, request: Any, exc: Exception) -> PlainTextResponse | None:
+        if isinstance(exc, HTTPException) and exc.status_code == 404:
+            return PlainTextResponse(f"nothing at {request.url.path}", status_code=404)
+        return None
+
+
+@pytest.mark.lanthorn_plugins(PlainNotFound())
+def test_hook_handle_exception(lanthorn_client: TestClient) -> None:
+    answer = lanthorn_client.get("/no-such-route")
+    assert (answer.status_code, answer.text) == (404, "nothing at /no-such-route")
+    # The plugin passes (None) on other errors: the core's JSON error renders them.
+    answer = lanthorn_client.get("/instances/unknown/tags")
+    assert answer.status_code == 404
+    assert answer.json()["OrthancError"] == "Unknown resource"
+
+
+class BrokenRenderer:
+    @lanthorn.hookimpl
+    def handle_exception(self) -> None:
+        raise RuntimeError("the renderer is broken")
+
+
+@pytest.mark.lanthorn_plugins(BrokenRenderer())
+def test_a_failing_handle_exception_falls_back_to_the_core_error(
+        lanthorn_client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    answer = lanthorn_client.get("/no-such-route")
+    assert (answer.status_code, answer.json()["HttpStatus"]) == (404, 404)
+    assert "the renderer is broken" in caplog.text
+
+
+# -- ingest -----------------------------------------------------------------------------
+
+
+class Renamer:
+    @lanthorn.hookimpl
+    def receive_instance(self, instance: Any, origin: lanthorn.Origin) -> bytes | None:
+        assert origin.kind == "RestApi"
+        if instance.dataset.PatientName != "KEEP^ME":
+            return None
+        dataset = pydicom.dcmread(io.BytesIO(instance.data))
+        dataset.PatientName = "RENAMED^BY^PLUGIN"
+        buffer = io.BytesIO()
+        dataset.save_as(buffer)
+        return buffer.getvalue()
+
+
+@pytest.mark.lanthorn_plugins(Renamer())
+def test_hook_receive_instance(lanthorn_client: TestClient) -> None:
+    untouched = dicom(PatientName="OTHER")
+    stored = lanthorn_client.post("/instances", content=untouched).json()
+    assert lanthorn_client.get(f"/instances/{stored['ID']}/file").content == untouched
+
+    stored = lanthorn_client.post("/instances", content=dicom(PatientName="KEEP^ME")).json()
+    file = lanthorn_client.get(f"/instances/{stored['ID']}/file").content
+    assert pydicom.dcmread(io.BytesIO(file)).PatientName == "RENAMED^BY^PLUGIN"
+    tags = lanthorn_client.get(f"/instances/{stored['ID']}/simplified-tags").json()
+    assert tags["PatientName"] == "RENAMED^BY^PLUGIN"
+
+
+class Gatekeeper:
+    @lanthorn.hookimpl
+    def filter_incoming_instance(self, instance: Any) -> bool | None:
+        patient = instance.dataset.PatientID
+        if patient == "REJECTED":
+            raise lanthorn.Rejected("patient REJECTED may not be stored here")
+        return None if patient == "WELCOME" else patient != "VETOED"
+
+
+@pytest.mark.lanthorn_plugins(Gatekeeper())
+def test_hook_filter_incoming_instance(lanthorn_client: TestClient) -> None:
+    vetoed = lanthorn_client.post("/instances", content=dicom(PatientID="VETOED"))
+    assert vetoed.status_code == 403
+    assert vetoed.json()["Details"] == "A plugin refused this instance"
+    rejected = lanthorn_client.post("/instances", content=dicom(PatientID="REJECTED"))
+    assert rejected.status_code == 403
+    assert rejected.json()["Details"] == "patient REJECTED may not be stored here"
+    assert instance_count(lanthorn_client) == 0
+    for patient in ("WELCOME", "ANYONE"):  # None and True both accept
+        assert lanthorn_client.post("/instances", content=dicom(PatientID=patient)).is_success
+    assert instance_count(lanthorn_client) == 2
+
+
+class StoredRecorder:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    @lanthorn.hookimpl
+    def on_stored_instance(self, instance: lanthorn.StoredInstance, dataset: Any) -> None:
+        self.seen.append((instance.id, instance.status, str(dataset.PatientName)))
+
+
+class FailingListener:
+    @lanthorn.hookimpl
+    def on_stored_instance(self) -> None:
+        raise RuntimeError("the listener is broken")
+
+
+# FailingListener is registered last, so pluggy calls it first: the recorder must still
+# hear about the instance.
+@pytest.mark.lanthorn_plugins(StoredRecorder(), FailingListener())
+def test_hook_on_stored_instance(lanthorn_server: lanthorn.Server, lanthorn_client: TestClient,
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    data = dicom(PatientName="STORED^ONCE")
+    with caplog.at_level(logging.ERROR, logger="lanthorn"):
+        answer = lanthorn_client.post("/instances", content=data)
+    assert answer.status_code == 200
+    assert registered(lanthorn_server, StoredRecorder).seen == [
+        (answer.json()["ID"], "Success", "STORED^ONCE")]
+    assert 'plugin "FailingListener-1" failed in on_stored_instance' in caplog.text
+    assert "the listener is broken" in caplog.text
+    assert instance_count(lanthorn_client) == 1
+    lanthorn_client.post("/instances", content=data)  # AlreadyStored: no new notification
+    assert len(registered(lanthorn_server, StoredRecorder).seen) == 1
+
+
+class ChangeRecorder:
+    def __init__(self, fail_on: tuple[str, ...] = ()) -> None:
+        self.flaky = bool(fail_on)
+        self.fail_on = set(fail_on)
+        self.seen: list[str] = []
+
+    @lanthorn.hookimpl
+    def on_change(self, server: lanthorn.Server, change: Any) -> None:
+        self.seen.append(change.change_type.name)
+        if change.change_type.name in self.fail_on:
+            self.fail_on.remove(change.change_type.name)  # fail the first delivery only
+            raise RuntimeError(f"failed on {change.change_type.name}")
+
+
+NEW_RESOURCES = ["NewInstance", "NewSeries", "NewStudy", "NewPatient"]
+
+
+@pytest.mark.lanthorn_plugins(ChangeRecorder())
+@pytest.mark.lanthorn_config(StableAge=3600)
+def test_hook_on_change(lanthorn_server: lanthorn.Server, lanthorn_client: TestClient) -> None:
+    """Delivered in order by the background loop that Server.start() started."""
+    recorder = registered(lanthorn_server, ChangeRecorder)
+    lanthorn_client.post("/instances", content=dicom())
+    assert lanthorn_server.events is not None
+    lanthorn_server.events.wake()
+    wait_for(lambda: len(recorder.seen) >= len(NEW_RESOURCES))
+    assert recorder.seen == NEW_RESOURCES
+
+
+@pytest.mark.lanthorn_plugins(ChangeRecorder(), ChangeRecorder(fail_on=("NewStudy",)))
+@pytest.mark.lanthorn_config(StableAge=3600)
+def test_on_change_is_delivered_again_after_a_failure(
+        lanthorn_server: lanthorn.Server, lanthorn_client: TestClient,
+        caplog: pytest.LogCaptureFixture) -> None:
+    assert lanthorn_server.events is not None
+    lanthorn_server.events.stop()  # drive the rounds by hand, deterministically
+    events = EventDispatcher(lanthorn_server)
+    steady, flaky = sorted((p for p in lanthorn_server.plugins.manager.get_plugins()
+                            if isinstance(p, ChangeRecorder)), key=lambda p: p.flaky)
+    lanthorn_client.post("/instances", content=dicom())
+    events.run_once()
+    assert flaky.seen == ["NewInstance", "NewSeries", "NewStudy"]
+    assert steady.seen == NEW_RESOURCES  # not held back by the failing consumer
+    assert "failed on NewStudy" in caplog.text
+    events.run_once()
+    assert flaky.seen == ["NewInstance", "NewSeries", "NewStudy", "NewStudy", "NewPatient"]
+    events.run_once()
+    assert steady.seen == NEW_RESOURCES and flaky.seen[-1] == "NewPatient"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+# -- command line -----------------------------------------------------------------------
+
+COMMAND_PLUGIN = '''
+import lanthorn
+
+
+def _greet(args):
+    print(f"greetings, {args.who}")
+    return 7
+
+
+@lanthorn.hookimpl
+def register_commands(parser):
+    return [lanthorn.Command("greet", "greet someone", _greet,
+                             lambda sub: sub.add_argument("who"))]
+'''
+
+
+def test_hook_register_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A plugin installed with an entry point (a dist-info folder on sys.path)."""
+    (tmp_path / "lanthorn_greet_test.py").write_text(COMMAND_PLUGIN)
+    dist_info = tmp_path / "lanthorn_greet_test-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: lanthorn-greet-test\nVersion: 1.0\nSummary: test\n")
+    (dist_info / "entry_points.txt").write_text("[lanthorn]\ngreet = lanthorn_greet_test\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    parser = cli.build_parser()
+    assert re.search(r"greet\s+greet someone", parser.format_help())
+    args = parser.parse_args(["greet", "world"])
+    assert isinstance(args, argparse.Namespace) and args.run(args) == 7
+    assert capsys.readouterr().out == "greetings, world\n"
