@@ -17,10 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lanthorn
 import pluggy
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+import lanthorn
 from lanthorn import cli, hookspecs
 from lanthorn.builtin.sqlite import sqlite_engine
 from lanthorn.changes import EventDispatcher
@@ -28,12 +35,6 @@ from lanthorn.config import Config
 from lanthorn.errors import PluginError
 from lanthorn.index import SqlIndex, upgrade
 from lanthorn.storage import FilesystemStorage
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
-from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route
-from starlette.testclient import TestClient
 
 DOC = Path(__file__).parents[1] / "docs" / "plugin-hooks.md"
 HOOKSPECS: dict[str, Callable[..., Any]] = {

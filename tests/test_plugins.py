@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import lanthorn
 import pytest
-from lanthorn.config import Config, ConfigError, load_config
 from pydicom.data import get_testdata_file
 from starlette.testclient import TestClient
+
+import lanthorn
+from lanthorn.config import Config, ConfigError, load_config
 
 EXAMPLE = Path(__file__).parents[1] / "docs" / "example-plugin"
 CT_SMALL = Path(get_testdata_file("CT_small.dcm")).read_bytes()

@@ -22,10 +22,14 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import IS, DSfloat
 
 from .errors import BadFileFormat
-from .model import Level, MainTags, format_tag, tag_name
+from .model import IDENTIFIER_KEYWORDS, Level, MainTags, format_tag
 
-PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+PIXEL_DATA = 0x7FE00010
+PIXEL_TAGS = (0x7FE00008, 0x7FE00009, PIXEL_DATA)
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_IDENTIFIERS = tuple(IDENTIFIER_KEYWORDS[level] for level in Level)
+#: Dataset trailing padding: not an attribute, so never shown (as in Orthanc).
+TRAILING_PADDING = 0xFFFCFFFC
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
 NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or SS"})
 #: Orthanc shows longer values as "TooLong" in /tags.
@@ -54,10 +58,14 @@ def parse_instance(data: bytes) -> ParsedInstance:
         dataset = pydicom.dcmread(io.BytesIO(data))
         meta = dataset.file_meta
         transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
-        pixel_offset, pixel_end = _pixel_span(dataset, data, transfer_syntax)
+        # Positions in a deflated file are those of the inflated stream: keep it whole.
+        deflated = transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian
+        pixel_offset, pixel_end = (None, 0) if deflated else \
+            _pixel_span(dataset, data, transfer_syntax)
+        uids = _identifiers(dataset)  # before conversion, which hides a value's VR of UN
         _convert_everything(dataset)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError,
-            NotImplementedError, AttributeError, IndexError) as exc:
+            NotImplementedError, AttributeError, IndexError, zlib.error) as exc:
         raise BadFileFormat(
             f"Cannot parse an invalid DICOM file (size: {len(data)} bytes): {exc}"
         ) from None
@@ -65,11 +73,10 @@ def parse_instance(data: bytes) -> ParsedInstance:
         raise BadFileFormat("The file meta information has no TransferSyntaxUID")
     if str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
         raise BadFileFormat("A DICOMDIR cannot be stored: import the files it refers to")
-    uids = _identifiers(dataset)
-    if pixel_offset is None or transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
-        header = data
-    else:
-        header = data[:pixel_offset] + data[pixel_end:]
+    if not all(uids[1:]):
+        missing = [k for k, v in zip(_IDENTIFIERS[1:], uids[1:], strict=True) if not v]
+        raise BadFileFormat(f"The file has no {', '.join(missing)}: it cannot be indexed")
+    header = data if pixel_offset is None else data[:pixel_offset] + data[pixel_end:]
     return ParsedInstance(
         data=data,
         dataset=dataset,
@@ -88,17 +95,21 @@ def _convert_everything(dataset: Dataset) -> None:
 
 
 def _identifiers(dataset: Dataset) -> tuple[str, str, str, str]:
-    values = [_clean(dataset.get(k, "")) for k in
-              ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
-    missing = [k for k, v in zip(("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"),
-                                 values[1:], strict=True) if not v]
-    if missing:
-        raise BadFileFormat(f"The file has no {', '.join(missing)}: it cannot be indexed")
+    """The identifying values as Orthanc hashes them ("" when absent).
+
+    Padding is stripped, except that Orthanc keeps the spaces of a value sent with the
+    VR UN (``rtdose_rle.dcm``): IDs must match, so we do the same.
+    """
+    values = []
+    for keyword in _IDENTIFIERS:
+        raw = dataset.get_item(keyword)
+        if raw is None:
+            values.append("")
+        elif isinstance(raw, RawDataElement) and raw.VR == "UN":
+            values.append((raw.value or b"").decode("latin-1").rstrip("\x00"))
+        else:  # several values (a malformed file) are joined by "\", as Orthanc does
+            values.append((element_string(dataset[keyword]) or "").strip(" \x00"))
     return tuple(values)  # type: ignore[return-value]
-
-
-def _clean(value: Any) -> str:
-    return str(value).strip(" \x00")
 
 
 def _pixel_span(dataset: Dataset, data: bytes, syntax: str) -> tuple[int | None, int]:
@@ -160,8 +171,8 @@ def element_string(element: DataElement, limit: int | None = None) -> str | None
 def _scalar_string(value: Any) -> str:
     if isinstance(value, DSfloat | IS):  # keep the decimal string as it was sent
         return str(getattr(value, "original_string", None) or value).strip(" \x00")
-    if isinstance(value, float):
-        return repr(value)
+    if isinstance(value, float):  # FL/FD: 17 significant digits, as Orthanc prints them
+        return format(value, ".17g")
     return str(value).rstrip(" \x00")
 
 
@@ -181,11 +192,15 @@ def dataset_json(dataset: Dataset, mode: Mode = "full", *, with_pixel_data: bool
     """Orthanc's rendering of a dataset: ``/tags``, ``?short`` or ``?simplify``."""
     result: dict[str, Any] = {}
     for element in dataset:
-        key = tag_name(element.tag) if mode == "simplify" else format_tag(element.tag)
+        if element.tag == TRAILING_PADDING:
+            continue
+        # Simplified keys are the names of the full form (private tags too, as in Orthanc).
+        key = _element_name(element, dataset) if mode == "simplify" \
+            else format_tag(element.tag)
         result[key] = _element_json(element, mode, dataset)
     if with_pixel_data:
-        key = "PixelData" if mode == "simplify" else format_tag(0x7FE00010)
-        result[key] = _element_json(DataElement(0x7FE00010, "OB", None), mode, dataset)
+        key = "PixelData" if mode == "simplify" else format_tag(PIXEL_DATA)
+        result[key] = _element_json(DataElement(PIXEL_DATA, "OB", None), mode, dataset)
     return result
 
 

@@ -9,6 +9,7 @@ it) but never an index row without its file.
 from __future__ import annotations
 
 import os
+import stat
 import uuid as uuidlib
 import zlib
 from collections.abc import Iterator
@@ -35,6 +36,9 @@ class StorageArea(Protocol):
 
     def scan(self) -> Iterator[tuple[str, float]]:
         """Every stored UUID with its modification time (for consistency checks)."""
+
+    def temporary(self) -> Iterator[tuple[str, float]]:
+        """Unfinished writes with their modification times (reported by checks)."""
 
     def clean_temporary(self, older_than: float) -> int:
         """Remove unfinished writes older than the given Unix time; return how many."""
@@ -95,18 +99,34 @@ class FilesystemStorage:
         return self.path(uuid).is_file()
 
     def scan(self) -> Iterator[tuple[str, float]]:
+        # Only files where path() finds them: anything else could not be removed by UUID.
         for first in sorted(self.root.glob("[0-9a-f][0-9a-f]")):
             for entry in first.glob("[0-9a-f][0-9a-f]/*"):
-                if entry.is_file():
-                    yield entry.name, entry.stat().st_mtime
+                if entry.name.startswith(first.name + entry.parent.name):
+                    yield from _with_mtime(entry)
+
+    def temporary(self) -> Iterator[tuple[str, float]]:
+        for entry in self._tmp.glob("*.part"):
+            yield from _with_mtime(entry)
 
     def clean_temporary(self, older_than: float = float("inf")) -> int:
         removed = 0
-        for entry in self._tmp.glob("*.part"):
-            if entry.stat().st_mtime < older_than:
-                entry.unlink(missing_ok=True)
+        for name, mtime in list(self.temporary()):
+            if mtime < older_than:
+                (self._tmp / name).unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+def _with_mtime(entry: Path) -> Iterator[tuple[str, float]]:
+    """``(name, mtime)`` of a regular file; nothing if it vanished (a live server renames
+    and deletes files while a check scans)."""
+    try:
+        status = entry.stat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(status.st_mode):
+        yield entry.name, status.st_mtime
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -357,20 +357,21 @@ class SqlIndex:
         return ids
 
     def _condition(self, target, level: Level, c: Constraint) -> ColumnElement[bool]:  # noqa: ANN001
-        owner = target
+        # Subqueries nested in EXISTS must name ``target`` as the outer query's row:
+        # SQLAlchemy only auto-correlates with the immediately enclosing SELECT.
         if c.level < level:  # an ancestor's tag: walk up with correlated aliases
             owner_ref = target.c.parent_id
             for _ in range(level - c.level - 1):
                 parent = s.resources.alias()
                 owner_ref = select(parent.c.parent_id).where(parent.c.id == owner_ref) \
-                    .scalar_subquery()
+                    .correlate(target).scalar_subquery()
             return exists().where(s.main_tags.c.resource_id == owner_ref,
                                   s.main_tags.c.tag == c.tag, _match(c))
         if c.level > level:  # some descendant carries the tag
-            below = _descendant_subquery(target.c.id, level, c.level)
+            below = _descendant_subquery(target, level, c.level)
             return exists().where(s.main_tags.c.resource_id.in_(below),
                                   s.main_tags.c.tag == c.tag, _match(c))
-        return exists().where(s.main_tags.c.resource_id == owner.c.id,
+        return exists().where(s.main_tags.c.resource_id == target.c.id,
                               s.main_tags.c.tag == c.tag, _match(c))
 
     def _header_matches(self, conn: Connection, resource_id: int, level: Level,
@@ -460,17 +461,14 @@ class SqlIndex:
             if resource_id is None:
                 counts = dict(conn.execute(select(s.resources.c.level, func.count())
                                            .group_by(s.resources.c.level)).all())
-                sizes = conn.execute(select(func.coalesce(func.sum(s.attachments.c.compressed_size), 0),
-                                            func.coalesce(func.sum(s.attachments.c.uncompressed_size), 0))).one()
+                sizes = conn.execute(_SIZES).one()
                 return Statistics({lv: counts.get(lv, 0) for lv in Level}, *sizes)
             level = Level(conn.scalar(select(s.resources.c.level)
                                       .where(s.resources.c.id == resource_id)))
             by_level = {lv: len(_descendants(conn, [resource_id], lv))
                         for lv in Level if lv > level}
             instances = _descendants(conn, [resource_id], Level.INSTANCE)
-            sizes = conn.execute(select(func.coalesce(func.sum(s.attachments.c.compressed_size), 0),
-                                        func.coalesce(func.sum(s.attachments.c.uncompressed_size), 0))
-                                 .where(s.attachments.c.resource_id.in_(instances))).one()
+            sizes = conn.execute(_SIZES.where(s.attachments.c.resource_id.in_(instances))).one()
             return Statistics(by_level, *sizes)
 
     def delete_attachment_rows(self, uuids: Sequence[str]) -> list[int]:
@@ -531,6 +529,9 @@ def _log_many(conn: Connection, entries: list[tuple[ChangeType, Level, str]],
 
 _IDS_BY_PUBLIC_ID = select(s.resources.c.public_id, s.resources.c.id).where(
     s.resources.c.public_id.in_(bindparam("ids", expanding=True)))
+#: Disk and uncompressed sizes of attachments (restrict it with ``.where``).
+_SIZES = select(func.coalesce(func.sum(s.attachments.c.compressed_size), 0),
+                func.coalesce(func.sum(s.attachments.c.uncompressed_size), 0))
 _TOUCH = update(s.resources).where(s.resources.c.id == bindparam("key")).values(
     last_update=bindparam("now"), is_stable=False)
 
@@ -558,10 +559,11 @@ def _descendants(conn: Connection, ids: list[int], level: Level, limit: int = 0)
     return ids
 
 
-def _descendant_subquery(resource_id, level: Level, target: Level):  # noqa: ANN001, ANN202
-    """A correlated subquery of the IDs of ``resource_id``'s descendants at ``target``."""
-    ids = select(s.resources.c.id).where(s.resources.c.parent_id == resource_id)
-    for _ in range(target - level - 1):
+def _descendant_subquery(target, level: Level, below: Level):  # noqa: ANN001, ANN202
+    """A subquery of the IDs of the descendants at ``below`` of the outer row ``target``."""
+    ids = select(s.resources.c.id).where(s.resources.c.parent_id == target.c.id) \
+        .correlate(target)
+    for _ in range(below - level - 1):
         child = s.resources.alias()
         ids = select(child.c.id).where(child.c.parent_id.in_(ids))
     return ids

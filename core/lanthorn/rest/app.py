@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import LanthornError, PluginError
+from ..errors import Forbidden, LanthornError, PluginError
 from ..types import PluginRoute
 
 if TYPE_CHECKING:
@@ -109,11 +109,8 @@ class LoopbackOnly:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
         if scope["type"] == "http" and client and not _is_loopback(client[0]):
-            response = JSONResponse(
-                {"HttpError": "Forbidden", "HttpStatus": 403, "Message": "Forbidden access",
-                 "Details": "remote access is disabled (RemoteAccessAllowed is false)"},
-                status_code=403)
-            await response(scope, receive, send)
+            refusal = Forbidden("remote access is disabled (RemoteAccessAllowed is false)")
+            await error_response(Request(scope), refusal)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

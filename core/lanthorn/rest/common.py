@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..dicom import Mode
 from ..errors import BadRequest, UnknownResource
 from ..index.records import Resource
 from ..model import Level
@@ -25,6 +26,12 @@ def flag(request: Request, name: str, default: bool = False) -> bool:
     if name not in request.query_params:
         return default
     return request.query_params[name].lower() not in ("false", "0", "no")
+
+
+def dicom_form(request: Request) -> Mode:
+    """How a dataset is rendered: ``?simplify`` (by name), ``?short`` (by tag), or in full."""
+    return "simplify" if flag(request, "simplify") else "short" if flag(request, "short") \
+        else "full"
 
 
 def integer(request: Request, name: str, default: int = 0) -> int:

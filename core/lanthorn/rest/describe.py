@@ -6,10 +6,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..dicom import element_string, read_header
+from ..errors import BadRequest
 from ..index.records import ResourceInfo
 from ..index.sql import orthanc_date
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level, format_tag, parse_tag, tag_name
+from ..query import MODALITY
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -98,7 +100,12 @@ def parse_requested(values: Sequence[str] | str | None) -> list[int]:
     if not values:
         return []
     items = values.split(";") if isinstance(values, str) else values
-    return [parse_tag(v) for v in items if v]
+    if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+        raise BadRequest("the requested tags must be a list of tag names")
+    try:
+        return [parse_tag(v) for v in items if v]
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def requested_tags(server: Server, info: ResourceInfo, tags: Sequence[int]) -> dict[int, str]:
@@ -113,7 +120,8 @@ def requested_tags(server: Server, info: ResourceInfo, tags: Sequence[int]) -> d
             values[tag] = str(len(index.descendants(resource.id, COUNT_TAGS[tag][1])))
         elif tag == MODALITIES_IN_STUDY and resource.level == Level.STUDY:
             series = index.describe(index.descendants(resource.id, Level.SERIES))
-            values[tag] = "\\".join(sorted({s.main_tags.get(0x00080060, "") for s in series} - {""}))
+            modalities = {s.main_tags.get(MODALITY, "") for s in series} - {""}
+            values[tag] = "\\".join(sorted(modalities))
         elif tag == SOP_CLASSES_IN_STUDY and resource.level == Level.STUDY:
             instances = index.describe(index.descendants(resource.id, Level.INSTANCE))
             values[tag] = "\\".join(sorted({i.metadata.get("SopClassUid", "") for i in instances}

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ..dicom import dataset_json, element_string, read_header
+from ..dicom import (
+    BINARY_VRS,
+    NUMERIC_VRS,
+    PIXEL_DATA,
+    Mode,
+    dataset_json,
+    element_string,
+    read_header,
+)
 from ..errors import BadFileFormat, InexistentItem
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level, format_tag, parse_tag
 from ..storage import COMPRESSION_ZLIB, decompress
 from ..types import Origin
-from .common import answer, flag, resource_of, server_of
+from .common import answer, dicom_form, resource_of, server_of
 
 CHUNK = 1 << 20
 
@@ -68,54 +78,67 @@ def _dataset(request: Request):  # noqa: ANN202 - a pydicom Dataset
 
 
 def tags(request: Request) -> Response:
-    mode = "simplify" if flag(request, "simplify") else "short" if flag(request, "short") \
-        else "full"
-    return _tags_answer(request, mode)
+    return _tags_answer(request, dicom_form(request))
 
 
 def simplified_tags(request: Request) -> Response:
     return _tags_answer(request, "simplify")
 
 
-def _tags_answer(request: Request, mode: str) -> Response:
+def _tags_answer(request: Request, mode: Mode) -> Response:
     dataset, has_pixels = _dataset(request)
     dataset.file_meta = None  # /tags shows the data set; /header shows the file meta
-    return answer(dataset_json(dataset, mode, with_pixel_data=has_pixels))  # type: ignore[arg-type]
+    return answer(dataset_json(dataset, mode, with_pixel_data=has_pixels))
 
 
 def header(request: Request) -> Response:
+    """The file meta information; as in Orthanc, binary elements are left out."""
     dataset, _ = _dataset(request)
-    mode = "simplify" if flag(request, "simplify") else "short" if flag(request, "short") \
-        else "full"
-    return answer(dataset_json(dataset.file_meta, mode))  # type: ignore[arg-type]
+    meta = Dataset()
+    for element in dataset.file_meta:
+        if element.VR not in BINARY_VRS:
+            meta.add(element)
+    return answer(dataset_json(meta, dicom_form(request)))
 
 
 def content(request: Request) -> Response:
-    """Browse the dataset: ``content/0010-0010``, ``content/0008-1140/0/0008-1150``."""
-    dataset, _ = _dataset(request)
+    """Browse the dataset: ``content/0010-0010``, ``content/0008-1140/0/0008-1150``.
+
+    A value is answered as the bytes of the file, padding included (as Orthanc does);
+    a number, which DICOM stores in binary, as text.
+    """
+    dataset, has_pixels = _dataset(request)
     dataset.file_meta = None
     path = [p for p in request.path_params.get("path", "").split("/") if p]
-    node = dataset
+    node: Dataset | list[Dataset] | DataElement = dataset
+    raw: DataElement | RawDataElement | None = None
     for position, step in enumerate(path):
+        where = "/".join(path[: position + 1])
+        if isinstance(node, list):
+            if not step.isdigit() or int(step) >= len(node):
+                raise InexistentItem(f'no "{where}" in this instance')
+            node = node[int(step)]
+            continue
         try:
-            if isinstance(node, list):
-                node = node[int(step)]
-                continue
             tag = parse_tag(step)
-        except (ValueError, IndexError):
-            raise InexistentItem(f'no "{"/".join(path[: position + 1])}" in this instance') \
-                from None
-        if tag not in node:
-            raise InexistentItem(f"no tag {format_tag(tag)} in this instance")
+        except ValueError:
+            raise InexistentItem(f'no "{where}" in this instance') from None
+        if not isinstance(node, Dataset) or tag not in node:
+            raise InexistentItem(f'no "{where}" in this instance')
+        raw = node.get_item(tag)  # before conversion, which strips the padding
         element = node[tag]
         node = list(element.value) if element.VR == "SQ" else element
     if isinstance(node, list):
         return answer([str(i) for i in range(len(node))])
-    if hasattr(node, "VR"):
-        raw = node.value
-        value = raw if isinstance(raw, bytes) else (element_string(node) or "").encode()
+    if isinstance(node, DataElement):
+        if isinstance(raw, RawDataElement) and node.VR not in NUMERIC_VRS:
+            value = raw.value or b""
+        else:
+            value = node.value if isinstance(node.value, bytes) else \
+                (element_string(node) or "").encode()
         return Response(value, media_type="application/octet-stream")
-    return answer([format_tag(e.tag).replace(",", "-") for e in node])
+    tags = {e.tag for e in node} | ({PIXEL_DATA} if has_pixels and node is dataset else set())
+    return answer([format_tag(t).replace(",", "-") for t in sorted(tags)])
 
 
 def attachments(request: Request) -> Response:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
 
 from ..dicom import dataset_json, read_header
 from ..errors import InexistentItem
 from ..model import Level
-from .common import answer, flag, integer, level_of, resource_of, server_of, text
+from .common import (
+    answer,
+    dicom_form,
+    flag,
+    integer,
+    level_of,
+    resource_of,
+    server_of,
+    text,
+)
 from .describe import describe_many, parse_requested
 
 LEVELS = "{level:lanthorn_level}"
@@ -89,31 +98,24 @@ def related(level: Level, target: Level):  # noqa: ANN201 - a Starlette endpoint
 
 
 def shared_tags(request: Request) -> Response:
-    """Tags with the same value in every instance of the resource (read from headers)."""
+    """Tags with the same value in every instance of the resource (read from headers).
+
+    As in Orthanc, only plain values count: sequences and binary values are left out.
+    """
     server, resource = server_of(request), resource_of(request)
-    mode = "simplify" if flag(request, "simplify") else "short" if flag(request, "short") \
-        else "full"
+    mode = dicom_form(request)
     shared: dict | None = None
     for instance in server.index.descendants(resource.id, Level.INSTANCE):
         tags = dataset_json(read_header(server.index.header(instance)), "full")
         shared = tags if shared is None else {k: v for k, v in shared.items()
                                               if tags.get(k) == v}
-    shared = {k: v for k, v in (shared or {}).items() if not k.startswith("0002,")}
-    return answer(_reshape(shared, mode))
-
-
-def _reshape(full: dict, mode: str) -> dict:
-    if mode == "full":
-        return full
+    shared = {k: v for k, v in (shared or {}).items()
+              if v["Type"] not in ("Sequence", "Null") and not k.startswith("0002,")}
     if mode == "short":
-        return {k: _plain(v) for k, v in full.items()}
-    return {v["Name"]: _plain(v, by_name=True) for v in full.values()}
-
-
-def _plain(entry: dict, by_name: bool = False):  # noqa: ANN202 - JSON value
-    if entry["Type"] != "Sequence":
-        return entry["Value"]
-    return [_reshape(item, "simplify" if by_name else "short") for item in entry["Value"]]
+        return answer({k: v["Value"] for k, v in shared.items()})
+    if mode == "simplify":
+        return answer({v["Name"]: v["Value"] for v in shared.values()})
+    return answer(shared)
 
 
 def statistics(request: Request) -> Response:

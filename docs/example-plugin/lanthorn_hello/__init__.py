@@ -10,10 +10,11 @@ import logging
 import threading
 import weakref
 
-import lanthorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+import lanthorn
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,166 @@
+"""The ingest path through POST /instances: refusals, duplicates, ZIP batches, metadata,
+change log and storage compression."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+SHAPES = json.loads((Path(__file__).parent / "fixtures" / "orthanc_shapes.json").read_text())
+TEST_FILES = Path(get_testdata_file("CT_small.dcm")).parent
+MakeInstance = Callable[..., bytes]
+State = Callable[[], object]
+
+
+def _uids() -> dict[str, str]:
+    return {k: generate_uid() for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+
+
+def _stored_files(config: Any) -> set[str]:
+    storage = Path(config["StorageDirectory"])
+    return {p.name for p in storage.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*")}
+
+
+BAD_INPUTS = {
+    "empty": (lambda make: b"", "Received an empty DICOM file"),
+    "not DICOM": (lambda make: b"hello", "Cannot parse an invalid DICOM file (size: 5 bytes)"),
+    "DICOMDIR": (lambda make: (TEST_FILES / "dicomdirtests" / "DICOMDIR").read_bytes(),
+                 "DICOMDIR"),
+    "no SOPInstanceUID": (lambda make: make(SOPInstanceUID=None), "SOPInstanceUID"),
+    "truncated": (lambda make: make()[:-1000], "truncated"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_refused_and_leaves_nothing(
+        case: str, lanthorn_client: Any, ct_instance: MakeInstance, server_state: State) -> None:
+    make_body, details = BAD_INPUTS[case]
+    lanthorn_client.post("/instances", content=ct_instance())
+    before = server_state()
+    response = lanthorn_client.post("/instances", content=make_body(ct_instance))
+    assert response.status_code == 400
+    body = response.json()
+    assert {k: body[k] for k in ("HttpStatus", "Message", "OrthancStatus", "Method", "Uri")} \
+        == {"HttpStatus": 400, "Message": "Bad file format", "OrthancStatus": 15,
+            "Method": "POST", "Uri": "/instances"}
+    assert details in body["Details"]
+    assert server_state() == before
+
+
+def test_error_answers_start_like_orthancs(lanthorn_client: Any) -> None:
+    for label, body in (("(empty body)", b""), ("(hello)", b"hello")):
+        orthanc = SHAPES[f"POST /instances {label}"]["body"]
+        ours = lanthorn_client.post("/instances", content=body).json()
+        assert set(ours) == set(orthanc)
+        assert {k: v for k, v in ours.items() if k != "Details"} == \
+            {k: v for k, v in orthanc.items() if k != "Details"}
+        assert ours["Details"].startswith(orthanc["Details"])
+
+
+@pytest.mark.parametrize("overwrite", [
+    pytest.param(overwrite, marks=pytest.mark.lanthorn_config(OverwriteInstances=overwrite))
+    for overwrite in (False, True)])
+def test_duplicate_instance(overwrite: bool, lanthorn_client: Any, lanthorn_config: Any,
+                            ct_instance: MakeInstance) -> None:
+    uids = _uids()
+    first = ct_instance(**uids, ImageComments="first")
+    second = ct_instance(**uids, ImageComments="second")
+    instance = lanthorn_client.post("/instances", content=first).json()["ID"]
+    old_files = _stored_files(lanthorn_config)
+    answer = lanthorn_client.post("/instances", content=second).json()
+    assert answer["ID"] == instance
+    assert answer["Status"] == ("Success" if overwrite else "AlreadyStored")
+    kept = second if overwrite else first
+    assert lanthorn_client.get(f"/instances/{instance}/file").content == kept
+    assert lanthorn_client.get("/statistics").json()["CountInstances"] == 1
+    files = _stored_files(lanthorn_config)
+    assert len(files) == 1
+    assert (files != old_files) is overwrite
+
+
+def test_zip_upload_reports_each_member(lanthorn_client: Any, ct_instance: MakeInstance,
+                                        server_state: State) -> None:
+    good = [ct_instance(), ct_instance()]
+    broken = ct_instance()
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as writer:
+        writer.writestr("one.dcm", good[0])
+        writer.writestr("folder/", b"")
+        writer.writestr("readme.txt", b"Not a DICOM file.\n")
+        writer.writestr("broken.dcm", broken)
+        writer.writestr("folder/two.dcm", good[1])
+    data = bytearray(archive.getvalue())
+    start = data.index(b"broken.dcm") + len(b"broken.dcm")
+    data[start + 100: start + 160] = bytes(b ^ 0xFF for b in data[start + 100: start + 160])
+    response = lanthorn_client.post("/instances", content=bytes(data))
+    assert response.status_code == 200
+    answer = response.json()
+    assert [item["Status"] for item in answer] == ["Success", "Failure", "Failure", "Success"]
+    assert [item["Path"] for item in answer if item["Status"] == "Failure"] \
+        == ["readme.txt", "broken.dcm"]
+    assert all(item["Details"] for item in answer if item["Status"] == "Failure")
+    for item, data in zip((answer[0], answer[3]), good, strict=True):
+        assert lanthorn_client.get(f"/instances/{item['ID']}/file").content == data
+    assert lanthorn_client.get("/statistics").json()["CountInstances"] == 2
+
+
+def test_metadata_of_an_uploaded_instance(lanthorn_client: Any) -> None:
+    data = (TEST_FILES / "CT_small.dcm").read_bytes()
+    instance = lanthorn_client.post("/instances", content=data).json()["ID"]
+    metadata = lanthorn_client.get(f"/instances/{instance}/metadata?expand").json()
+    orthanc = SHAPES["GET /instances/{instance}/metadata?expand"]["body"]
+    assert set(metadata) == set(orthanc)
+    same = ("Origin", "RemoteIP", "TransferSyntax", "SopClassUid", "IndexInSeries",
+            "PixelDataOffset", "RemoteAET", "HttpUsername")
+    assert {k: metadata[k] for k in same} == {k: orthanc[k] for k in same}
+    assert metadata["Origin"] == "RestApi"
+    assert metadata["ReceptionDate"][:8].isdigit() and metadata["ReceptionDate"][8] == "T"
+    offset = int(metadata["PixelDataOffset"])
+    assert data[offset:offset + 4] == b"\xe0\x7f\x10\x00"  # the (7FE0,0010) tag itself
+
+
+def test_index_in_series_counts_up(lanthorn_client: Any, ct_instance: MakeInstance) -> None:
+    series = {"StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid()}
+    ids = [lanthorn_client.post("/instances", content=ct_instance(**series)).json()["ID"]
+           for _ in range(3)]
+    assert [lanthorn_client.get(f"/instances/{i}/metadata/IndexInSeries").text for i in ids] \
+        == ["1", "2", "3"]
+
+
+def test_change_log_order_of_one_upload(lanthorn_client: Any, ct_instance: MakeInstance) -> None:
+    answer = lanthorn_client.post("/instances", content=ct_instance()).json()
+    changes = lanthorn_client.get("/changes").json()["Changes"]
+    assert [(c["ChangeType"], c["ID"]) for c in changes] == [
+        ("NewInstance", answer["ID"]), ("NewSeries", answer["ParentSeries"]),
+        ("NewStudy", answer["ParentStudy"]), ("NewPatient", answer["ParentPatient"]),
+    ]
+
+
+@pytest.mark.lanthorn_config(StorageCompression=True)
+def test_storage_compression(lanthorn_client: Any, lanthorn_config: Any,
+                             ct_instance: MakeInstance) -> None:
+    data = ct_instance()
+    instance = lanthorn_client.post("/instances", content=data).json()["ID"]
+    assert lanthorn_client.get(f"/instances/{instance}/file").content == data
+    (stored,) = Path(lanthorn_config["StorageDirectory"]).glob("[0-9a-f][0-9a-f]/*/*")
+    assert stored.stat().st_size < len(data)
+    statistics = lanthorn_client.get("/statistics").json()
+    assert int(statistics["TotalDiskSize"]) == stored.stat().st_size
+    assert int(statistics["TotalUncompressedSize"]) == len(data)
+
+
+def test_public_ids_of_a_multi_valued_patient_id(lanthorn_client: Any,
+                                                  ct_instance: MakeInstance) -> None:
+    """Orthanc hashes the value as DICOM writes it: values joined by backslashes."""
+    answer = lanthorn_client.post("/instances", content=ct_instance(PatientID=["A", "B"]))
+    digest = hashlib.sha1(b"A\\B").hexdigest()
+    assert answer.json()["ParentPatient"] == "-".join(digest[i:i + 8] for i in range(0, 40, 8))

@@ -1,0 +1,183 @@
+"""Every file of pydicom's test suite either round-trips through the REST API or is
+refused cleanly; and where Orthanc accepted a file, we give it the same public IDs.
+
+The test classifies each file on its own (with pydicom), so that a new pydicom release
+with new test files is covered without editing lists here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import MediaStorageDirectoryStorage
+
+# Several files are malformed on purpose (bad VRs, explicit/implicit VR mix-ups): pydicom
+# reads them leniently, warning as it goes, in the server as in this test.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
+
+TEST_FILES = Path(os.path.dirname(get_testdata_file("CT_small.dcm")))
+ORTHANC = json.loads((Path(__file__).parent / "fixtures" / "orthanc_ids.json").read_text())
+#: Documented known cases (the classification below finds them on its own).
+KNOWN_TRUNCATED = {"MR_truncated.dcm", "rtplan_truncated.dcm"}
+UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"}
+NUMBER_VRS = {"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "US or SS"}
+#: Orthanc reports longer values as "TooLong" instead of their value.
+MAX_LENGTH = 256
+#: Dataset trailing padding is not an attribute; Orthanc does not show it.
+PADDING = 0xFFFCFFFC
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str  # relative to pydicom's test_files, with "/"
+    data: bytes
+    problem: str | None  # why the file cannot be stored, or None
+
+
+@cache
+def samples() -> tuple[Sample, ...]:
+    files = sorted(p for p in TEST_FILES.rglob("*") if p.is_file())
+    return tuple(_classify(p.relative_to(TEST_FILES).as_posix(), p.read_bytes()) for p in files)
+
+
+def _classify(name: str, data: bytes) -> Sample:
+    if data[128:132] != b"DICM":
+        return Sample(name, data, "no DICM prefix")
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), defer_size=None)
+    except (InvalidDicomError, EOFError, ValueError) as exc:
+        return Sample(name, data, f"unreadable ({exc})")
+    if _truncated(dataset):  # first, while every element is still raw
+        return Sample(name, data, "truncated")
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        return Sample(name, data, "no TransferSyntaxUID")
+    if dataset.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+        return Sample(name, data, "DICOMDIR")
+    if not all(dataset.get(keyword) for keyword in UIDS):
+        return Sample(name, data, "a UID is missing")
+    return Sample(name, data, None)
+
+
+def _truncated(dataset: Dataset) -> bool:
+    """Some element (read raw, without conversion) has fewer bytes than its length says."""
+    for tag in list(dataset.keys()):  # noqa: SIM118 - get_item needs the tags
+        raw = dataset.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF \
+                and raw.value is not None and len(raw.value) < raw.length:
+            return True
+    return False
+
+
+@pytest.mark.lanthorn_config(OverwriteInstances=True)
+def test_storable_files_round_trip(lanthorn_client: Any) -> None:
+    """Identical bytes back, the tags pydicom reads, and Orthanc's public IDs."""
+    storable = [s for s in samples() if s.problem is None]
+    last: dict[str, Sample] = {}  # by instance ID: for shared SOPInstanceUIDs, the last one
+    failures = []
+    for sample in storable:
+        response = lanthorn_client.post("/instances", content=sample.data)
+        if response.status_code != 200:
+            failures.append(f"{sample.name}: HTTP {response.status_code} {response.text}")
+            continue
+        answer = response.json()
+        last[answer["ID"]] = sample
+        orthanc = ORTHANC["files"][sample.name]
+        if orthanc["status"] == 200:
+            keys = ("ID", "ParentPatient", "ParentStudy", "ParentSeries")
+            ours, theirs = ({k: a[k] for k in keys} for a in (answer, orthanc["answer"]))
+            if ours != theirs:
+                failures.append(f"{sample.name}: IDs {ours} != Orthanc's {theirs}")
+    for instance, sample in last.items():
+        stored = lanthorn_client.get(f"/instances/{instance}/file").content
+        if stored != sample.data:
+            failures.append(f"{sample.name}: the stored file differs")
+        tags = lanthorn_client.get(f"/instances/{instance}/tags").json()
+        failures += [f"{sample.name}: {problem}" for problem in _compare_tags(sample.data, tags)]
+    assert not failures, "\n".join(failures)
+    assert len(last) == lanthorn_client.get("/statistics").json()["CountInstances"]
+
+
+def _compare_tags(data: bytes, tags: dict[str, Any]) -> list[str]:
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    expected = {f"{e.tag.group:04x},{e.tag.element:04x}": e for e in dataset if e.tag != PADDING}
+    if set(tags) != set(expected):
+        return [f"tags {sorted(set(tags) ^ set(expected))} differ"]
+    problems = []
+    for key, element in expected.items():
+        ours = tags[key]
+        if element.VR == "SQ":
+            if ours["Type"] != "Sequence" or len(ours["Value"]) != len(element.value):
+                problems.append(f"{key}: {ours} has not {len(element.value)} items")
+        elif element.VR in NUMBER_VRS:  # binary numbers: compare them as numbers
+            values = _values(element.value)
+            # Orthanc prints them with 17 significant digits (see CT_small in the shapes).
+            too_long = len("\\".join(format(v, ".17g") for v in values)) > MAX_LENGTH
+            if (ours["Type"] == "TooLong") != too_long or not too_long and \
+                    [float(v) for v in ours["Value"].split("\\") if v] != values:
+                problems.append(f"{key}: {ours} instead of {values}")
+        elif element.VR not in BINARY_VRS and not isinstance(element.value, bytes):
+            value = _text(element.value)
+            wanted = ("String", value) if len(value) <= MAX_LENGTH else ("TooLong", None)
+            if (ours["Type"], ours["Value"]) != wanted:
+                problems.append(f"{key}: {ours} instead of {wanted}")
+    return problems
+
+
+def _values(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, MultiValue | list) else [value]
+
+
+def _text(value: Any) -> str:
+    """A value as one string, several values joined by backslashes, without padding."""
+    return "\\".join(str(v).rstrip(" ") for v in _values(value))
+
+
+def test_other_files_are_refused_and_leave_nothing_behind(
+        lanthorn_client: Any, server_state: Callable[[], object]) -> None:
+    lanthorn_client.post("/instances", content=(TEST_FILES / "MR_small.dcm").read_bytes())
+    before = server_state()
+    refused = [s for s in samples() if s.problem is not None]
+    # On purpose, files without file meta are refused (Orthanc guesses their encoding).
+    failures = []
+    for sample in refused:
+        response = lanthorn_client.post("/instances", content=sample.data)
+        body = response.json()
+        if response.status_code != 400 or not body.get("Details") or not body.get("Message"):
+            failures.append(f"{sample.name} ({sample.problem}): {response.status_code} {body}")
+        if server_state() != before:
+            failures.append(f"{sample.name} ({sample.problem}) left something behind")
+        if ORTHANC["files"][sample.name]["status"] == 200 and sample.problem != "no DICM prefix":
+            failures.append(f"{sample.name}: Orthanc stores it, why not us ({sample.problem})?")
+    assert not failures, "\n".join(failures)
+    assert {s.name for s in refused if s.problem == "truncated"} == KNOWN_TRUNCATED
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192"])
+def test_non_ascii_text_round_trips(charset: str, lanthorn_client: Any,
+                                    ct_instance: Callable[..., bytes]) -> None:
+    """pydicom's files are nearly all ASCII: check text in the two usual character sets."""
+    data = ct_instance(SpecificCharacterSet=charset, PatientName="Müller^Jürgen",
+                       StudyDescription="Étude")
+    answer = lanthorn_client.post("/instances", content=data).json()
+    assert lanthorn_client.get(f"/instances/{answer['ID']}/file").content == data
+    tags = lanthorn_client.get(f"/instances/{answer['ID']}/simplified-tags").json()
+    assert (tags["PatientName"], tags["StudyDescription"]) == ("Müller^Jürgen", "Étude")
+    patient = lanthorn_client.get(f"/patients/{answer['ParentPatient']}").json()
+    assert patient["MainDicomTags"]["PatientName"] == "Müller^Jürgen"
