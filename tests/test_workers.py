@@ -1,0 +1,71 @@
+"""``lanthorn serve --workers 2``: processes share the ports and the index like nodes of a
+cluster; background duties run once; a dead worker is replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from lanthorn.testing import ServerProcess, make_instance
+
+
+def _workers(server: ServerProcess) -> list[int]:
+    assert server.process is not None
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    return [int(pid) for pid in children.read_text().split()]
+
+
+def _wait(condition, timeout: float = 20) -> None:  # noqa: ANN001 - a predicate
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def cluster(lanthorn_process: ServerProcess) -> ServerProcess:
+    lanthorn_process.extra_args = ["--workers", "2"]
+    return lanthorn_process.start()
+
+
+@pytest.mark.slow
+def test_two_workers_share_ingest_and_fire_stable_events_once(cluster: ServerProcess) -> None:
+    assert len(_workers(cluster)) == 2
+    series = ["1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.2"]
+    uploads = [make_instance(PatientID="W", StudyInstanceUID="1.2.826.0.1.3680043.10",
+                             SeriesInstanceUID=series[n % 2], InstanceNumber=n)
+               for n in range(40)]
+    with httpx2.Client(base_url=cluster.url, timeout=30) as http, \
+            ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda d: http.post("/instances", content=d).status_code,
+                                 uploads))
+        assert statuses == [200] * 40
+        assert http.get("/statistics").json()["CountInstances"] == 40
+
+        def stable_changes() -> Counter[str]:
+            changes = http.get("/changes?limit=1000").json()["Changes"]
+            return Counter(c["ChangeType"] for c in changes if c["ChangeType"].startswith("Stable"))
+
+        _wait(lambda: stable_changes() == Counter(StableSeries=2, StableStudy=1, StablePatient=1))
+        time.sleep(2)  # both processes had time to (wrongly) fire them again
+        assert stable_changes() == Counter(StableSeries=2, StableStudy=1, StablePatient=1)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_sigterm_stops_all(cluster: ServerProcess) -> None:
+    first, second = _workers(cluster)
+    os.kill(first, signal.SIGKILL)
+    _wait(lambda: len(_workers(cluster)) == 2 and first not in _workers(cluster))
+    with httpx2.Client(base_url=cluster.url, timeout=30) as http:
+        for _ in range(10):  # whichever process answers, the service is whole
+            assert http.post("/instances", content=make_instance()).status_code == 200
+    assert cluster.stop() == 0
+    assert not Path(f"/proc/{second}").exists() or "zombie" in Path(
+        f"/proc/{second}/status").read_text()
