@@ -155,7 +155,7 @@ def test_recent_files_are_spared_while_a_server_holds_a_lease(
 
     repaired = lanthorn_check(lanthorn_process, "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    assert "A server is running (elsewhere:42:cafe)" in repaired.stdout
+    assert "A server or import is running (elsewhere:42:cafe)" in repaired.stdout
     assert f"orphan files: 1\n  {old.name}: " in repaired.stdout
     assert "Left alone: 1 recent" in repaired.stdout
     assert in_flight.exists() and not old.exists()

@@ -72,7 +72,7 @@ class CheckReport:
         lines = [f"Checked {self.attachments} attachments "
                  f"({self.bytes_checked / 1e6:.1f} MB) in {self.elapsed:.1f} s"]
         if self.live_holders:
-            lines.append(f"A server is running ({', '.join(self.live_holders)}): files "
+            lines.append(f"A server or import is running ({', '.join(self.live_holders)}): files "
                          f"younger than {GRACE_SECONDS / 60:.0f} minutes are left alone")
         for kind in KINDS:
             found = [f"  {f}" for f in self.findings if f.kind == kind]
@@ -145,9 +145,7 @@ def _still_recorded(index: SqlIndex, owner: Resource, attachment: Attachment) ->
 
 def _forget(server: Server, owner: Resource, report: CheckReport) -> None:
     """Delete the owner as a REST DELETE would: change log, empty parents, other files."""
-    outcome = server.index.delete_resource(owner)
-    for uuid in outcome.removed_uuids:
-        server.storage.remove(uuid)
+    outcome = server.delete(owner)
     deleted = ", ".join(f"{level.title} {public_id}" for level, public_id in outcome.deleted)
     report.actions.append(f"deleted from the index: {deleted}")
 

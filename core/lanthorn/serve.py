@@ -81,8 +81,6 @@ def _run_http(server: Server, http_socket: socket.socket | None) -> None:
     uvicorn re-raises the signal it caught once it has stopped; with our own (no-op)
     handlers installed that re-raise is harmless and the clean-up still runs.
     """
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: None)
     config = server.config
     http = uvicorn.Server(uvicorn.Config(
         server.app,
@@ -94,6 +92,8 @@ def _run_http(server: Server, http_socket: socket.socket | None) -> None:
         timeout_keep_alive=int(config["HttpTimeout"]) if config["KeepAlive"] else 0,
         access_log=False,
     ))
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a stop asked before uvicorn listens
+        signal.signal(sig, lambda *_: setattr(http, "should_exit", True))
     log.info("REST API on port %s (process %d)", config["HttpPort"], os.getpid())
     http.run(sockets=[http_socket] if http_socket else None)
 
@@ -121,7 +121,7 @@ def _supervise(config: Config, http_socket: socket.socket | None, count: int) ->
     stopping = threading.Event()
 
     def spawn() -> multiprocessing.Process:
-        process = context.Process(target=run_server, args=(config, http_socket), daemon=False)
+        process = context.Process(target=_worker, args=(config, http_socket), daemon=False)
         process.start()
         return process
 
@@ -142,4 +142,14 @@ def _supervise(config: Config, http_socket: socket.socket | None, count: int) ->
             os.kill(process.pid, signal.SIGTERM)
     for process in processes:
         process.join(60)
+        if process.is_alive():
+            log.error("worker %d did not stop in time; killing it", process.pid)
+            process.kill()
     return 0
+
+
+def _worker(config: Config, http_socket: socket.socket | None) -> None:
+    """A worker's entry: the supervisor's signal handlers must not leak into it."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    run_server(config, http_socket)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from .changes import EventDispatcher
+    from .index.records import DeleteOutcome, Resource
     from .index.sql import SqlIndex
     from .storage import StorageArea
 
@@ -96,6 +97,15 @@ class Server:
         chosen = requested[0] if requested else \
             _choose(factories, self.config["IndexBackend"], "IndexBackend")
         return chosen.create(self)
+
+    # -- operations shared by several entry points --------------------------------------
+
+    def delete(self, resource: Resource) -> DeleteOutcome:
+        """Delete a resource: the index first (then no row lacks its file), files after."""
+        outcome = self.index.delete_resource(resource)
+        for attachment in outcome.removed_uuids:
+            self.storage.remove(attachment)
+        return outcome
 
     # -- running -------------------------------------------------------------------------
 

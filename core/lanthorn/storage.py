@@ -8,6 +8,7 @@ it) but never an index row without its file.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import uuid as uuidlib
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from .errors import InexistentItem
+from .errors import InexistentItem, StorageFull
 
 
 @runtime_checkable
@@ -68,12 +69,18 @@ class FilesystemStorage:
         target = self.path(uuid)
         created = self._make_folders(target.parent)
         temporary = self._tmp / f"{uuid}.{os.getpid()}.part"
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            if self.sync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                if self.sync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(f"the storage area is full: {exc}") from exc
+            raise
         if self.sync:
             for folder in (target.parent, *created):
                 _fsync_folder(folder)

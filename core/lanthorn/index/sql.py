@@ -246,15 +246,6 @@ class SqlIndex:
                 s.attachments.c.content_type == content_type)).one_or_none()
         return _attachment(row) if row else None
 
-    def attachment_uuids(self) -> Iterator[str]:
-        """Every attachment UUID the index references (for consistency checks)."""
-        with self.read() as conn:
-            yield from conn.scalars(select(s.attachments.c.uuid))
-
-    def attachments_all(self) -> list[tuple[int, Attachment]]:
-        with self.read() as conn:
-            return [(r.resource_id, _attachment(r)) for r in conn.execute(select(s.attachments))]
-
     def attachments_page(self, after: tuple[int, int] = (0, 0),
                          limit: int = 500) -> list[tuple[Resource, Attachment]]:
         """Attachments with their owners, in (resource, content type) order after ``after``:
@@ -470,14 +461,6 @@ class SqlIndex:
             instances = _descendants(conn, [resource_id], Level.INSTANCE)
             sizes = conn.execute(_SIZES.where(s.attachments.c.resource_id.in_(instances))).one()
             return Statistics(by_level, *sizes)
-
-    def delete_attachment_rows(self, uuids: Sequence[str]) -> list[int]:
-        """Forget attachments whose files are gone; returns the owning resource IDs."""
-        with self.write() as conn:
-            owners = list(conn.scalars(select(s.attachments.c.resource_id)
-                                       .where(s.attachments.c.uuid.in_(uuids))))
-            conn.execute(delete(s.attachments).where(s.attachments.c.uuid.in_(uuids)))
-            return owners
 
 
 # -- helpers (module-level so that they are shared by every method) --------------------

@@ -70,9 +70,7 @@ def get_resource(request: Request) -> Response:
 
 def delete_resource(request: Request) -> Response:
     server = server_of(request)
-    outcome = server.index.delete_resource(resource_of(request))
-    for uuid in outcome.removed_uuids:
-        server.storage.remove(uuid)
+    outcome = server.delete(resource_of(request))
     remaining = None
     if outcome.remaining_ancestor:
         level, public_id = outcome.remaining_ancestor
