@@ -91,6 +91,7 @@ def _run_http(server: Server, http_socket: socket.socket | None) -> None:
         timeout_graceful_shutdown=30,
         timeout_keep_alive=int(config["HttpTimeout"]) if config["KeepAlive"] else 0,
         access_log=False,
+        proxy_headers=False,  # the peer address is the client (RemoteAccessAllowed)
     ))
     for sig in (signal.SIGINT, signal.SIGTERM):  # a stop asked before uvicorn listens
         signal.signal(sig, lambda *_: setattr(http, "should_exit", True))
