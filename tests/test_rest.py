@@ -241,3 +241,18 @@ def test_real_http_server(lanthorn_process: Any) -> None:
         assert answer["ID"] == CT_IDS["ID"]
         assert client.get(f"/instances/{answer['ID']}/file").content == data
     assert lanthorn_process.stop(signal.SIGTERM) == 0
+
+
+def test_metadata_can_be_set_read_and_deleted(lanthorn_client: Any,
+                                              ct_instance: MakeInstance) -> None:
+    study = lanthorn_client.post("/instances", content=ct_instance()).json()["ParentStudy"]
+    url = f"/studies/{study}/metadata/Reviewed"
+    assert lanthorn_client.get(url).status_code == 404
+    assert lanthorn_client.put(url, content=b"yes").status_code == 200
+    assert lanthorn_client.get(url).text == "yes"
+    assert lanthorn_client.get(f"/studies/{study}/metadata?expand").json() == {"Reviewed": "yes"}
+    changes = lanthorn_client.get("/changes?limit=1000").json()["Changes"]
+    assert changes[-1]["ChangeType"] == "UpdatedMetadata" and changes[-1]["ID"] == study
+    assert lanthorn_client.delete(url).status_code == 200
+    assert lanthorn_client.get(url).status_code == 404
+    assert lanthorn_client.delete(url).status_code == 404

@@ -260,10 +260,6 @@ class SqlIndex:
                 .order_by(a.resource_id, a.content_type).limit(limit))
             return [(_resource(r), _attachment(r)) for r in rows]
 
-    def child_count(self, resource_id: int) -> int:
-        with self.read() as conn:
-            return conn.scalar(select(func.count()).where(s.resources.c.parent_id == resource_id))
-
     # -- metadata --------------------------------------------------------------------
 
     def metadata(self, resource_id: int) -> dict[str, str]:
@@ -388,10 +384,6 @@ class SqlIndex:
         with self.read() as conn:
             row = conn.execute(select(s.changes).order_by(s.changes.c.seq.desc()).limit(1)).first()
         return _change(row) if row else None
-
-    def log_change(self, change_type: ChangeType, level: Level, public_id: str) -> None:
-        with self.write() as conn:
-            _log(conn, change_type, level, public_id, time.time())
 
     def mark_stable(self, cutoff: float) -> list[tuple[Level, str]]:
         """Mark resources quiet since ``cutoff`` as stable and log Stable* changes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
@@ -141,6 +142,21 @@ def get_metadata(request: Request) -> Response:
     return text(metadata[name])
 
 
+async def put_metadata(request: Request) -> Response:
+    """Set a metadata value (the body is the value, as in Orthanc)."""
+    value = (await request.body()).decode(errors="replace")
+    await run_in_threadpool(server_of(request).index.set_metadata, resource_of(request),
+                            request.path_params["name"], value)
+    return text("")
+
+
+def delete_metadata(request: Request) -> Response:
+    name = request.path_params["name"]
+    if not server_of(request).index.delete_metadata(resource_of(request), name):
+        raise InexistentItem(f'no metadata "{name}" on this resource')
+    return text("")
+
+
 def protected(request: Request) -> Response:
     return text("1" if resource_of(request, Level.PATIENT).protected else "0")
 
@@ -159,6 +175,8 @@ def routes() -> list[Route]:
         Route(f"/{LEVELS}/{{id}}/statistics", statistics, methods=["GET"]),
         Route(f"/{LEVELS}/{{id}}/metadata", list_metadata, methods=["GET"]),
         Route(f"/{LEVELS}/{{id}}/metadata/{{name}}", get_metadata, methods=["GET"]),
+        Route(f"/{LEVELS}/{{id}}/metadata/{{name}}", put_metadata, methods=["PUT"]),
+        Route(f"/{LEVELS}/{{id}}/metadata/{{name}}", delete_metadata, methods=["DELETE"]),
         Route("/patients/{id}/protected", protected, methods=["GET"]),
         *nav,
     ]
