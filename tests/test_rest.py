@@ -256,3 +256,26 @@ def test_metadata_can_be_set_read_and_deleted(lanthorn_client: Any,
     assert lanthorn_client.delete(url).status_code == 200
     assert lanthorn_client.get(url).status_code == 404
     assert lanthorn_client.delete(url).status_code == 404
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_file_byte_ranges(compressed: bool, lanthorn_config: Any, tmp_path: Path) -> None:
+    from lanthorn.server import Server
+
+    config = lanthorn_config.with_overrides(StorageCompression=compressed)
+    server = Server(config, load_entry_points=False)
+    data = CT_SMALL.read_bytes()
+    try:
+        with TestClient(server.app, client=("127.0.0.1", 1)) as client:
+            url = f"/instances/{client.post('/instances', content=data).json()['ID']}/file"
+            whole = client.get(url)
+            assert whole.content == data and whole.headers["accept-ranges"] == "bytes"
+            part = client.get(url, headers={"Range": "bytes=128-131"})
+            assert part.status_code == 206 and part.content == b"DICM"
+            assert part.headers["content-range"] == f"bytes 128-131/{len(data)}"
+            assert client.get(url, headers={"Range": "bytes=-10"}).content == data[-10:]
+            assert client.get(url, headers={"Range": "bytes=39000-"}).content == data[39000:]
+            assert client.get(url, headers={"Range": f"bytes={len(data)}-"}).status_code == 416
+            assert client.get(url, headers={"Range": "lines=1-2"}).status_code == 416
+    finally:
+        server.close()

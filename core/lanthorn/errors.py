@@ -48,6 +48,12 @@ class InexistentItem(LanthornError):
     orthanc_error = "Accessing an inexistent item"
 
 
+class RangeNotSatisfiable(LanthornError):
+    http_status = 416
+    orthanc_status = 8
+    orthanc_error = "Bad request"
+
+
 class Forbidden(LanthornError):
     http_status = 403
     orthanc_status = 11

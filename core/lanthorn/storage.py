@@ -28,7 +28,8 @@ class StorageArea(Protocol):
         """Store ``data`` under ``uuid`` durably (per the area's sync policy), atomically."""
 
     def open(self, uuid: str) -> BinaryIO:
-        """A binary file object positioned at the start; raises InexistentItem."""
+        """A seekable binary file object at the start (range reads seek); InexistentItem
+        when the attachment is missing."""
 
     def remove(self, uuid: str) -> None:
         """Forget ``uuid``; a missing file is not an error (deletes are retried)."""

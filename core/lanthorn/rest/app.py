@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 HTTP_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
                 405: "Method Not Allowed", 415: "Unsupported Media Type",
+                416: "Range Not Satisfiable",
                 500: "Internal Server Error", 507: "Insufficient Storage"}
 
 

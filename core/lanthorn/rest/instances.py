@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
@@ -18,7 +20,7 @@ from ..dicom import (
     element_string,
     read_header,
 )
-from ..errors import BadFileFormat, InexistentItem
+from ..errors import BadFileFormat, InexistentItem, RangeNotSatisfiable
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level, format_tag, parse_tag
 from ..storage import COMPRESSION_ZLIB, decompress
@@ -49,25 +51,52 @@ def _store(server, data: bytes, origin: Origin) -> Response:  # noqa: ANN001
 
 
 def instance_file(request: Request) -> Response:
-    """The file as received, streamed from the storage area."""
+    """The file as received, streamed from the storage area; one HTTP byte range allowed."""
     server = server_of(request)
     instance = resource_of(request, Level.INSTANCE)
     attachment = server.index.attachment(instance.id, DICOM_ATTACHMENT)
     if attachment is None:
         raise InexistentItem("this instance has no DICOM file")
+    size = attachment.uncompressed_size
+    start, end = _byte_range(request.headers.get("range"), size)
     handle = server.storage.open(attachment.uuid)
     if attachment.compression == COMPRESSION_ZLIB:
         with handle:
-            data = decompress(handle.read())
-        return Response(data, media_type="application/dicom")
+            handle = io.BytesIO(decompress(handle.read()))
+    handle.seek(start)
 
-    def chunks():  # noqa: ANN202 - a generator of bytes
+    def chunks(remaining: int = end - start):  # noqa: ANN202 - a generator of bytes
         with handle:
-            while block := handle.read(CHUNK):
+            while remaining > 0 and (block := handle.read(min(CHUNK, remaining))):
+                remaining -= len(block)
                 yield block
 
-    return StreamingResponse(chunks(), media_type="application/dicom",
-                             headers={"Content-Length": str(attachment.uncompressed_size)})
+    headers = {"Content-Length": str(end - start), "Accept-Ranges": "bytes"}
+    if "range" not in request.headers:
+        return StreamingResponse(chunks(), media_type="application/dicom", headers=headers)
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return StreamingResponse(chunks(), status_code=206, media_type="application/dicom",
+                             headers=headers)
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int]:
+    """``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` as a half-open interval."""
+    if header is None:
+        return 0, size
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    try:
+        if unit.strip() != "bytes" or not dash or "," in spec:
+            raise ValueError
+        if not first:
+            start, end = max(0, size - int(last)), size
+        else:
+            start, end = int(first), min(size, int(last) + 1) if last else size
+    except ValueError:
+        raise RangeNotSatisfiable(f'unsupported Range "{header}": use one "bytes=a-b"') from None
+    if start >= end:
+        raise RangeNotSatisfiable(f'Range "{header}" is outside the {size} bytes of the file')
+    return start, end
 
 
 def _dataset(request: Request):  # noqa: ANN202 - a pydicom Dataset
