@@ -467,11 +467,14 @@ class Config:
         sections = list(known_sections)
         known = {_fold(name) for name in sections}
         candidates = [*_BY_KEY, *sections]
-        return [
-            self._unknown_message(key, candidates)
-            for key in self._values
-            if key not in _BY_KEY and _fold(key) not in known
-        ]
+        unknown = [key for key in self._values if key not in _BY_KEY and _fold(key) not in known]
+        orthanc_only = [key for key in unknown if key in ORTHANC_ONLY_OPTIONS]
+        messages = [self._unknown_message(key, candidates)
+                    for key in unknown if key not in ORTHANC_ONLY_OPTIONS]
+        if orthanc_only:
+            messages.append("Orthanc options that Lanthorn does not implement (yet) are "
+                            "ignored: " + ", ".join(orthanc_only))
+        return messages
 
     def _unknown_message(self, key: str, candidates: list[str]) -> str:
         message = f'unknown configuration key "{key}" in {self._origins.get(key, "configuration")}'
@@ -535,3 +538,25 @@ def default_config_text() -> str:
         for option in OPTIONS
     ]
     return "{\n" + header + ",\n\n".join(entries) + "\n}\n"
+
+
+#: Orthanc's own options that Lanthorn does not implement (yet): an Orthanc file that
+#: sets them loads with one notice instead of a warning per key.
+ORTHANC_ONLY_OPTIONS = frozenset({
+    "AcceptedTransferSyntaxes", "BuiltinDecoderTranscoderOrder", "CheckRevisions",
+    "DefaultPrivateCreator", "DeidentifyLogsDicomVersion", "DicomAlwaysAllowFind",
+    "DicomAlwaysAllowFindWorklist", "DicomAlwaysAllowGet", "DicomAlwaysAllowMove",
+    "DicomAssociationCloseDelay", "DicomEchoChecksFind", "DicomLossyTranscodingQuality",
+    "DicomModalitiesInDatabase", "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
+    "DicomTlsRemoteCertificateRequired", "Dictionary", "ExecuteLuaEnabled",
+    "HttpCompressionEnabled", "HttpProxy", "HttpRequestTimeout", "HttpVerbose",
+    "HttpsCACertificates", "HttpsVerifyPeers", "IngestTranscoding",
+    "IngestTranscodingOfCompressed", "IngestTranscodingOfUncompressed",
+    "LoadPrivateDictionary", "LogExportedResources", "LuaScripts", "MallocArenaMax",
+    "MaximumPduLength", "MaximumStorageCacheSize", "MediaArchiveSize",
+    "OrthancExplorerEnabled", "OrthancPeersInDatabase", "QueryRetrieveSize", "SslCertificate",
+    "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",
+    "StorageCommitmentReportsSize", "StoreDicom", "StoreMD5ForAttachments", "SynchronousCMove",
+    "SynchronousZipStream", "TranscodeDicomProtocol", "WebDavDeleteAllowed", "WebDavEnabled",
+    "WebDavUploadAllowed", "ZipLoaderThreads",
+})
