@@ -344,22 +344,21 @@ class SqlIndex:
         return ids
 
     def _condition(self, target, level: Level, c: Constraint) -> ColumnElement[bool]:  # noqa: ANN001
-        # Subqueries nested in EXISTS must name ``target`` as the outer query's row:
-        # SQLAlchemy only auto-correlates with the immediately enclosing SELECT.
-        if c.level < level:  # an ancestor's tag: walk up with correlated aliases
-            owner_ref = target.c.parent_id
+        """``target`` (at ``level``) is, descends from, or has below it a matching resource.
+
+        Uncorrelated ``IN`` subqueries let the database start from the (tag, value)
+        index instead of probing every resource of the level.
+        """
+        ids = select(s.main_tags.c.resource_id).where(s.main_tags.c.tag == c.tag, _match(c))
+        if c.level < level:  # an ancestor's tag: walk down to the target's parents
             for _ in range(level - c.level - 1):
-                parent = s.resources.alias()
-                owner_ref = select(parent.c.parent_id).where(parent.c.id == owner_ref) \
-                    .correlate(target).scalar_subquery()
-            return exists().where(s.main_tags.c.resource_id == owner_ref,
-                                  s.main_tags.c.tag == c.tag, _match(c))
-        if c.level > level:  # some descendant carries the tag
-            below = _descendant_subquery(target, level, c.level)
-            return exists().where(s.main_tags.c.resource_id.in_(below),
-                                  s.main_tags.c.tag == c.tag, _match(c))
-        return exists().where(s.main_tags.c.resource_id == target.c.id,
-                              s.main_tags.c.tag == c.tag, _match(c))
+                child = s.resources.alias()
+                ids = select(child.c.id).where(child.c.parent_id.in_(ids))
+            return target.c.parent_id.in_(ids)
+        for _ in range(c.level - level):  # a descendant's tag: walk up to the target
+            node = s.resources.alias()
+            ids = select(node.c.parent_id).where(node.c.id.in_(ids))
+        return target.c.id.in_(ids)
 
     def _header_matches(self, conn: Connection, resource_id: int, level: Level,
                         constraints: list[Constraint]) -> bool:
@@ -533,15 +532,6 @@ def _descendants(conn: Connection, ids: list[int], level: Level, limit: int = 0)
         current_level = Level(current_level + 1)
     return ids
 
-
-def _descendant_subquery(target, level: Level, below: Level):  # noqa: ANN001, ANN202
-    """A subquery of the IDs of the descendants at ``below`` of the outer row ``target``."""
-    ids = select(s.resources.c.id).where(s.resources.c.parent_id == target.c.id) \
-        .correlate(target)
-    for _ in range(below - level - 1):
-        child = s.resources.alias()
-        ids = select(child.c.id).where(child.c.parent_id.in_(ids))
-    return ids
 
 
 def _attachment_uuids(conn: Connection, resource_ids: list[int]) -> list[str]:
