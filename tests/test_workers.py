@@ -69,3 +69,10 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_all(cluster: ServerProces
     assert cluster.stop() == 0
     assert not Path(f"/proc/{second}").exists() or "zombie" in Path(
         f"/proc/{second}/status").read_text()
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_killed_supervisor(cluster: ServerProcess) -> None:
+    workers = _workers(cluster)
+    cluster.kill()
+    _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))

@@ -12,6 +12,8 @@ operation before they are aborted.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 #: How long open DICOM associations may keep going after a stop is asked for.
 ASSOCIATION_GRACE_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def serve(config: Config, workers: int | None = None) -> int:
@@ -122,7 +125,8 @@ def _supervise(config: Config, http_socket: socket.socket | None, count: int) ->
     stopping = threading.Event()
 
     def spawn() -> multiprocessing.Process:
-        process = context.Process(target=_worker, args=(config, http_socket), daemon=False)
+        process = context.Process(target=_worker, args=(config, http_socket, os.getpid()),
+                                  daemon=False)
         process.start()
         return process
 
@@ -149,8 +153,21 @@ def _supervise(config: Config, http_socket: socket.socket | None, count: int) ->
     return 0
 
 
-def _worker(config: Config, http_socket: socket.socket | None) -> None:
-    """A worker's entry: the supervisor's signal handlers must not leak into it."""
+def _worker(config: Config, http_socket: socket.socket | None, supervisor: int) -> None:
+    """A worker's entry: the supervisor's signal handlers must not leak into it, and a
+    worker must not outlive its supervisor (``kill -9`` of the supervisor would otherwise
+    leave it holding the ports)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    _die_with_parent()
+    if os.getppid() != supervisor:  # it died before the request above took effect
+        return
     run_server(config, http_socket)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGKILL to this process when its parent dies."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        log.warning("cannot tie this worker's life to its supervisor (errno %d)",
+                    ctypes.get_errno())
