@@ -1,17 +1,23 @@
-"""Shared by the core tests: new instances built from pydicom's CT_small.dcm, and a
-snapshot of what a refused upload must leave unchanged."""
+"""Shared by the core tests: new instances built from pydicom's CT_small.dcm, a
+snapshot of what a refused upload must leave unchanged, and a C-STORE peer that sends
+files' bytes untouched."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset, read_preamble
 from pydicom.uid import generate_uid
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
 
@@ -63,3 +69,51 @@ def server_state(lanthorn_client: Any, lanthorn_config: Any) -> State:
                 lanthorn_client.get("/changes?limit=10000").json())
 
     return state
+
+
+def split_file_meta(data: bytes) -> tuple[Dataset, int]:
+    """The file meta information of a DICOM file, and where its data set starts.
+
+    A C-STORE peer sends only the data set; the receiver writes its own file meta, so
+    the data set is what must come back unchanged.
+    """
+    stream = io.BytesIO(data)
+    read_preamble(stream, False)
+    meta = read_dataset(stream, is_implicit_VR=False, is_little_endian=True,
+                        stop_when=lambda tag, *_: tag.group != 2)
+    return meta, stream.tell()
+
+
+StoreScu = Callable[..., Association]
+
+
+@pytest.fixture
+def store_scu(monkeypatch: pytest.MonkeyPatch) -> Iterator[StoreScu]:
+    """Open C-STORE associations: ``store_scu(port, (sop_class, syntax), ...)``.
+
+    ``association.send_c_store(path)`` then sends the file's data set bytes as they are
+    (pynetdicom's chunked mode: no decoding, no re-encoding), corrupt ones included.
+    """
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    opened: list[Association] = []
+    # pynetdicom forgets to close a socket whose peer is gone (its shutdown() fails
+    # first): keep each one to close it here, or it warns when collected.
+    sockets: list[socket.socket] = []
+
+    def associate(port: int, *contexts: tuple[str, str]) -> Association:
+        ae = AE(ae_title="RELIABILITY")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        for sop_class, syntax in contexts:
+            ae.add_requested_context(sop_class, syntax)
+        association = ae.associate("127.0.0.1", port, ae_title="LANTHORN")
+        assert association.is_established, "the DICOM listener refused the association"
+        opened.append(association)
+        sockets.append(association.dul.socket.socket)
+        return association
+
+    yield associate
+    for association in opened:
+        if association.is_alive():
+            association.abort()
+    for sock in sockets:
+        sock.close()

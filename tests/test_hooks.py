@@ -20,8 +20,19 @@ from typing import Any
 import pluggy
 import pydicom
 import pytest
+from dimse_peers import PEER_AET, SCU_AET, StoreSCP, listening, scu
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom import build_role, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    ModalityWorklistInformationFind,
+    MRImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
@@ -519,6 +530,142 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+# -- DICOM query/retrieve ---------------------------------------------------------------
+
+DICOM_PEERS = {"scu": [SCU_AET, "127.0.0.1", 104], "teaching": ["TEACHING", "127.0.0.1", 104]}
+FIND = StudyRootQueryRetrieveInformationModelFind
+
+
+def study_identifier(**keys: str) -> Dataset:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    for keyword, value in {"StudyInstanceUID": "", **keys}.items():
+        setattr(identifier, keyword, value)
+    return identifier
+
+
+def stored_study(server: lanthorn.Server) -> Dataset:
+    """Store one instance (of CT_small.dcm's study); its dataset."""
+    data = dicom()
+    server.ingest.store(data, lanthorn.Origin())
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+class TeachingFinder:
+    """Answers the TEACHING modality itself; every other peer gets the core's answer."""
+
+    @lanthorn.hookimpl
+    def handle_c_find(self, request: lanthorn.DimseRequest) -> list[Dataset] | None:
+        if request.origin.remote_aet != "TEACHING":
+            return None
+        assert (request.level, request.sop_class) == (lanthorn.Level.STUDY, FIND)
+        return [study_identifier(StudyInstanceUID="1.2.840.99", StudyDescription="TEACHING")]
+
+
+@pytest.mark.lanthorn_plugins(TeachingFinder())
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1", DicomModalities=DICOM_PEERS)
+def test_hook_handle_c_find(lanthorn_server: lanthorn.Server) -> None:
+    stored = stored_study(lanthorn_server)
+    port = lanthorn_server.config["DicomPort"]
+    with listening(lanthorn_server):
+        for aet, expected in (("TEACHING", "1.2.840.99"), (SCU_AET, stored.StudyInstanceUID)):
+            with scu(port, FIND, aet=aet) as assoc:
+                answers = [a for _, a in assoc.send_c_find(study_identifier(), FIND) if a]
+            assert [a.StudyInstanceUID for a in answers] == [expected]
+
+
+class Worklist:
+    @lanthorn.hookimpl
+    def handle_worklist_find(self, request: lanthorn.DimseRequest) -> list[Dataset]:
+        assert request.level is None
+        item = Dataset()
+        item.PatientName = "WORK^LIST"
+        step = Dataset()
+        step.Modality = request.identifier.ScheduledProcedureStepSequence[0].Modality or "CT"
+        item.ScheduledProcedureStepSequence = [step]
+        return [item]
+
+
+@pytest.mark.lanthorn_plugins(Worklist())
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1", DicomModalities=DICOM_PEERS)
+def test_hook_handle_worklist_find(lanthorn_server: lanthorn.Server) -> None:
+    query = Dataset()
+    query.PatientName = ""
+    step = Dataset()
+    step.Modality = "MR"
+    query.ScheduledProcedureStepSequence = [step]
+    with listening(lanthorn_server), \
+            scu(lanthorn_server.config["DicomPort"], ModalityWorklistInformationFind) as assoc:
+        responses = list(assoc.send_c_find(query, ModalityWorklistInformationFind))
+    assert [status.Status for status, _ in responses] == [0xFF00, 0x0000]
+    answer = responses[0][1]
+    assert (answer.PatientName, answer.ScheduledProcedureStepSequence[0].Modality) == \
+        ("WORK^LIST", "MR")
+
+
+class ExtraOnMove:
+    @lanthorn.hookimpl
+    def handle_c_move(self, server: lanthorn.Server, request: lanthorn.DimseRequest) -> list[Any]:
+        assert request.move_destination == PEER_AET
+        return extra_and_stored(server, request)
+
+
+class ExtraOnGet:
+    @lanthorn.hookimpl
+    def handle_c_get(self, server: lanthorn.Server, request: lanthorn.DimseRequest) -> list[Any]:
+        return extra_and_stored(server, request)
+
+
+def extra_and_stored(server: lanthorn.Server, request: lanthorn.DimseRequest) -> list[Any]:
+    """A file that is not stored (a dataset), then the study asked for (a public ID)."""
+    [study] = server.index.lookup_identifier(request.identifier.StudyInstanceUID)
+    return [pydicom.dcmread(get_testdata_file("MR_small.dcm")), study.public_id]
+
+
+
+
+MR_SMALL_UID = pydicom.dcmread(get_testdata_file("MR_small.dcm")).SOPInstanceUID
+
+
+def test_hook_handle_c_move(lanthorn_config: Config) -> None:
+    peer = StoreSCP()
+    config = lanthorn_config.with_overrides(DicomBindAddress="127.0.0.1", DicomModalities={
+        **DICOM_PEERS, "peer": [PEER_AET, "127.0.0.1", peer.port]})
+    server = lanthorn.Server(config, load_entry_points=False, plugins=[ExtraOnMove()])
+    try:
+        study = stored_study(server)
+        with listening(server), peer.running(), \
+                scu(config["DicomPort"], StudyRootQueryRetrieveInformationModelMove) as assoc:
+            statuses = [s.Status for s, _ in assoc.send_c_move(
+                study_identifier(StudyInstanceUID=study.StudyInstanceUID), PEER_AET,
+                StudyRootQueryRetrieveInformationModelMove)]
+    finally:
+        server.close()
+    assert statuses == [0xFF00, 0xFF00, 0x0000]
+    assert [r.sop_instance for r in peer.received] == [MR_SMALL_UID, study.SOPInstanceUID]
+
+
+@pytest.mark.lanthorn_plugins(ExtraOnGet())
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1", DicomModalities=DICOM_PEERS)
+def test_hook_handle_c_get(lanthorn_server: lanthorn.Server) -> None:
+    study = stored_study(lanthorn_server)
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    model = StudyRootQueryRetrieveInformationModelGet
+    roles = [build_role(c, scp_role=True) for c in (CTImageStorage, MRImageStorage)]
+    with listening(lanthorn_server), \
+            scu(lanthorn_server.config["DicomPort"], model, CTImageStorage, MRImageStorage,
+                ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+        statuses = [s.Status for s, _ in assoc.send_c_get(
+            study_identifier(StudyInstanceUID=study.StudyInstanceUID), model)]
+    assert statuses == [0xFF00, 0xFF00, 0x0000]
+    assert received == [MR_SMALL_UID, study.SOPInstanceUID]
 
 
 # -- command line -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from .plugins import hookimpl
 from .server import Server
 from .types import (
     Command,
+    DimseRequest,
     IndexBackendFactory,
     Origin,
     PluginRoute,
@@ -24,6 +25,7 @@ __all__ = [
     "BadRequest",
     "ChangeType",
     "Command",
+    "DimseRequest",
     "IndexBackendFactory",
     "LanthornError",
     "Level",

@@ -125,6 +125,30 @@ OPTIONS: tuple[Option, ...] = (
         "Accept C-STORE from modalities missing from DicomModalities.",
     ),
     Option(
+        "DicomAlwaysAllowFind",
+        False,
+        bool,
+        "Answer C-FIND from modalities missing from DicomModalities.",
+    ),
+    Option(
+        "DicomAlwaysAllowFindWorklist",
+        False,
+        bool,
+        "Answer worklist C-FIND from modalities missing from DicomModalities.",
+    ),
+    Option(
+        "DicomAlwaysAllowGet",
+        False,
+        bool,
+        "Answer C-GET from modalities missing from DicomModalities.",
+    ),
+    Option(
+        "DicomAlwaysAllowMove",
+        False,
+        bool,
+        "Answer C-MOVE from modalities missing from DicomModalities.",
+    ),
+    Option(
         "DicomCheckModalityHost",
         False,
         bool,
@@ -150,6 +174,24 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds to wait for a remote modality to answer an outgoing request.",
     ),
     Option("DicomThreadsCount", 4, int, "Threads serving incoming DICOM associations."),
+    Option(
+        "MaximumPduLength",
+        16384,
+        int,
+        "Largest DICOM PDU this server receives, in bytes (4096 to 131072).",
+    ),
+    Option(
+        "AcceptedTransferSyntaxes",
+        ["1.2.840.10008.1.*"],
+        list,
+        "Transfer syntaxes accepted for C-STORE: UIDs, with * and ? as wildcards.",
+    ),
+    Option(
+        "SynchronousCMove",
+        True,
+        bool,
+        "Send C-MOVE sub-operations during the request (false is not supported yet).",
+    ),
     Option(
         "DefaultEncoding",
         "Latin1",
@@ -178,7 +220,12 @@ OPTIONS: tuple[Option, ...] = (
         dict,
         "Extra tags to keep in the index, listed per level (Patient, Study, Series, Instance).",
     ),
-    Option("DicomModalities", {}, dict, "Known remote DICOM modalities, by symbolic name."),
+    Option(
+        "DicomModalities",
+        {},
+        dict,
+        "Known remote DICOM modalities, by symbolic name: [AET, host, port] or an object.",
+    ),
     # HTTP
     Option("HttpServerEnabled", True, bool, "Run the HTTP server (REST API)."),
     Option("HttpPort", 8042, int, "TCP port of the HTTP server."),
@@ -543,9 +590,8 @@ def default_config_text() -> str:
 #: Orthanc's own options that Lanthorn does not implement (yet): an Orthanc file that
 #: sets them loads with one notice instead of a warning per key.
 ORTHANC_ONLY_OPTIONS = frozenset({
-    "AcceptedTransferSyntaxes", "BuiltinDecoderTranscoderOrder", "CheckRevisions",
-    "DefaultPrivateCreator", "DeidentifyLogsDicomVersion", "DicomAlwaysAllowFind",
-    "DicomAlwaysAllowFindWorklist", "DicomAlwaysAllowGet", "DicomAlwaysAllowMove",
+    "BuiltinDecoderTranscoderOrder", "CheckRevisions",
+    "DefaultPrivateCreator", "DeidentifyLogsDicomVersion",
     "DicomAssociationCloseDelay", "DicomEchoChecksFind", "DicomLossyTranscodingQuality",
     "DicomModalitiesInDatabase", "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
     "DicomTlsRemoteCertificateRequired", "Dictionary", "ExecuteLuaEnabled",
@@ -553,10 +599,10 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "HttpsCACertificates", "HttpsVerifyPeers", "IngestTranscoding",
     "IngestTranscodingOfCompressed", "IngestTranscodingOfUncompressed",
     "LoadPrivateDictionary", "LogExportedResources", "LuaScripts", "MallocArenaMax",
-    "MaximumPduLength", "MaximumStorageCacheSize", "MediaArchiveSize",
+    "MaximumStorageCacheSize", "MediaArchiveSize",
     "OrthancExplorerEnabled", "OrthancPeersInDatabase", "QueryRetrieveSize", "SslCertificate",
     "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",
-    "StorageCommitmentReportsSize", "StoreDicom", "StoreMD5ForAttachments", "SynchronousCMove",
+    "StorageCommitmentReportsSize", "StoreDicom", "StoreMD5ForAttachments",
     "SynchronousZipStream", "TranscodeDicomProtocol", "WebDavDeleteAllowed", "WebDavEnabled",
     "WebDavUploadAllowed", "ZipLoaderThreads",
 })

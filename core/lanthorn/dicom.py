@@ -17,7 +17,6 @@ import pydicom
 from pydicom.datadict import private_dictionary_description
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.valuerep import IS, DSfloat
 
@@ -35,6 +34,9 @@ NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or 
 #: Orthanc shows longer values as "TooLong" in /tags.
 MAX_TAG_LENGTH = 256
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
+UNDEFINED_LENGTH = 0xFFFFFFFF
+#: Real instances nest a few levels; reading one back costs several stack frames a level.
+MAX_SEQUENCE_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -51,24 +53,44 @@ class ParsedInstance:
 
 
 def parse_instance(data: bytes) -> ParsedInstance:
-    """Parse and validate; raise BadFileFormat with a message naming the problem."""
+    """Parse and validate; raise BadFileFormat with a message naming the problem.
+
+    Nothing else may escape, or a corrupt upload becomes an internal error: pydicom
+    raises whatever its decoders hit on malformed bytes (its own exceptions, struct and
+    OS errors, a RecursionError on deep nesting, a warning that the process's filters
+    turn into an exception), and all of it means the file cannot be read. The outcome
+    must not depend on those filters either: pydicom only *warns* about an element that
+    never ends and keeps what it read, so truncation is checked here.
+    """
     if not data:
         raise BadFileFormat("Received an empty DICOM file")
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
-        meta = dataset.file_meta
-        transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
-        # Positions in a deflated file are those of the inflated stream: keep it whole.
-        deflated = transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian
-        pixel_offset, pixel_end = (None, 0) if deflated else \
-            _pixel_span(dataset, data, transfer_syntax)
-        uids = _identifiers(dataset)  # before conversion, which hides a value's VR of UN
-        _convert_everything(dataset)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError,
-            NotImplementedError, AttributeError, IndexError, zlib.error) as exc:
+        return _parse(data)
+    except BadFileFormat:
+        raise
+    except RecursionError:  # pydicom reads nested sequences of undefined length recursively
+        raise BadFileFormat(f"Sequences are nested more than {MAX_SEQUENCE_DEPTH} levels "
+                            "deep") from None
+    except Exception as exc:  # any failure of pydicom: see above
         raise BadFileFormat(
             f"Cannot parse an invalid DICOM file (size: {len(data)} bytes): {exc}"
         ) from None
+
+
+def _parse(data: bytes) -> ParsedInstance:
+    stream = io.BytesIO(data)
+    dataset = pydicom.dcmread(stream)
+    if stream.tell() < len(data):  # pydicom warned that an element never ends, and stopped
+        raise BadFileFormat(f"The file is truncated (reading stopped at byte {stream.tell()} "
+                            f"of {len(data)})")
+    meta = dataset.file_meta
+    transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
+    # Positions in a deflated file are those of the inflated stream: keep it whole.
+    deflated = transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian
+    pixel_offset, pixel_end = (None, 0) if deflated else \
+        _pixel_span(dataset, data, transfer_syntax)
+    uids = _identifiers(dataset)  # before conversion, which hides a value's VR of UN
+    _convert_everything(dataset)
     if not transfer_syntax:
         raise BadFileFormat("The file meta information has no TransferSyntaxUID")
     if str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
@@ -89,9 +111,20 @@ def parse_instance(data: bytes) -> ParsedInstance:
 
 
 def _convert_everything(dataset: Dataset) -> None:
-    """Decode every element (sequences included) so that corruption fails here, not later."""
-    for element in dataset.iterall():
-        element.value  # noqa: B018 - access forces the conversion of raw elements
+    """Decode every element (sequences included) so that corruption fails here, not later.
+
+    Deeper nesting than MAX_SEQUENCE_DEPTH is refused: reading a header back recurses
+    once per level, so such an instance could be stored but not shown.
+    """
+    pending = [(dataset, 0)]
+    while pending:
+        current, depth = pending.pop()
+        if depth > MAX_SEQUENCE_DEPTH:
+            raise BadFileFormat(f"Sequences are nested more than {MAX_SEQUENCE_DEPTH} levels "
+                                "deep")
+        for element in current:  # iterating converts each raw element
+            if element.VR == "SQ":
+                pending += [(item, depth + 1) for item in element.value or []]
 
 
 def _identifiers(dataset: Dataset) -> tuple[str, str, str, str]:
@@ -115,22 +148,35 @@ def _identifiers(dataset: Dataset) -> tuple[str, str, str, str]:
 def _pixel_span(dataset: Dataset, data: bytes, syntax: str) -> tuple[int | None, int]:
     """Where the pixel data element starts and ends in ``data``; detects truncation."""
     raw_elements = [dataset.get_item(t) for t in dataset.keys()]  # noqa: SIM118 - raw access
-    for raw in raw_elements:
-        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF \
-                and raw.value_tell + raw.length > len(data):
-            raise BadFileFormat(f"The file is truncated (element {format_tag(raw.tag)} "
-                                f"needs {raw.length} bytes)")
+    _check_complete([r for r in raw_elements if isinstance(r, RawDataElement)], data)
     pixel = next((r for r in raw_elements if r.tag in PIXEL_TAGS), None)
     if not isinstance(pixel, RawDataElement):
         return None, 0
     implicit = pydicom.uid.UID(syntax).is_implicit_VR if syntax else False
     start = pixel.value_tell - (8 if implicit else 12)
-    if pixel.length != 0xFFFFFFFF:
+    if pixel.length != UNDEFINED_LENGTH:
         return start, pixel.value_tell + pixel.length
     delimiter = data.find(_SEQUENCE_DELIMITER, pixel.value_tell + len(pixel.value or b""))
     if delimiter < 0:
         raise BadFileFormat("The file is truncated (the encapsulated pixel data never ends)")
     return start, delimiter + 8
+
+
+def _check_complete(raw_elements: list[RawDataElement], data: bytes) -> None:
+    """Refuse values that run past the end, and a file cut inside its last element header.
+
+    pydicom ignores fewer than 8 trailing bytes, so a file cut inside a header would
+    pass for a shorter valid one (without its pixel data, say); trailing zeros are
+    padding, not a header.
+    """
+    for raw in raw_elements:
+        if raw.length != UNDEFINED_LENGTH and raw.value_tell + raw.length > len(data):
+            raise BadFileFormat(f"The file is truncated (element {format_tag(raw.tag)} "
+                                f"needs {raw.length} bytes)")
+    last = raw_elements[-1] if raw_elements else None
+    end = last.value_tell + last.length if last and last.length != UNDEFINED_LENGTH else 0
+    if 0 < len(data) - end < 8 and data[end:].strip(b"\0"):
+        raise BadFileFormat("The file is truncated (it ends inside an element header)")
 
 
 # -- headers kept by the index -------------------------------------------------------

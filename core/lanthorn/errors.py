@@ -68,6 +68,13 @@ class Rejected(LanthornError):
     orthanc_error = "Forbidden access"
 
 
+class NetworkError(LanthornError):
+    """A remote DICOM modality could not be reached or refused what was asked."""
+
+    orthanc_status = 9
+    orthanc_error = "Error in the network protocol"
+
+
 class StorageFull(LanthornError):
     http_status = 507
     orthanc_status = 19

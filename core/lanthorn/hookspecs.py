@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from pydicom.dataset import Dataset
     from starlette.requests import Request
     from starlette.responses import Response
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from .server import Server
     from .types import (
         Command,
+        DimseRequest,
         IndexBackendFactory,
         Origin,
         PluginRoute,
@@ -142,6 +145,50 @@ def on_change(server: Server, change: Change) -> None:
 
     Delivered from the change log by one process of the cluster, in order and at
     least once: a consumer that raises gets the same change again later.
+    """
+
+
+# -- DICOM query/retrieve ----------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def handle_c_find(server: Server, request: DimseRequest) -> Iterable[Dataset] | None:
+    """Answer a C-FIND in the Patient Root or Study Root model: one identifier per match.
+
+    firstresult: return an iterable of answer datasets (each sent as a pending response,
+    as given), or ``None`` to let the next plugin answer. The core's default, registered
+    ``trylast``, runs the query engine on the index. The listener stops at
+    ``request.limit`` answers and on C-CANCEL. Raise ``lanthorn.BadRequest`` for an
+    identifier you cannot answer (status 0xA900); any other exception is 0xC000.
+    """
+
+
+@hookspec(firstresult=True)
+def handle_worklist_find(server: Server, request: DimseRequest) -> Iterable[Dataset] | None:
+    """Answer a Modality Worklist C-FIND: one identifier per scheduled procedure step.
+
+    firstresult, as ``handle_c_find``; there is no core default: when every plugin
+    returns ``None`` the peer gets status 0x0122 (SOP class not supported).
+    """
+
+
+@hookspec(firstresult=True)
+def handle_c_move(server: Server, request: DimseRequest) -> Iterable[str | Dataset] | None:
+    """Choose what a C-MOVE sends to ``request.move_destination``.
+
+    firstresult: return public IDs (an instance, or a patient, study or series standing
+    for all its instances) and/or pydicom datasets with file meta, or ``None`` to pass.
+    The list is read to its end before the first sub-operation (the count is announced
+    first). The core's default, ``trylast``, matches the identifier with the query
+    engine. The listener sends each instance, counts and reports the sub-operations.
+    """
+
+
+@hookspec(firstresult=True)
+def handle_c_get(server: Server, request: DimseRequest) -> Iterable[str | Dataset] | None:
+    """Choose what a C-GET sends back over the requesting association.
+
+    The same contract as ``handle_c_move`` (firstresult, core default ``trylast``).
     """
 
 

@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "lanthorn.builtin.filesystem",
     "lanthorn.builtin.sqlite",
     "lanthorn.builtin.errors",
+    "lanthorn.builtin.dimse",
     "lanthorn.rest.routes",
 )
 

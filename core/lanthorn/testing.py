@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -149,10 +150,11 @@ class ServerProcess:
 
     def start(self, timeout: float = 30) -> ServerProcess:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the handle
+            # A session of its own: kill() can then take the workers down with it.
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "lanthorn", "serve", "--config", str(self.config_path),
                  *self.extra_args],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(timeout)
         return self
 
@@ -177,7 +179,53 @@ class ServerProcess:
         return self.process.wait(timeout)
 
     def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+        """``kill -9`` of the whole process group (supervisor and workers), as a crash.
+
+        Returns once every process is gone, so that a restart finds the ports free.
+        """
+        if self.process is None:
+            return
+        processes = [self.process.pid, *self.workers()]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+        if survivors := wait_for_exit(processes, 30):
+            raise TimeoutError(f"processes of lanthorn serve survived SIGKILL: {survivors}")
+
+    def workers(self) -> list[int]:
+        """The PIDs of the worker processes (none without ``--workers``)."""
+        if self.process is None:
+            return []
+        pid = self.process.pid
+        try:
+            return [int(child) for child in
+                    Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except FileNotFoundError:  # the supervisor is gone
+            return []
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``lanthorn ARGS --config`` on this server's configuration."""
+        return subprocess.run(
+            [sys.executable, "-m", "lanthorn", *args, "--config", str(self.config_path)],
+            capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_exit(pids: list[int], timeout: float) -> list[int]:
+    """Wait until these processes are gone; return those still running at the timeout.
+
+    A zombie counts as gone: it holds no socket any more.
+    """
+    deadline = time.monotonic() + timeout
+    while (running := [pid for pid in pids if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return running
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
 
 
 @pytest.fixture

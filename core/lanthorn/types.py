@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import BaseRoute
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from .index.sql import SqlIndex
+    from .model import Level
     from .server import Server
     from .storage import StorageArea
 
@@ -24,6 +27,20 @@ class Origin:
     remote_aet: str = ""
     called_aet: str = ""
     username: str = ""
+
+
+@dataclass(frozen=True)
+class DimseRequest:
+    """A C-FIND, C-MOVE or C-GET received over DICOM, as the ``handle_c_*`` hooks see it."""
+
+    sop_class: str  # the information model: the abstract syntax UID of the request
+    identifier: Dataset  # the request's identifier, as the peer sent it
+    origin: Origin  # the peer's AET and address, and the AET it called
+    level: Level | None = None  # the QueryRetrieveLevel; None for a worklist query
+    limit: int = 0  # C-FIND: the listener sends at most this many answers (0: no limit)
+    move_destination: str = ""  # C-MOVE: the AET the instances go to
+    #: True once the peer has sent a C-CANCEL for this request.
+    is_cancelled: Callable[[], bool] = lambda: False
 
 
 @dataclass(frozen=True)

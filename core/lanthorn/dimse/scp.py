@@ -1,22 +1,35 @@
-"""The DICOM listener: C-ECHO and C-STORE into the one ingest path.
+"""The DICOM listener: who may associate, C-ECHO, and C-STORE into the one ingest path.
 
 Received datasets are taken as encoded bytes (no decoding, no re-encoding), so what a
-modality sends is what ``/instances/{id}/file`` returns.
+modality sends is what ``/instances/{id}/file`` returns. C-FIND is answered in
+``find.py``, C-MOVE and C-GET in ``retrieve.py``; the access rules are in ``access.py``.
+
+Access is decided when an association is requested: a peer allowed no service at all
+is rejected, and the presentation contexts of the services it may not use are not
+accepted, so it learns at once (and the log says why). Storage contexts are the
+exception, as C-GET returns instances over them: C-STORE is checked per request.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import socket
 import threading
 from typing import TYPE_CHECKING
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pydicom.dataset import Dataset
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import sop_class as sop
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ..config import Config, ConfigError
 from ..errors import BadFileFormat, LanthornError, Rejected, StorageFull
-from ..types import Origin
+from .access import AccessRules
+from .find import serve_find
+from .request import PATIENT_ROOT, STUDY_ROOT, WORKLIST, origin_of
+from .retrieve import serve_get, serve_move
+from .scu import LanthornAE
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -31,17 +44,46 @@ OUT_OF_RESOURCES = 0xA700
 REFUSED = 0xA900  # data set does not match SOP class / refused by policy
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
+NOT_AUTHORIZED = 0x0124
+#: Error Comment (0000,0902) is a LO: at most 64 characters.
+MAX_ERROR_COMMENT = 64
 
 
-def make_application_entity(server: Server) -> AE:
-    ae = AE(ae_title=server.config["DicomAet"])
+#: The presentation contexts of the services that access rules govern by negotiation.
+SERVICE_CONTEXTS = {
+    "Echo": (sop.Verification,),
+    "Find": (PATIENT_ROOT[0], STUDY_ROOT[0]),
+    "FindWorklist": (WORKLIST,),
+    "Move": (PATIENT_ROOT[1], STUDY_ROOT[1]),
+    "Get": (PATIENT_ROOT[2], STUDY_ROOT[2]),
+}
+
+
+def make_application_entity(server: Server) -> LanthornAE:
+    ae = LanthornAE(ae_title=server.config["DicomAet"])
     ae.maximum_associations = int(server.config["DicomThreadsCount"])
     ae.network_timeout = float(server.config["DicomScpTimeout"])
     ae.acse_timeout = ae.dimse_timeout = float(server.config["DicomScpTimeout"])
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    ae.maximum_pdu_size = int(server.config["MaximumPduLength"])
+    ae.add_supported_context(sop.Verification, ALL_TRANSFER_SYNTAXES)
+    for uid in (*PATIENT_ROOT, *STUDY_ROOT, WORKLIST):
+        ae.add_supported_context(uid)  # uncompressed syntaxes
+    syntaxes = accepted_syntaxes(server.config)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        # Both roles: a C-GET requestor asks to be the storage SCP of the sub-operations.
+        ae.add_supported_context(context.abstract_syntax, syntaxes, scu_role=True,
+                                 scp_role=True)
     return ae
+
+
+def accepted_syntaxes(config: Config) -> list[str]:
+    """The transfer syntaxes ``AcceptedTransferSyntaxes`` (with wildcards) lets in."""
+    patterns = config["AcceptedTransferSyntaxes"]
+    found = [uid for uid in ALL_TRANSFER_SYNTAXES
+             if any(fnmatch.fnmatchcase(uid, str(pattern)) for pattern in patterns)]
+    if not found:
+        raise ConfigError(f"AcceptedTransferSyntaxes {patterns} matches no transfer syntax")
+    return found
 
 
 class SharedPortServer(ThreadedAssociationServer):
@@ -55,38 +97,101 @@ class SharedPortServer(ThreadedAssociationServer):
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept with Nagle's algorithm off, as ``LanthornAE`` does for its requests."""
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
 
 def start_listener(server: Server) -> ThreadedAssociationServer:
     """Listen on ``DicomBindAddress:DicomPort`` in background threads."""
     ae = make_application_entity(server)
+    rules = AccessRules(server.config)
     address = (server.config["DicomBindAddress"] or "0.0.0.0", int(server.config["DicomPort"]))
-    handlers = [(evt.EVT_C_ECHO, _on_echo), (evt.EVT_C_STORE, _on_store, [server])]
+    handlers = [(evt.EVT_REQUESTED, _on_requested, [rules]),
+                (evt.EVT_ABORTED, _on_aborted),
+                (evt.EVT_C_ECHO, _on_echo),
+                (evt.EVT_C_STORE, _on_store, [server, rules]),
+                (evt.EVT_C_FIND, serve_find, [server]),
+                (evt.EVT_C_MOVE, serve_move, [server, rules]),
+                (evt.EVT_C_GET, serve_get, [server])]
     listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer)
-    threading.Thread(target=listener.serve_forever, name="lanthorn-dicom", daemon=True).start()
+    # A short poll interval: stopping waits for one poll.
+    threading.Thread(target=listener.serve_forever, args=(0.1,), name="lanthorn-dicom",
+                     daemon=True).start()
     ae._servers.append(listener)  # so that AE.shutdown() also stops it
     return listener
+
+
+def _on_requested(event: Event, rules: AccessRules) -> None:
+    """Reject the association, or accept only the contexts of the services allowed."""
+    association = event.assoc
+    request = association.requestor.primitive
+    calling, called = request.calling_ae_title.strip(), request.called_ae_title.strip()
+    address = association.requestor.address
+    refusal = rules.association_refusal(calling, called, address)
+    if refusal is not None:
+        log.warning("association from AET %s at %s rejected: %s", calling, address,
+                    refusal.reason)
+        association.acse.send_reject(refusal.result, refusal.source, refusal.diagnostic)
+        association.kill()  # as pynetdicom does after its own rejections
+        return
+    proposed = {c.abstract_syntax for c in request.presentation_context_definition_list}
+    refused: set[str] = set()
+    for service, uids in SERVICE_CONTEXTS.items():
+        why = rules.refusal(service, calling, address) if proposed & set(uids) else None
+        if why:
+            log.warning("association from AET %s at %s: %s is not accepted, as %s",
+                        calling, address, service, why)
+            refused.update(uids)
+    if refused:
+        association.acceptor.supported_contexts = [
+            c for c in association.acceptor.supported_contexts
+            if c.abstract_syntax not in refused]
+
+
+def _on_aborted(event: Event) -> None:
+    """Log aborted associations (a peer gone mid-transfer, a timeout): nothing half-sent
+    is kept, but the admin should know."""
+    requestor = event.assoc.requestor
+    log.warning("association from AET %s at %s aborted", requestor.ae_title.strip(),
+                requestor.address)
 
 
 def _on_echo(event: Event) -> int:
     return SUCCESS
 
 
-def _on_store(event: Event, server: Server) -> int:
-    requestor = event.assoc.requestor
-    origin = Origin("DicomProtocol", remote_ip=requestor.address,
-                    remote_aet=requestor.ae_title.strip(),
-                    called_aet=event.assoc.acceptor.ae_title.strip())
+def _on_store(event: Event, server: Server, rules: AccessRules) -> int | Dataset:
+    origin = origin_of(event)
+    refusal = rules.refusal("Store", origin.remote_aet, origin.remote_ip)
+    if refusal is not None:
+        log.warning("C-STORE from %s refused: %s", origin.remote_aet, refusal)
+        return _failure(NOT_AUTHORIZED, Rejected(refusal))
     try:
         server.ingest.store(event.encoded_dataset(include_meta=True), origin)
     except BadFileFormat as exc:
         log.warning("C-STORE from %s refused: %s", origin.remote_aet, exc)
-        return CANNOT_UNDERSTAND
+        return _failure(CANNOT_UNDERSTAND, exc)
     except Rejected as exc:
         log.warning("C-STORE from %s rejected: %s", origin.remote_aet, exc)
-        return REFUSED
-    except StorageFull:
-        return OUT_OF_RESOURCES
+        return _failure(REFUSED, exc)
+    except StorageFull as exc:
+        return _failure(OUT_OF_RESOURCES, exc)
     except LanthornError as exc:
         log.error("C-STORE from %s failed: %s", origin.remote_aet, exc)
-        return PROCESSING_FAILURE
+        return _failure(PROCESSING_FAILURE, exc)
     return SUCCESS
+
+
+def _failure(status: int, exc: LanthornError) -> Dataset:
+    """A failure status with the reason as Error Comment, so the peer's log says why.
+
+    The comment is a LO of the command set: printable ASCII, no backslash, 64 characters.
+    """
+    answer = Dataset()
+    answer.Status = status
+    answer.ErrorComment = "".join(c if " " <= c <= "~" and c != "\\" else "?"
+                                  for c in exc.message)[:MAX_ERROR_COMMENT]
+    return answer

@@ -286,6 +286,49 @@ class SqlIndex:
                      time.time())
             return bool(deleted)
 
+    # -- labels and batched reads (archives) ---------------------------------------------
+
+    #: IDs per statement when a list may be long (databases bound the parameters of one).
+    ID_BATCH = 1000
+
+    def labels_of(self, resource_id: int) -> list[str]:
+        with self.read() as conn:
+            return list(conn.scalars(select(s.labels.c.label)
+                                     .where(s.labels.c.resource_id == resource_id)
+                                     .order_by(s.labels.c.label)))
+
+    def add_label(self, resource_id: int, label: str) -> None:
+        """Attach ``label`` to a resource; attaching it twice changes nothing."""
+        present = exists().where(s.labels.c.resource_id == resource_id,
+                                 s.labels.c.label == label)
+        with self.write() as conn:
+            conn.execute(insert(s.labels).from_select(
+                ["resource_id", "label"],
+                select(literal(resource_id), literal(label)).where(not_(present))))
+
+    def remove_label(self, resource_id: int, label: str) -> None:
+        with self.write() as conn:
+            conn.execute(delete(s.labels).where(s.labels.c.resource_id == resource_id,
+                                                s.labels.c.label == label))
+
+    def all_labels(self) -> list[str]:
+        """Every label attached to some resource, sorted."""
+        with self.read() as conn:
+            return list(conn.scalars(select(s.labels.c.label).distinct()
+                                     .order_by(s.labels.c.label)))
+
+    def attachments_of(self, resource_ids: Sequence[int],
+                       content_type: int) -> dict[int, Attachment]:
+        """The attachment of ``content_type`` of each resource that has one."""
+        found: dict[int, Attachment] = {}
+        with self.read() as conn:
+            for start in range(0, len(resource_ids), self.ID_BATCH):
+                batch = resource_ids[start:start + self.ID_BATCH]
+                found.update((row.resource_id, _attachment(row)) for row in conn.execute(
+                    select(s.attachments).where(s.attachments.c.content_type == content_type,
+                                                s.attachments.c.resource_id.in_(batch))))
+        return found
+
     # -- deletion ---------------------------------------------------------------------
 
     def delete_resource(self, resource: Resource) -> DeleteOutcome:

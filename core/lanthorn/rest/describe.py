@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..dicom import element_string, read_header
 from ..errors import BadRequest
 from ..index.records import ResourceInfo
 from ..index.sql import orthanc_date
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level, format_tag, parse_tag, tag_name
-from ..query import MODALITY
+from ..requested import requested_tags
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -71,7 +70,8 @@ def _describe(server: Server, info: ResourceInfo, form: str, requested: Sequence
         index_in_series = info.metadata.get("IndexInSeries")
         result["IndexInSeries"] = int(index_in_series) if index_in_series else None
     if requested:
-        result["RequestedTags"] = tags_json(requested_tags(server, info, requested), form)
+        values = requested_tags(server, resource.id, resource.level, requested)
+        result["RequestedTags"] = tags_json(values, form)
     return result
 
 
@@ -81,18 +81,7 @@ def _own_tags(server: Server, info: ResourceInfo) -> dict[int, str]:
     return {t: v for t, v in info.main_tags.items() if t in own}
 
 
-# -- requested tags, including Orthanc's computed ones -----------------------------------
-
-COUNT_TAGS = {
-    parse_tag("NumberOfPatientRelatedStudies"): (Level.PATIENT, Level.STUDY),
-    parse_tag("NumberOfPatientRelatedSeries"): (Level.PATIENT, Level.SERIES),
-    parse_tag("NumberOfPatientRelatedInstances"): (Level.PATIENT, Level.INSTANCE),
-    parse_tag("NumberOfStudyRelatedSeries"): (Level.STUDY, Level.SERIES),
-    parse_tag("NumberOfStudyRelatedInstances"): (Level.STUDY, Level.INSTANCE),
-    parse_tag("NumberOfSeriesRelatedInstances"): (Level.SERIES, Level.INSTANCE),
-}
-MODALITIES_IN_STUDY = parse_tag("ModalitiesInStudy")
-SOP_CLASSES_IN_STUDY = parse_tag("SOPClassesInStudy")
+# -- requested tags ------------------------------------------------------------------
 
 
 def parse_requested(values: Sequence[str] | str | None) -> list[int]:
@@ -106,38 +95,3 @@ def parse_requested(values: Sequence[str] | str | None) -> list[int]:
         return [parse_tag(v) for v in items if v]
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-
-
-def requested_tags(server: Server, info: ResourceInfo, tags: Sequence[int]) -> dict[int, str]:
-    """Values of the requested tags: stored, computed from the hierarchy, or from a header."""
-    index, resource = server.index, info.resource
-    chain = {r.level: r.id for r in index.ancestors(resource.id)}
-    values: dict[int, str] = {}
-    header_tags = []
-    for tag in tags:
-        level = server.main_tags.level_of(tag)
-        if tag in COUNT_TAGS and COUNT_TAGS[tag][0] == resource.level:
-            values[tag] = str(len(index.descendants(resource.id, COUNT_TAGS[tag][1])))
-        elif tag == MODALITIES_IN_STUDY and resource.level == Level.STUDY:
-            series = index.describe(index.descendants(resource.id, Level.SERIES))
-            modalities = {s.main_tags.get(MODALITY, "") for s in series} - {""}
-            values[tag] = "\\".join(sorted(modalities))
-        elif tag == SOP_CLASSES_IN_STUDY and resource.level == Level.STUDY:
-            instances = index.describe(index.descendants(resource.id, Level.INSTANCE))
-            values[tag] = "\\".join(sorted({i.metadata.get("SopClassUid", "") for i in instances}
-                                           - {""}))
-        elif level is not None and level <= resource.level:
-            found = index.main_tags_of(chain[level]).get(tag)
-            if found is not None:
-                values[tag] = found
-        else:
-            header_tags.append(tag)
-    if header_tags:
-        instances = index.descendants(resource.id, Level.INSTANCE)
-        if instances:
-            dataset = read_header(index.header(instances[0]))
-            for tag in header_tags:
-                if tag in dataset:
-                    values[tag] = element_string(dataset[tag]) or ""
-    return values
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..plugins import hookimpl
-from . import find, instances, resources, system
+from . import archives, find, instances, labels, modalities, resources, system, tools
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -15,4 +15,8 @@ if TYPE_CHECKING:
 
 @hookimpl
 def register_routes(server: Server) -> list[BaseRoute]:
-    return [*system.routes(), *instances.routes(), *find.routes(), *resources.routes()]
+    return [*system.routes(), *instances.routes(), *find.routes(), *resources.routes(),
+            *archives.routes(),
+            *labels.routes(),
+            *modalities.routes(),
+            *tools.routes()]

@@ -1,0 +1,171 @@
+"""Deterministic benchmark datasets: P patients x S studies x R series x I instances.
+
+Every UID, name, date and pixel byte derives from the spec and a seed, so the same
+command gives the same files on any machine, and two servers compared in one run
+receive identical bytes. A different seed gives a disjoint dataset (new patients and
+UIDs), which is how the runner uploads new instances on every run.
+
+    python benchmarks/generate.py ct:1x1x2x100 --seed demo --out /tmp/dataset
+
+Profiles: ``ct`` is 512x512 16-bit (about 0.5 MB a file, image-bound), ``small`` is
+64x64 (about 8 KB, index-bound). The files come from ``lanthorn.testing.make_instance``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import random
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.uid import generate_uid
+
+from lanthorn.testing import CT_IMAGE_STORAGE, make_instance
+
+#: Rows (and columns) of each profile's images.
+PROFILES = {"ct": 512, "small": 64}
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+SOP_CLASSES = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}
+
+FAMILY_NAMES = (
+    "SMITH", "JOHNSON", "WILLIAMS", "BROWN", "JONES", "GARCIA", "MILLER", "DAVIS",
+    "MARTIN", "BERNARD", "DUBOIS", "MULLER", "SCHMIDT", "ROSSI", "FERRARI", "NOVAK",
+    "KOWALSKI", "JANSEN", "PEETERS", "LAMBERT",
+)
+GIVEN_NAMES = (
+    "JOHN", "MARY", "ALICE", "PETER", "ANNA", "LUCAS", "EMMA", "NOAH", "SOFIA", "LEO",
+    "CLARA", "HUGO", "JULIA", "MAX", "NORA", "PAUL",
+)
+DESCRIPTIONS = {
+    "CT": ("CT CHEST WITH CONTRAST", "CT HEAD WITHOUT CONTRAST", "CT ABDOMEN PELVIS"),
+    "MR": ("MR BRAIN", "MR KNEE LEFT", "MR LUMBAR SPINE"),
+}
+SERIES_DESCRIPTIONS = ("AXIAL 5MM", "CORONAL MPR", "SAGITTAL MPR", "LOCALIZER", "DWI")
+FIRST_YEAR, YEARS = 2005, 20  # study dates spread over 2005-2024
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A dataset's shape, profile and seed; everything else is derived from them."""
+
+    profile: str
+    patients: int
+    studies: int
+    series: int
+    instances: int
+    seed: str = "lanthorn"
+
+    @classmethod
+    def parse(cls, text: str, seed: str = "lanthorn") -> Spec:
+        """``PROFILE:PxSxRxI``, e.g. ``ct:1x1x2x100``."""
+        match = re.fullmatch(r"(\w+):(\d+)x(\d+)x(\d+)x(\d+)", text)
+        if not match or match.group(1) not in PROFILES:
+            raise ValueError(f"expected PROFILE:PxSxRxI with PROFILE in {sorted(PROFILES)}, "
+                             f"got {text!r}")
+        counts = [int(n) for n in match.groups()[1:]]
+        if min(counts) < 1:
+            raise ValueError(f"every count must be at least 1, got {text!r}")
+        return cls(match.group(1), *counts, seed=seed)
+
+    def __str__(self) -> str:
+        return f"{self.profile}:{self.patients}x{self.studies}x{self.series}x{self.instances}"
+
+    def with_seed(self, seed: str) -> Spec:
+        return dataclasses.replace(self, seed=seed)
+
+    @property
+    def count(self) -> int:
+        return self.patients * self.studies * self.series * self.instances
+
+    def keys(self) -> Iterator[tuple[int, int, int, int]]:
+        """(patient, study, series, instance) indices, in sending order."""
+        return itertools.product(range(self.patients), range(self.studies),
+                                 range(self.series), range(self.instances))
+
+    def files(self) -> Iterator[tuple[str, bytes]]:
+        """(relative file name, DICOM bytes) for every instance, in sending order."""
+        for key in self.keys():
+            yield self.file_name(*key), self.instance(*key)
+
+    def file_name(self, p: int, s: int, r: int, i: int) -> str:
+        return f"{self.patient_id(p)}/study{s + 1:03d}/series{r + 1:03d}/{i + 1:05d}.dcm"
+
+    def uid(self, *indices: int) -> str:
+        """A UID that only this spec, seed and these indices give."""
+        return generate_uid(entropy_srcs=[self._source(*indices)])
+
+    def patient_id(self, p: int) -> str:
+        tag = hashlib.sha1(self._source().encode()).hexdigest()[:6].upper()
+        return f"{tag}{p:06d}"
+
+    def patient_name(self, p: int) -> str:
+        rng = self._rng(p)
+        return f"{rng.choice(FAMILY_NAMES)}^{rng.choice(GIVEN_NAMES)}"
+
+    def modality(self, p: int, s: int) -> str:
+        return self._rng(p, s).choice(("CT", "MR"))
+
+    def study_date(self, p: int, s: int) -> str:
+        rng = self._rng(p, s, "date")
+        year, month, day = FIRST_YEAR + rng.randrange(YEARS), rng.randint(1, 12), rng.randint(1, 28)
+        return f"{year}{month:02d}{day:02d}"
+
+    def instance(self, p: int, s: int, r: int, i: int) -> bytes:
+        patient, study = self._rng(p, "patient"), self._rng(p, s, "study")
+        modality = self.modality(p, s)
+        sop_instance = self.uid(p, s, r, i)
+        return make_instance(
+            rows=PROFILES[self.profile], columns=PROFILES[self.profile],
+            seed=zlib.crc32(sop_instance.encode()),
+            SOPClassUID=SOP_CLASSES[modality], SOPInstanceUID=sop_instance,
+            StudyInstanceUID=self.uid(p, s), SeriesInstanceUID=self.uid(p, s, r),
+            PatientID=self.patient_id(p), PatientName=self.patient_name(p),
+            PatientBirthDate=f"{patient.randint(1930, 2015)}0{patient.randint(1, 9)}15",
+            PatientSex=patient.choice("FM"),
+            StudyDate=self.study_date(p, s), StudyTime=f"{study.randint(7, 19):02d}1500",
+            AccessionNumber=f"A{self.patient_id(p)}{s:03d}", StudyID=str(s + 1),
+            StudyDescription=study.choice(DESCRIPTIONS[modality]), Modality=modality,
+            SeriesNumber=r + 1, SeriesDescription=SERIES_DESCRIPTIONS[r % len(SERIES_DESCRIPTIONS)],
+            InstanceNumber=i + 1,
+        )
+
+    def _rng(self, *indices: object) -> random.Random:
+        return random.Random(self._source(*indices))
+
+    def _source(self, *indices: object) -> str:
+        """What every derived value hashes. The shape is part of it, so two datasets of
+        one seed are disjoint; the separators keep ``(1, 23)`` apart from ``(12, 3)``
+        (pydicom joins entropy sources as they are)."""
+        return "/".join([self.seed, str(self), *map(str, indices)])
+
+
+def write(spec: Spec, folder: Path) -> tuple[int, int]:
+    """Write the dataset's files under ``folder``; returns (files, bytes)."""
+    count = size = 0
+    for name, data in spec.files():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        count, size = count + 1, size + len(data)
+    return count, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("spec", type=Spec.parse, help="PROFILE:PxSxRxI, e.g. small:2x2x2x50")
+    parser.add_argument("--seed", default="lanthorn", help="same seed, same files")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write into")
+    args = parser.parse_args()
+    count, size = write(args.spec.with_seed(args.seed), args.out)
+    print(f"{count} files, {size / 1e6:.1f} MB in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The core's answers to DICOM queries and retrieves (overridable), and a check of the
+DICOM network options at start-up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from ..dimse.access import parse_modalities
+from ..dimse.find import core_find
+from ..dimse.retrieve import core_retrieve
+from ..dimse.scp import accepted_syntaxes
+from ..plugins import hookimpl
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from ..server import Server
+    from ..types import DimseRequest
+
+log = logging.getLogger(__name__)
+
+
+@hookimpl
+def startup(server: Server) -> None:
+    parse_modalities(server.config)  # a malformed DicomModalities entry stops start-up
+    accepted_syntaxes(server.config)  # so does an AcceptedTransferSyntaxes matching nothing
+    if not server.config["SynchronousCMove"]:
+        log.warning("SynchronousCMove is false, which is not supported yet: C-MOVE "
+                    "sub-operations are sent during the request")
+
+
+@hookimpl(trylast=True)
+def handle_c_find(server: Server, request: DimseRequest) -> Iterator[Dataset]:
+    return core_find(server, request)
+
+
+@hookimpl(trylast=True)
+def handle_c_move(server: Server, request: DimseRequest) -> list[str]:
+    return core_retrieve(server, request)
+
+
+@hookimpl(trylast=True)
+def handle_c_get(server: Server, request: DimseRequest) -> list[str]:
+    return core_retrieve(server, request)

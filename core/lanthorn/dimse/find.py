@@ -1,0 +1,160 @@
+"""C-FIND SCP: query/retrieve and worklist queries, answered by plugins or the index.
+
+The listener side (``serve_find``) turns a request into a :class:`DimseRequest`, asks
+``handle_c_find`` or ``handle_worklist_find`` and streams the answers as pending
+responses. The core's answer (``core_find``) runs the one query engine on the index and
+builds each answer from what the index keeps: main tags, computed tags and the saved
+instance headers. Files are never read.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from pydicom import config as pydicom_config
+from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from ..errors import BadRequest
+from ..model import Level
+from ..query import build_query
+from ..requested import first_header, index_values
+from .request import WORKLIST, dimse_request, keys, matching
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+    from ..server import Server
+    from ..types import DimseRequest
+
+log = logging.getLogger(__name__)
+
+PENDING = 0xFF00
+CANCEL = 0xFE00  # also sent when LimitFindResults cuts the answers short, as Orthanc does
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+
+Response = tuple[int, Dataset | None]
+
+#: ``DefaultEncoding`` (Orthanc's names) as Specific Character Set terms.
+CHARACTER_SETS = {
+    "Ascii": "ISO_IR 6", "Latin1": "ISO_IR 100", "Latin2": "ISO_IR 101",
+    "Latin3": "ISO_IR 109", "Latin4": "ISO_IR 110", "Latin5": "ISO_IR 148",
+    "Cyrillic": "ISO_IR 144", "Arabic": "ISO_IR 127", "Greek": "ISO_IR 126",
+    "Hebrew": "ISO_IR 138", "Thai": "ISO_IR 166", "Utf8": "ISO_IR 192",
+}
+UTF8 = "ISO_IR 192"
+TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+INTEGER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
+FLOAT_VRS = frozenset({"FL", "FD"})
+
+
+# -- the listener side ------------------------------------------------------------------
+
+
+def serve_find(event: Event, server: Server) -> Iterator[Response]:
+    """EVT_C_FIND: the first plugin's answers as pending responses, then the final status."""
+    worklist = event.request.AffectedSOPClassUID == WORKLIST
+    name = "worklist C-FIND" if worklist else "C-FIND"
+    peer = event.assoc.requestor.ae_title.strip()
+    hook = server.plugins.hook.handle_worklist_find if worklist else \
+        server.plugins.hook.handle_c_find
+    try:
+        request = dimse_request(event, limits=(int(server.config["LimitFindResults"]),
+                                               int(server.config["LimitFindInstances"])))
+        answers = hook(server=server, request=request)
+        if answers is None:
+            log.warning("%s from %s refused: no plugin answers it", name, peer)
+            yield SOP_CLASS_NOT_SUPPORTED, None
+            return
+        yield from _pending(answers, request, f"{name} from {peer}")
+    except BadRequest as exc:
+        log.warning("%s from %s refused: %s", name, peer, exc)
+        yield IDENTIFIER_DOES_NOT_MATCH, None
+    except Exception:  # a plugin's failure is a failure status, never a dropped association
+        log.exception("%s from %s failed", name, peer)
+        yield UNABLE_TO_PROCESS, None
+
+
+def _pending(answers: Iterable[Dataset], request: DimseRequest, what: str) -> Iterator[Response]:
+    sent = 0
+    for answer in answers:
+        if request.is_cancelled():
+            log.info("%s cancelled after %d answers", what, sent)
+            yield CANCEL, None
+            return
+        if request.limit and sent == request.limit:
+            log.warning("%s: more than %d matches, only the first %d are sent "
+                        "(LimitFindResults / LimitFindInstances)", what, sent, sent)
+            yield CANCEL, None
+            return
+        yield PENDING, answer
+        sent += 1
+    log.info("%s: %d answers", what, sent)
+
+
+# -- the core's answer ---------------------------------------------------------------
+
+
+def core_find(server: Server, request: DimseRequest) -> Iterator[Dataset]:
+    """Matches from the query engine, each with the return keys the identifier asks for."""
+    level = request.level
+    assert level is not None, "the listener sets the level of every query/retrieve request"
+    asked = keys(request.identifier)
+    limit = request.limit + 1 if request.limit else 0  # one more tells the listener to stop
+    query = build_query(level, matching(asked), main_tags=server.main_tags,
+                        case_sensitive_pn=bool(server.config["CaseSensitivePN"]), limit=limit)
+    preferred = CHARACTER_SETS.get(server.config["DefaultEncoding"], UTF8)
+    for resource_id in server.index.find(query):
+        answer = _answer(server, resource_id, level, asked)
+        answer.QueryRetrieveLevel = request.identifier.QueryRetrieveLevel
+        answer.RetrieveAETitle = server.config["DicomAet"]
+        answer.SpecificCharacterSet = preferred if _encodable(answer, preferred) else UTF8
+        yield answer
+
+
+def _answer(server: Server, resource_id: int, level: Level,
+            asked: list[DataElement]) -> Dataset:
+    values, left = index_values(server, resource_id, level, [e.tag for e in asked])
+    header = first_header(server, resource_id) if left else None
+    answer = Dataset()
+    for element in asked:
+        if element.tag in values:
+            answer.add(_element(element, values[element.tag]))
+        elif header is not None and element.tag in header:
+            answer.add(copy.deepcopy(header[element.tag]))
+        else:  # asked for but unknown: returned empty, as DICOM wants
+            answer.add(DataElement(element.tag, element.VR, [] if element.VR == "SQ" else None))
+    return answer
+
+
+def _element(asked: DataElement, text: str) -> DataElement:
+    """A return key from the index's string; stored values go back as they are."""
+    vr = dictionary_VR(asked.tag) if dictionary_has_tag(asked.tag) else asked.VR
+    if vr in INTEGER_VRS | FLOAT_VRS and text:
+        kind = int if vr in INTEGER_VRS else float
+        numbers = [kind(part) for part in text.split("\\")]
+        return DataElement(asked.tag, vr, numbers if len(numbers) > 1 else numbers[0])
+    return DataElement(asked.tag, vr, text, validation_mode=pydicom_config.IGNORE)
+
+
+def _encodable(dataset: Dataset, term: str) -> bool:
+    """Whether every text value can be written in the character set ``term``."""
+    codec = python_encoding[term]
+    try:
+        for element in dataset.iterall():
+            if element.VR in TEXT_VRS and element.value is not None:
+                values = element.value if isinstance(element.value, MultiValue) \
+                    else [element.value]
+                for value in values:
+                    str(value).encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True

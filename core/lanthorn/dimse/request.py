@@ -1,0 +1,97 @@
+"""Query/retrieve requests as the hooks see them: models, levels and matching keys."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pynetdicom import sop_class as sop
+
+from ..dicom import element_string
+from ..errors import BadRequest
+from ..model import Level, format_tag
+from ..requested import COMPUTED_TAGS
+from ..types import DimseRequest, Origin
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+PATIENT_ROOT = (sop.PatientRootQueryRetrieveInformationModelFind,
+                sop.PatientRootQueryRetrieveInformationModelMove,
+                sop.PatientRootQueryRetrieveInformationModelGet)
+STUDY_ROOT = (sop.StudyRootQueryRetrieveInformationModelFind,
+              sop.StudyRootQueryRetrieveInformationModelMove,
+              sop.StudyRootQueryRetrieveInformationModelGet)
+WORKLIST = sop.ModalityWorklistInformationFind
+LEVELS = {"PATIENT": Level.PATIENT, "STUDY": Level.STUDY, "SERIES": Level.SERIES,
+          "IMAGE": Level.INSTANCE}
+QUERY_RETRIEVE_LEVEL = 0x00080052
+#: Elements of an identifier that are neither matched nor returned as asked.
+NOT_KEYS = frozenset({0x00080005, QUERY_RETRIEVE_LEVEL, 0x00080054})  # charset, level, AET
+NOT_MATCHED_VRS = frozenset({"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+
+
+def origin_of(event: Event) -> Origin:
+    requestor = event.assoc.requestor
+    return Origin("DicomProtocol", remote_ip=requestor.address,
+                  remote_aet=requestor.ae_title.strip(),
+                  called_aet=event.assoc.acceptor.ae_title.strip())
+
+
+def dimse_request(event: Event, *, limits: tuple[int, int] = (0, 0)) -> DimseRequest:
+    """The hooks' view of a C-FIND/C-MOVE/C-GET; BadRequest for an invalid identifier.
+
+    ``limits`` are the answers allowed at patient/study/series level and at instance
+    level (LimitFindResults, LimitFindInstances).
+    """
+    sop_class = str(event.request.AffectedSOPClassUID)
+    try:
+        identifier = event.identifier
+        level = _level(identifier, sop_class)
+        keys(identifier)  # every element must decode, or the identifier is invalid
+    except BadRequest:
+        raise
+    except Exception as exc:  # pydicom raises many kinds of errors on undecodable bytes
+        raise BadRequest(f"the identifier cannot be decoded: {exc}") from None
+    limit = limits[level == Level.INSTANCE] if level is not None else 0
+    destination = str(getattr(event, "move_destination", "") or "").strip()  # C-MOVE only
+    return DimseRequest(sop_class, identifier, origin_of(event), level, limit, destination,
+                        CancelLatch(event))
+
+
+class CancelLatch:
+    """Whether the peer cancelled: pynetdicom forgets a C-CANCEL once it has said so,
+    and both a plugin and the listener ask."""
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.cancelled = False
+
+    def __call__(self) -> bool:
+        self.cancelled = self.cancelled or bool(self.event.is_cancelled)
+        return self.cancelled
+
+
+def _level(identifier: Dataset, sop_class: str) -> Level | None:
+    if sop_class == WORKLIST:
+        return None
+    text = str(identifier.get("QueryRetrieveLevel", "") or "")
+    level = LEVELS.get(text.strip().upper())
+    if level is None:
+        raise BadRequest(f'QueryRetrieveLevel "{text}" is not PATIENT, STUDY, SERIES or IMAGE')
+    if level == Level.PATIENT and sop_class in STUDY_ROOT:
+        raise BadRequest("the Study Root model has no PATIENT level")
+    return level
+
+
+def keys(identifier: Dataset) -> list[DataElement]:
+    """The identifier's keys: the elements to match (when they have a value) and return."""
+    return [e for e in identifier if e.tag not in NOT_KEYS and e.tag.group > 0x0002]
+
+
+def matching(elements: list[DataElement]) -> dict[str, str]:
+    """The keys the query engine matches: those with a value it can compare."""
+    values = {format_tag(e.tag): element_string(e) or "" for e in elements
+              if e.VR not in NOT_MATCHED_VRS and e.tag not in COMPUTED_TAGS}
+    return {tag: value for tag, value in values.items() if value}

@@ -1,0 +1,115 @@
+"""C-MOVE and C-GET SCP: which instances (plugins or the index), then the sub-operations.
+
+The handlers follow pynetdicom's generator contract: C-MOVE yields the destination,
+both yield the number of sub-operations and then one dataset per sub-operation;
+pynetdicom sends each (over a new association for C-MOVE, over the requesting one for
+C-GET) and reports pending and final statuses with the counts and failed instances.
+C-MOVE runs during the request (``SynchronousCMove``; queueing it as a job comes with
+the jobs engine).
+
+Errors before the first sub-operation (an invalid identifier, a plugin's exception)
+are logged here and re-raised: pynetdicom then answers "unable to process" (0xC514 for
+C-MOVE, 0xC413 for C-GET), as its contract allows no other status at that point.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+
+from ..errors import BadRequest
+from ..model import IDENTIFIER_KEYWORDS, format_tag, parse_tag
+from ..query import build_query
+from .request import dimse_request, keys, matching
+from .scu import SubOperation, load, plan, store_contexts
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+    from ..server import Server
+    from ..types import DimseRequest
+    from .access import AccessRules
+
+log = logging.getLogger(__name__)
+
+PENDING = 0xFF00
+CANCEL = 0xFE00
+
+
+def serve_move(event: Event, server: Server, rules: AccessRules) -> Iterator[Any]:
+    """EVT_C_MOVE: the destination, the number of sub-operations, then each dataset."""
+    request = _request(event, "C-MOVE")
+    destination = rules.destination(request.move_destination)
+    if destination is None:
+        log.warning('C-MOVE from %s refused: destination "%s" is not in DicomModalities',
+                    request.origin.remote_aet, request.move_destination)
+        yield None, None  # pynetdicom answers 0xA801, move destination unknown
+        return
+    operations = _operations(server, request, "C-MOVE")
+    yield destination.host, destination.port, {
+        "ae_title": destination.aet, "contexts": store_contexts(operations),
+        "max_pdu": int(server.config["MaximumPduLength"])}
+    yield len(operations)
+    yield from _each(server, request, operations)
+
+
+def serve_get(event: Event, server: Server) -> Iterator[Any]:
+    """EVT_C_GET: the number of sub-operations, then each dataset."""
+    request = _request(event, "C-GET")
+    operations = _operations(server, request, "C-GET")
+    yield len(operations)
+    yield from _each(server, request, operations)
+
+
+def _request(event: Event, name: str) -> DimseRequest:
+    try:
+        return dimse_request(event)
+    except BadRequest as exc:
+        log.warning("%s from %s refused: %s", name, event.assoc.requestor.ae_title.strip(), exc)
+        raise
+
+
+def _operations(server: Server, request: DimseRequest, name: str) -> list[SubOperation]:
+    hook = server.plugins.hook.handle_c_move if name == "C-MOVE" else \
+        server.plugins.hook.handle_c_get
+    try:
+        items = hook(server=server, request=request)
+        operations = plan(server, items or [])
+    except Exception as exc:
+        log.warning("%s from %s failed: %s", name, request.origin.remote_aet, exc)
+        raise
+    log.info("%s from %s: %d instances", name, request.origin.remote_aet, len(operations))
+    return operations
+
+
+def _each(server: Server, request: DimseRequest,
+          operations: list[SubOperation]) -> Iterator[tuple[int, Dataset | None]]:
+    for op in operations:
+        if request.is_cancelled():
+            yield CANCEL, None
+            return
+        yield PENDING, load(server, op)
+
+
+# -- the core's answer ---------------------------------------------------------------
+
+
+def core_retrieve(server: Server, request: DimseRequest) -> list[str]:
+    """The resources the identifier names, matched by the query engine (public IDs).
+
+    The unique key of the level (StudyInstanceUID for STUDY...) must have a value, so
+    that an empty identifier never sends the whole archive.
+    """
+    level = request.level
+    assert level is not None, "the listener sets the level of every query/retrieve request"
+    unique = IDENTIFIER_KEYWORDS[level]
+    query = matching(keys(request.identifier))
+    if not query.get(format_tag(parse_tag(unique)), "").strip("*"):
+        raise BadRequest(f"the identifier has no {unique}, the unique key of its level")
+    found = server.index.find(build_query(
+        level, query, main_tags=server.main_tags,
+        case_sensitive_pn=bool(server.config["CaseSensitivePN"])))
+    return server.index.public_ids_of(found)

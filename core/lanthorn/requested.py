@@ -1,0 +1,80 @@
+"""Values of tags asked about a resource, without reading its files.
+
+REST ``RequestedTags`` and C-FIND return keys both come from here: the main tags the
+index keeps (of the resource and its ancestors), the tags Orthanc computes from the
+hierarchy (``NumberOfStudyRelatedInstances``, ``ModalitiesInStudy``...), and for any
+other tag the header the index saved for the resource's first instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pydicom.dataset import Dataset
+
+from .dicom import element_string, read_header
+from .model import Level, parse_tag
+from .query import MODALITY
+
+if TYPE_CHECKING:
+    from .server import Server
+
+COUNT_TAGS = {
+    parse_tag("NumberOfPatientRelatedStudies"): (Level.PATIENT, Level.STUDY),
+    parse_tag("NumberOfPatientRelatedSeries"): (Level.PATIENT, Level.SERIES),
+    parse_tag("NumberOfPatientRelatedInstances"): (Level.PATIENT, Level.INSTANCE),
+    parse_tag("NumberOfStudyRelatedSeries"): (Level.STUDY, Level.SERIES),
+    parse_tag("NumberOfStudyRelatedInstances"): (Level.STUDY, Level.INSTANCE),
+    parse_tag("NumberOfSeriesRelatedInstances"): (Level.SERIES, Level.INSTANCE),
+}
+MODALITIES_IN_STUDY = parse_tag("ModalitiesInStudy")
+SOP_CLASSES_IN_STUDY = parse_tag("SOPClassesInStudy")
+#: Tags computed from the hierarchy: they can be returned, not matched.
+COMPUTED_TAGS = frozenset({*COUNT_TAGS, SOP_CLASSES_IN_STUDY})
+
+
+def index_values(server: Server, resource_id: int, level: Level,
+                 tags: Sequence[int]) -> tuple[dict[int, str], list[int]]:
+    """The values the index knows (stored or computed), and the tags left for a header."""
+    index = server.index
+    chain = {r.level: r.id for r in index.ancestors(resource_id)}
+    values: dict[int, str] = {}
+    left = []
+    for tag in tags:
+        owner = server.main_tags.level_of(tag)
+        if tag in COUNT_TAGS and COUNT_TAGS[tag][0] == level:
+            values[tag] = str(len(index.descendants(resource_id, COUNT_TAGS[tag][1])))
+        elif tag == MODALITIES_IN_STUDY and level == Level.STUDY:
+            series = index.describe(index.descendants(resource_id, Level.SERIES))
+            values[tag] = "\\".join(sorted({s.main_tags.get(MODALITY, "") for s in series}
+                                           - {""}))
+        elif tag == SOP_CLASSES_IN_STUDY and level == Level.STUDY:
+            instances = index.describe(index.descendants(resource_id, Level.INSTANCE))
+            values[tag] = "\\".join(sorted({i.metadata.get("SopClassUid", "")
+                                            for i in instances} - {""}))
+        elif owner is not None and owner <= level:
+            found = index.main_tags_of(chain[owner]).get(tag)
+            if found is not None:
+                values[tag] = found
+        else:
+            left.append(tag)
+    return values, left
+
+
+def first_header(server: Server, resource_id: int) -> Dataset | None:
+    """The saved header of the resource's first instance (None for an empty resource)."""
+    instances = server.index.descendants(resource_id, Level.INSTANCE)
+    return read_header(server.index.header(instances[0])) if instances else None
+
+
+def requested_tags(server: Server, resource_id: int, level: Level,
+                   tags: Sequence[int]) -> dict[int, str]:
+    """Values of the requested tags as Orthanc's strings (absent tags are left out)."""
+    values, left = index_values(server, resource_id, level, tags)
+    header = first_header(server, resource_id) if left else None
+    if header is not None:
+        for tag in left:
+            if tag in header:
+                values[tag] = element_string(header[tag]) or ""
+    return values

@@ -1,0 +1,325 @@
+"""ZIP archives and DICOM media (ZIP + DICOMDIR) of resources, streamed file by file.
+
+The answer is planned from the index (names, sizes, the DICOMDIR built from the stored
+headers) and then streamed: each stored file is read a block at a time while the ZIP
+is written, so memory does not grow with the size of a study. Members are stored
+without compression (DICOM pixel data rarely shrinks, and deflating would cap the speed),
+byte-identical to the stored files; sizes are known up front, hence a Content-Length.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from tempfile import TemporaryDirectory
+from typing import TYPE_CHECKING, Any
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.fileset import FileSet, RecordNode
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from zipstream import ZipStream
+
+from ..dicom import read_header
+from ..errors import BadRequest, UnknownResource
+from ..index.records import Attachment, Resource
+from ..ingest import DICOM_ATTACHMENT
+from ..model import Level
+from ..storage import COMPRESSION_ZLIB, StorageArea
+from .common import flag, json_body, resource_of, server_of
+from .instances import CHUNK
+from .resources import LEVELS
+
+if TYPE_CHECKING:
+    from ..index.sql import SqlIndex
+    from ..server import Server
+
+#: Folder names as Orthanc builds them: the values of two main tags, or a fallback.
+FOLDER_TAGS = {
+    Level.PATIENT: (("PatientID", "PatientName"), "Unknown Patient"),
+    Level.STUDY: (("AccessionNumber", "StudyDescription"), "Unknown Study"),
+    Level.SERIES: (("Modality", "SeriesDescription"), "Unknown Series"),
+}
+#: Keys of the DICOMDIR records (as in Orthanc's media), then the type 3 keys that an
+#: "extended" DICOMDIR adds when the instance has them. Every instance is an IMAGE
+#: record, whatever its SOP class, as in Orthanc.
+RECORD_KEYS = {
+    "PATIENT": (("PatientName", "PatientID"), ("PatientBirthDate", "PatientSex")),
+    "STUDY": (("StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
+               "StudyInstanceUID", "StudyID"), ("ReferringPhysicianName",)),
+    "SERIES": (("Modality", "SeriesInstanceUID", "SeriesNumber"),
+               ("SeriesDescription", "SeriesDate", "SeriesTime", "BodyPartExamined",
+                "ProtocolName")),
+    "IMAGE": (("InstanceNumber",),
+              ("ImageType", "ContentDate", "ContentTime", "NumberOfFrames", "Rows", "Columns")),
+}
+MEDIA_ID = "LANTHORN_MEDIA"
+
+Selection = dict[tuple[int, int, int], list[int]]
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a request asks for, from the query string (GET) or the JSON body (POST)."""
+
+    resources: list[Resource]
+    filename: str
+    extended: bool
+
+
+def endpoint(*, media: bool, extended: bool = False):  # noqa: ANN201 - a Starlette endpoint
+    """One handler for every level and for ``/tools/create-*``: GET or POST, ZIP or media."""
+
+    async def answer(request: Request) -> Response:
+        body = await _body(request)
+        return await run_in_threadpool(_respond, request, body, media, extended)
+
+    return answer
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    if request.method == "POST":
+        data = await request.body()
+        body = json_body(data) if data.strip() else {}
+        if not isinstance(body, dict):
+            raise BadRequest("The body must contain a JSON object")
+        return body
+    query, body = request.query_params, {}
+    for name, key in (("filename", "Filename"), ("transcode", "Transcode")):
+        if name in query:
+            body[key] = query[name]
+    if "resources" in query:
+        body["Resources"] = [r for r in query["resources"].split(",") if r]
+    if "extended" in query:
+        body["Extended"] = flag(request, "extended")
+    return body
+
+
+def _respond(request: Request, body: dict[str, Any], media: bool, extended: bool) -> Response:
+    options = _options(request, body, extended)
+    server = server_of(request)
+    selection = _selection(server.index, options.resources)
+    if media:
+        members, dicomdir = _media_members(server, selection, options.extended)
+    else:
+        members, dicomdir = _archive_members(server.index, selection), None
+    return _zip_response(server.storage, members, dicomdir, options.filename)
+
+
+def _options(request: Request, body: dict[str, Any], extended: bool) -> Options:
+    if body.get("Asynchronous") is True or body.get("Synchronous") is False:
+        raise BadRequest("Asynchronous archives need jobs, which are not available yet: "
+                         "ask for a synchronous answer")
+    if body.get("Transcode"):
+        raise BadRequest("Transcoding archives is not available yet")
+    filename = body.get("Filename")
+    extended = body.get("Extended", extended)
+    if not isinstance(filename, str | None) or not isinstance(extended, bool):
+        raise BadRequest('"Filename" must be a string and "Extended" a boolean')
+    if "id" in request.path_params:
+        resource = resource_of(request)
+        return Options([resource], _safe_filename(filename, f"{resource.public_id}.zip"),
+                       extended)
+    public_ids = body.get("Resources")
+    if not isinstance(public_ids, list) or not all(isinstance(p, str) for p in public_ids):
+        raise BadRequest('"Resources" must be a list of resource IDs')
+    return Options(_lookup_all(request, public_ids),
+                   _safe_filename(filename, "Archive.zip"), extended)
+
+
+def _lookup_all(request: Request, public_ids: list[str]) -> list[Resource]:
+    index = server_of(request).index
+    resources = []
+    for public_id in public_ids:
+        found = index.lookup(public_id)
+        if found is None:
+            raise UnknownResource(f"no resource has the ID {public_id}")
+        resources.append(found)
+    return resources
+
+
+def _safe_filename(requested: str | None, default: str) -> str:
+    """A name that fits in a quoted Content-Disposition header (printable ASCII)."""
+    kept = "".join(c for c in requested or "" if c.isascii() and c.isprintable()
+                   and c not in '"\\')
+    return kept or default
+
+
+# -- what goes in -----------------------------------------------------------------------
+
+def _selection(index: SqlIndex, resources: list[Resource]) -> Selection:
+    """The instances to pack, by (patient, study, series) in index order, each once."""
+    chosen: dict[tuple[int, int, int], set[int]] = defaultdict(set)
+    for resource in resources:
+        if resource.level == Level.INSTANCE:
+            groups = {resource.parent_id: [resource.id]}
+        else:
+            groups = {series: index.descendants(series, Level.INSTANCE)
+                      for series in index.descendants(resource.id, Level.SERIES)}
+        for series_id, instances in groups.items():
+            series, study, patient = (r.id for r in index.ancestors(series_id))
+            chosen[patient, study, series].update(instances)
+    return {key: sorted(chosen[key]) for key in sorted(chosen)}
+
+
+def _archive_members(index: SqlIndex, selection: Selection) -> list[tuple[str, Attachment]]:
+    """``Patient/Study/Series/MR000000.dcm`` names, as in Orthanc's archives."""
+    folders = _Folders(index)
+    members = []
+    for (patient, study, series), instances in selection.items():
+        path = "/".join((folders.name(Level.PATIENT, patient, None),
+                         folders.name(Level.STUDY, study, patient),
+                         folders.name(Level.SERIES, series, study)))
+        modality = _folder_name([index.main_tags_of(series).get(_tag("Modality"), "")], "")
+        files = index.attachments_of(instances, DICOM_ATTACHMENT)
+        for number, instance in enumerate(instances):
+            name = f"{modality[:2]}{number:06d}" if modality else f"{number:08d}"
+            members.append((f"{path}/{name}.dcm", files[instance]))
+    return members
+
+
+class _Folders:
+    """Folder names, made unique among siblings with "-2", "-3"... as Orthanc does."""
+
+    def __init__(self, index: SqlIndex) -> None:
+        self.index = index
+        self.names: dict[int, str] = {}
+        self.taken: dict[int | None, set[str]] = defaultdict(set)
+
+    def name(self, level: Level, resource_id: int, parent_id: int | None) -> str:
+        if resource_id not in self.names:
+            keywords, fallback = FOLDER_TAGS[level]
+            tags = self.index.main_tags_of(resource_id)
+            base = _folder_name([tags.get(_tag(k), "") for k in keywords], fallback)
+            name, number = base, 1
+            while name in self.taken[parent_id]:
+                number += 1
+                name = f"{base}-{number}"
+            self.taken[parent_id].add(name)
+            self.names[resource_id] = name
+        return self.names[resource_id]
+
+
+def _folder_name(values: list[str], fallback: str) -> str:
+    """ASCII letters, digits, ".", "_" and single spaces ("^" separates like a space).
+
+    A name of dots only would climb out of the archive's folders: the fallback is used.
+    """
+    text = " ".join(values).replace("^", " ")
+    kept = "".join(c for c in text if c.isascii() and (c.isalnum() or c in " ._"))
+    name = " ".join(kept.split())
+    return name if name.strip(".") else fallback
+
+
+def _tag(keyword: str) -> int:
+    return tag_for_keyword(keyword)  # type: ignore[return-value]
+
+
+# -- DICOM media ------------------------------------------------------------------------
+
+def _media_members(server: Server, selection: Selection,
+                   extended: bool) -> tuple[list[tuple[str, Attachment]], bytes]:
+    """Files named by the DICOMDIR's File IDs, and the DICOMDIR (from stored headers)."""
+    instances = [i for group in selection.values() for i in group]
+    dicomdir, file_ids = _dicomdir(server.index, instances, extended)
+    files = server.index.attachments_of(list(file_ids), DICOM_ATTACHMENT)
+    return [(file_ids[i], files[i]) for i in instances if i in file_ids], dicomdir
+
+
+def _dicomdir(index: SqlIndex, instances: list[int],
+                   extended: bool) -> tuple[bytes, dict[int, str]]:
+    """The DICOMDIR of the instances (pydicom's FileSet) and each instance's File ID.
+
+    A SOP Instance UID appears once on a medium: a second instance with the same UID
+    (possible under another patient) is left out.
+    """
+    file_set = FileSet()
+    try:
+        file_set.ID = MEDIA_ID
+        by_uid: dict[str, int] = {}
+        for instance in instances:
+            dataset = read_header(index.header(instance))
+            if dataset.SOPInstanceUID not in by_uid:
+                by_uid[dataset.SOPInstanceUID] = instance
+                file_set.add_custom(dataset, _records(dataset, extended))
+        with TemporaryDirectory() as folder:
+            file_set.write(folder)
+            dicomdir = (Path(folder) / "DICOMDIR").read_bytes()
+            paths = {i.SOPInstanceUID: PurePath(i.FileID).as_posix() for i in file_set}
+    finally:
+        # pydicom removes its staging folder only when the FileSet is collected, and
+        # then with a ResourceWarning; it offers no public way to do it sooner.
+        file_set._stage["t"].cleanup()
+    return dicomdir, {instance: paths[uid] for uid, instance in by_uid.items()}
+
+
+def _records(dataset: Dataset, extended: bool) -> RecordNode:
+    """PATIENT, STUDY, SERIES and IMAGE records of an instance; returns the IMAGE node."""
+    parent = None
+    for record_type in RECORD_KEYS:
+        record = _record(record_type, dataset, extended)
+        if record_type == "IMAGE":
+            record.ReferencedSOPInstanceUIDInFile = dataset.SOPInstanceUID
+        node = RecordNode(record)
+        if parent is not None:
+            node.parent = parent
+        parent = node
+    return node
+
+
+def _record(record_type: str, dataset: Dataset, extended: bool) -> Dataset:
+    keys, extra = RECORD_KEYS[record_type]
+    record = Dataset()
+    record.DirectoryRecordType = record_type
+    if "SpecificCharacterSet" in dataset:
+        record.SpecificCharacterSet = dataset.SpecificCharacterSet
+    for keyword in keys:
+        setattr(record, keyword, dataset.get(keyword))
+    for keyword in extra if extended else ():
+        if keyword in dataset:
+            record[keyword] = dataset[keyword]
+    return record
+
+
+# -- streaming -------------------------------------------------------------------------
+
+def _zip_response(storage: StorageArea, members: list[tuple[str, Attachment]],
+                  dicomdir: bytes | None, filename: str) -> Response:
+    stream = ZipStream(sized=True)
+    for name, attachment in members:
+        stream.add(file_chunks(storage, attachment), name, size=attachment.uncompressed_size)
+    if dicomdir is not None:
+        stream.add(dicomdir, "DICOMDIR")
+    headers = {"Content-Length": str(len(stream)),
+               "Content-Disposition": f'attachment; filename="{filename}"'}
+    return StreamingResponse(stream, media_type="application/zip", headers=headers)
+
+
+def file_chunks(storage: StorageArea, attachment: Attachment) -> Iterator[bytes]:
+    """The bytes of a stored file, read (and inflated) a block at a time, when iterated."""
+    inflate = zlib.decompressobj() if attachment.compression == COMPRESSION_ZLIB else None
+    with storage.open(attachment.uuid) as handle:
+        if inflate:
+            handle.read(8)  # the uncompressed size comes first (Orthanc's layout)
+        while block := handle.read(CHUNK):
+            yield inflate.decompress(block) if inflate else block
+        if inflate:
+            yield inflate.flush()
+
+
+def routes() -> list[Route]:
+    both = ["GET", "POST"]
+    return [
+        Route(f"/{LEVELS}/{{id}}/archive", endpoint(media=False), methods=both),
+        Route(f"/{LEVELS}/{{id}}/media", endpoint(media=True), methods=both),
+        Route("/tools/create-archive", endpoint(media=False), methods=both),
+        Route("/tools/create-media", endpoint(media=True), methods=both),
+        Route("/tools/create-media-extended", endpoint(media=True, extended=True),
+              methods=both),
+    ]

@@ -1,0 +1,322 @@
+"""Small routes of the core: UIDs, clocks, DICOM settings, log levels, modules, slices.
+
+Everything here answers from the configuration, the DICOM listener's own settings or
+the index (main tags and stored headers): no stored file is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, generate_uid
+from pynetdicom.sop_class import uid_to_service_class
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..dicom import dataset_json, read_header
+from ..dimse.scp import make_application_entity
+from ..errors import BadRequest, UnknownResource
+from ..index.records import ResourceInfo
+from ..model import Level, parse_tag
+from .common import answer, dicom_form, level_of, resource_of, server_of, text
+from .resources import LEVELS
+
+#: The attributes of the DICOM module of each level (PS3.3): Patient (C.7.1.1), General
+#: Study (C.7.2.1), General Series (C.7.3.1) and SOP Common (C.12.1).
+MODULES = {
+    Level.PATIENT: """PatientName PatientID IssuerOfPatientID IssuerOfPatientIDQualifiersSequence
+        TypeOfPatientID PatientBirthDate PatientBirthTime PatientBirthDateInAlternativeCalendar
+        PatientDeathDateInAlternativeCalendar PatientAlternativeCalendar PatientSex
+        QualityControlSubject ReferencedPatientPhotoSequence ReferencedPatientSequence
+        OtherPatientIDs OtherPatientIDsSequence OtherPatientNames EthnicGroup
+        EthnicGroupCodeSequence PatientComments PatientSpeciesDescription
+        PatientSpeciesCodeSequence PatientBreedDescription PatientBreedCodeSequence
+        BreedRegistrationSequence StrainDescription StrainNomenclature StrainCodeSequence
+        StrainAdditionalInformation StrainStockSequence GeneticModificationsSequence
+        ResponsiblePerson ResponsiblePersonRole ResponsibleOrganization PatientIdentityRemoved
+        DeidentificationMethod DeidentificationMethodCodeSequence
+        SourcePatientGroupIdentificationSequence GroupOfPatientsIdentificationSequence""",
+    Level.STUDY: """StudyInstanceUID StudyDate StudyTime ReferringPhysicianName
+        ReferringPhysicianIdentificationSequence ConsultingPhysicianName
+        ConsultingPhysicianIdentificationSequence StudyID AccessionNumber
+        IssuerOfAccessionNumberSequence StudyDescription PhysiciansOfRecord
+        PhysiciansOfRecordIdentificationSequence NameOfPhysiciansReadingStudy
+        PhysiciansReadingStudyIdentificationSequence RequestingServiceCodeSequence
+        ReferencedStudySequence ProcedureCodeSequence ReasonForPerformedProcedureCodeSequence""",
+    Level.SERIES: """Modality SeriesInstanceUID SeriesNumber Laterality SeriesDate SeriesTime
+        PerformingPhysicianName PerformingPhysicianIdentificationSequence ProtocolName
+        SeriesDescription SeriesDescriptionCodeSequence OperatorsName
+        OperatorIdentificationSequence ReferencedPerformedProcedureStepSequence
+        RelatedSeriesSequence AnatomicalOrientationType BodyPartExamined PatientPosition
+        SmallestPixelValueInSeries LargestPixelValueInSeries RequestAttributesSequence
+        PerformedProcedureStepID PerformedProcedureStepStartDate PerformedProcedureStepStartTime
+        PerformedProcedureStepEndDate PerformedProcedureStepEndTime
+        PerformedProcedureStepDescription PerformedProtocolCodeSequence
+        CommentsOnThePerformedProcedureStep TreatmentSessionUID""",
+    Level.INSTANCE: """SOPClassUID SOPInstanceUID SpecificCharacterSet InstanceCreationDate
+        InstanceCreationTime InstanceCoercionDateTime InstanceCreatorUID
+        RelatedGeneralSOPClassUID OriginalSpecializedSOPClassUID
+        CodingSchemeIdentificationSequence ContextGroupIdentificationSequence
+        MappingResourceIdentificationSequence TimezoneOffsetFromUTC
+        ContributingEquipmentSequence InstanceNumber SOPInstanceStatus SOPAuthorizationDateTime
+        SOPAuthorizationComment AuthorizationEquipmentCertificationNumber
+        MACParametersSequence DigitalSignaturesSequence EncryptedAttributesSequence
+        OriginalAttributesSequence HL7StructuredDocumentReferenceSequence
+        LongitudinalTemporalInformationModified QueryRetrieveView
+        ConversionSourceAttributesSequence ContentQualification
+        PrivateDataElementCharacteristicsSequence InstanceOriginStatus BarcodeValue""",
+}
+MODULE_TAGS = {level: sorted(tag_for_keyword(k) for k in keywords.split())  # type: ignore[type-var]
+               for level, keywords in MODULES.items()}
+
+#: Orthanc's verbosities as Python log levels.
+VERBOSITY = {"default": logging.WARNING, "verbose": logging.INFO, "trace": logging.DEBUG}
+#: Orthanc's log categories and the Python loggers behind them ("" is the global level).
+LOG_CATEGORIES = {
+    "": ("",),
+    "generic": ("lanthorn",),
+    "http": ("uvicorn", "uvicorn.error", "lanthorn.rest"),
+    "dicom": ("pynetdicom", "lanthorn.dimse"),
+    "sqlite": ("sqlalchemy", "lanthorn.index"),
+    "plugins": ("lanthorn.plugins",),
+    "jobs": ("lanthorn.jobs",),
+    "lua": ("lanthorn_lua",),
+}
+ORTHANC_TIME = "%Y%m%dT%H%M%S"
+STORAGE = "Storage"
+POSITION, ORIENTATION = parse_tag("ImagePositionPatient"), parse_tag("ImageOrientationPatient")
+INSTANCE_NUMBER, NUMBER_OF_FRAMES = parse_tag("InstanceNumber"), parse_tag("NumberOfFrames")
+
+
+# -- identifiers, clocks and DICOM settings ----------------------------------------------
+
+def new_uid(request: Request) -> Response:
+    """A new identifier for ``?level=``: a UUID for a patient (a PatientID), else a UID."""
+    try:
+        level = Level.parse(request.query_params.get("level", ""))
+    except ValueError:
+        raise BadRequest('"level" must be patient, study, series or instance') from None
+    return text(str(uuid.uuid4()) if level == Level.PATIENT else generate_uid())
+
+
+def now(request: Request) -> Response:
+    return text(datetime.now(UTC).strftime(ORTHANC_TIME))
+
+
+def now_local(request: Request) -> Response:
+    return text(datetime.now().strftime(ORTHANC_TIME))
+
+
+def default_encoding(request: Request) -> Response:
+    return text(server_of(request).config["DefaultEncoding"])
+
+
+def unknown_sop_class_accepted(request: Request) -> Response:
+    return text("1" if server_of(request).config["UnknownSopClassAccepted"] else "0")
+
+
+def accepted_transfer_syntaxes(request: Request) -> Response:
+    """The transfer syntaxes the DICOM listener accepts for C-STORE, in UID order."""
+    return answer(_services(request)[STORAGE][1])
+
+
+def accepted_sop_classes(request: Request) -> Response:
+    """The SOP classes the DICOM listener stores."""
+    return answer(_services(request)[STORAGE][0])
+
+
+def dicom_conformance(request: Request) -> Response:
+    """What the DICOM listener offers, as text (built from the listener's own settings)."""
+    config = server_of(request).config
+    lines = [f"DICOM conformance statement of Lanthorn {__version__}", "",
+             f"Application entity {config['DicomAet']}, port {config['DicomPort']}."]
+    for service, (sop_classes, syntaxes) in sorted(_services(request).items()):
+        lines += ["", f"{service} SCP: SOP classes", ""]
+        lines += [f"  {UID(uid).name:<60} | {uid}" for uid in sop_classes]
+        lines += ["", f"{service} SCP: transfer syntaxes", ""]
+        lines += [f"  {UID(uid).name:<60} | {uid}" for uid in syntaxes]
+    return text("\n".join(lines) + "\n")
+
+
+def _services(request: Request) -> dict[str, tuple[list[str], list[str]]]:
+    """The listener's SOP classes and transfer syntaxes, by service ("Storage"...)."""
+    found: dict[str, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
+    for context in make_application_entity(server_of(request)).supported_contexts:
+        uid = str(context.abstract_syntax)
+        sop_classes, syntaxes = found[uid_to_service_class(uid).__name__.removesuffix(
+            "ServiceClass")]
+        sop_classes.add(uid)
+        syntaxes.update(context.transfer_syntax)
+    return {service: (sorted(c, key=_uid_order), sorted(s, key=_uid_order))
+            for service, (c, s) in found.items()}
+
+
+def _uid_order(uid: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in uid.split("."))
+
+
+def tools(request: Request) -> Response:
+    """The operations under ``/tools/``, as the routes of this server register them."""
+    paths = {route.path for route in request.app.routes if isinstance(route, Route)}
+    return answer(sorted({p.removeprefix("/tools/") for p in paths
+                          if p.startswith("/tools/") and "{" not in p}
+                         | {f"log-level-{c}" for c in LOG_CATEGORIES if c}))
+
+
+# -- log levels -----------------------------------------------------------------------
+
+def get_log_level(request: Request) -> Response:
+    level = logging.getLogger(LOG_CATEGORIES[_category(request)][0]).getEffectiveLevel()
+    return text(next((v for v, at in reversed(VERBOSITY.items()) if level <= at), "default"))
+
+
+async def put_log_level(request: Request) -> Response:
+    """Only this process changes: with ``Workers``, the other workers keep their level."""
+    category = _category(request)
+    verbosity = (await request.body()).decode(errors="replace").strip()
+    if verbosity not in VERBOSITY:
+        raise BadRequest(f'the log level must be one of {", ".join(VERBOSITY)}, '
+                         f'not "{verbosity}"')
+    for name in LOG_CATEGORIES[category]:
+        logging.getLogger(name).setLevel(VERBOSITY[verbosity])
+    if category == "":  # as `lanthorn serve` starts: Lanthorn's own notices stay visible
+        logging.getLogger("lanthorn").setLevel(min(VERBOSITY[verbosity], logging.INFO))
+    return text("")
+
+
+def _category(request: Request) -> str:
+    category = request.path_params.get("category", "")
+    if category not in LOG_CATEGORIES:
+        raise UnknownResource(f'no log category "{category}"')
+    return category
+
+
+# -- modules, frames and slices ---------------------------------------------------------
+
+def module(request: Request) -> Response:
+    """The attributes of the resource's DICOM module, from its first instance's header."""
+    return _module(request, resource_of(request).id, level_of(request))
+
+
+def module_patient(request: Request) -> Response:
+    return _module(request, resource_of(request, Level.STUDY).id, Level.PATIENT)
+
+
+def _module(request: Request, resource_id: int, level: Level) -> Response:
+    index = server_of(request).index
+    header = read_header(index.header(index.descendants(resource_id, Level.INSTANCE)[0]))
+    module = Dataset()
+    for tag in MODULE_TAGS[level]:
+        if tag in header:
+            module[tag] = header[tag]
+    return answer(dataset_json(module, dicom_form(request)))
+
+
+def frames(request: Request) -> Response:
+    instance = resource_of(request, Level.INSTANCE)
+    return answer(list(range(_frame_count(server_of(request).index.main_tags_of(instance.id)))))
+
+
+@dataclass(frozen=True)
+class Slice:
+    public_id: str
+    frames: int
+    number: float  # InstanceNumber; +inf when missing
+    position: tuple[float, ...] | None
+    normal: tuple[float, float, float] | None
+
+
+def ordered_slices(request: Request) -> Response:
+    """The instances of a series in space (a "Volume": by position along the normal of
+    their common orientation) or, failing that, by InstanceNumber (a "Sequence")."""
+    index = server_of(request).index
+    ids = index.descendants(resource_of(request, Level.SERIES).id, Level.INSTANCE)
+    slices = [_slice(info) for start in range(0, len(ids), index.ID_BATCH)
+              for info in index.describe(ids[start:start + index.ID_BATCH])]
+    volume = _volume(slices)
+    ordered = volume or sorted(slices, key=lambda s: s.number)
+    return answer({
+        "Dicom": [f"/instances/{s.public_id}/file" for s in ordered],
+        "Slices": [f"/instances/{s.public_id}/frames/{f}" for s in ordered
+                   for f in range(s.frames)],
+        "SlicesShort": [[s.public_id, 0, s.frames] for s in ordered],
+        "Type": "Volume" if volume else "Sequence",
+    })
+
+
+def _slice(info: ResourceInfo) -> Slice:
+    tags = info.main_tags
+    position, orientation = _numbers(tags.get(POSITION), 3), _numbers(tags.get(ORIENTATION), 6)
+    normal = None
+    if orientation:
+        (a, b, c), (d, e, f) = orientation[:3], orientation[3:]
+        normal = (b * f - c * e, c * d - a * f, a * e - b * d)
+    number = _numbers(tags.get(INSTANCE_NUMBER), 1)
+    return Slice(info.resource.public_id, _frame_count(tags), number[0] if number else math.inf,
+                 position, normal)
+
+
+def _volume(slices: list[Slice]) -> list[Slice] | None:
+    """Slices sorted by position along a common normal; None when that is not possible."""
+    normal = slices[0].normal if len(slices) > 1 else None
+    if normal is None or any(s.position is None or s.normal is None
+                             or abs(_dot(s.normal, normal)) < 1 - 1e-3 for s in slices):
+        return None
+    distances = [_dot(s.position, normal) for s in slices]  # type: ignore[arg-type]
+    if len({round(d, 6) for d in distances}) < len(slices):
+        return None  # two slices at one place: not a volume
+    return [s for _, s in sorted(zip(distances, slices, strict=True), key=lambda p: p[0])]
+
+
+def _numbers(value: str | None, count: int) -> tuple[float, ...] | None:
+    try:
+        numbers = tuple(float(v) for v in (value or "").split("\\"))
+    except ValueError:
+        return None
+    return numbers if len(numbers) == count and all(map(math.isfinite, numbers)) else None
+
+
+def _dot(a: Sequence[float], b: Sequence[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def _frame_count(tags: dict[int, str]) -> int:
+    value = tags.get(NUMBER_OF_FRAMES, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def exports(request: Request) -> Response:
+    """Resources sent to modalities or peers: none until Lanthorn can send (issue 5)."""
+    return answer({"Exports": [], "Done": True, "Last": 0})
+
+
+def routes() -> list[Route]:
+    log_paths = ("/tools/log-level", "/tools/log-level-{category}")
+    return [
+        Route("/tools", tools, methods=["GET"]),
+        Route("/tools/generate-uid", new_uid, methods=["GET"]),
+        Route("/tools/now", now, methods=["GET"]),
+        Route("/tools/now-local", now_local, methods=["GET"]),
+        Route("/tools/default-encoding", default_encoding, methods=["GET"]),
+        Route("/tools/accepted-transfer-syntaxes", accepted_transfer_syntaxes, methods=["GET"]),
+        Route("/tools/accepted-sop-classes", accepted_sop_classes, methods=["GET"]),
+        Route("/tools/unknown-sop-class-accepted", unknown_sop_class_accepted, methods=["GET"]),
+        Route("/tools/dicom-conformance", dicom_conformance, methods=["GET"]),
+        *(Route(path, get_log_level, methods=["GET"]) for path in log_paths),
+        *(Route(path, put_log_level, methods=["PUT"]) for path in log_paths),
+        Route(f"/{LEVELS}/{{id}}/module", module, methods=["GET"]),
+        Route("/studies/{id}/module-patient", module_patient, methods=["GET"]),
+        Route("/instances/{id}/frames", frames, methods=["GET"]),
+        Route("/series/{id}/ordered-slices", ordered_slices, methods=["GET"]),
+        Route("/exports", exports, methods=["GET"]),
+    ]

@@ -1,0 +1,198 @@
+"""Access rules of the DICOM listener (Orthanc's options), and peers that misbehave.
+
+Each refusal is checked from the peer's side (rejection, context not accepted, status)
+and in the log, which must say why.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from dimse_peers import SCU_AET, dcmtk, listening, scu
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import build_context
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+import lanthorn
+from lanthorn.testing import make_instance
+
+NOTHING_ALWAYS_ALLOWED = {"DicomAlwaysAllowEcho": False, "DicomAlwaysAllowStore": False}
+
+
+@pytest.fixture
+def port(lanthorn_server: lanthorn.Server) -> Iterator[int]:
+    with listening(lanthorn_server):
+        yield lanthorn_server.config["DicomPort"]
+
+
+def configured(**options: Any) -> pytest.MarkDecorator:
+    return pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1", **options)
+
+
+def study_find(port: int, aet: str = SCU_AET) -> str:
+    """findscu's stderr for a study-level query (it fails when no context is accepted)."""
+    return dcmtk("findscu", port, "-S", "-k", "QueryRetrieveLevel=STUDY", aet=aet).stderr
+
+
+@configured(DicomCheckCalledAet=True)
+def test_a_wrong_called_aet_is_rejected_when_checked(port: int,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    wrong = dcmtk("echoscu", port, "-aec", "ELSEWHERE")
+    assert wrong.returncode != 0 and "Called AE Title Not Recognized" in wrong.stderr
+    assert 'it calls AET "ELSEWHERE", not "LANTHORN" (DicomCheckCalledAet is true)' \
+        in caplog.text
+    assert dcmtk("echoscu", port, "-aec", "lanthorn").returncode == 0  # AETs ignore case
+
+
+@configured()
+def test_the_called_aet_is_not_checked_by_default(port: int) -> None:
+    assert dcmtk("echoscu", port, "-aec", "ELSEWHERE").returncode == 0
+
+
+@configured(**NOTHING_ALWAYS_ALLOWED)
+def test_an_unknown_aet_allowed_nothing_is_rejected(port: int,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    done = dcmtk("echoscu", port, aet="STRANGER")
+    assert done.returncode != 0 and "Calling AE Title Not Recognized" in done.stderr
+    assert "no service is allowed" in caplog.text
+    assert 'AET "STRANGER" at 127.0.0.1 is not in DicomModalities' in caplog.text
+
+
+@configured()
+def test_by_default_an_unknown_aet_may_echo_and_store_but_not_query(
+        port: int, lanthorn_server: lanthorn.Server, tmp_path: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    assert dcmtk("echoscu", port, aet="STRANGER").returncode == 0
+    (tmp_path / "ct.dcm").write_bytes(make_instance())
+    stored = dcmtk("storescu", port, aet="STRANGER", files=(str(tmp_path / "ct.dcm"),))
+    assert stored.returncode == 0
+    assert lanthorn_server.index.statistics().count_by_level[lanthorn.Level.INSTANCE] == 1
+    assert "No Acceptable Presentation Contexts" in study_find(port, "STRANGER")
+    assert ("Find is not accepted, as AET \"STRANGER\" at 127.0.0.1 is not in DicomModalities, "
+            "and DicomAlwaysAllowFind is false") in caplog.text
+
+
+LIMITED = {"AET": SCU_AET, "Host": "127.0.0.1", "Port": 104, "AllowFind": False,
+           "AllowStore": False}
+
+
+@configured(DicomModalities={"limited": LIMITED}, **NOTHING_ALWAYS_ALLOWED)
+def test_per_modality_permissions(port: int, lanthorn_server: lanthorn.Server,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    assert "No Acceptable Presentation Contexts" in study_find(port)
+    assert 'Find is not accepted, as modality "limited" has AllowFind false' in caplog.text
+    assert dcmtk("echoscu", port).returncode == 0  # AllowEcho defaults to true
+    # Storage contexts stay for C-GET's sake (AllowGet is true): C-STORE is refused per request.
+    with scu(port, CTImageStorage) as assoc:
+        status = assoc.send_c_store(pydicom.dcmread(io.BytesIO(make_instance())))
+    assert status.Status == 0x0124
+    assert "AllowStore false" in status.ErrorComment
+    assert lanthorn_server.index.statistics().count_by_level[lanthorn.Level.INSTANCE] == 0
+
+
+@pytest.mark.parametrize(("host", "allowed"), [("192.0.2.1", False), ("localhost", True)])
+def test_dicom_check_modality_host(lanthorn_config: Any, host: str, allowed: bool,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    config = lanthorn_config.with_overrides(
+        DicomBindAddress="127.0.0.1", DicomCheckModalityHost=True,
+        DicomModalities={"scu": {"AET": SCU_AET, "Host": host, "Port": 104}})
+    with serving(config) as port:
+        refused = "No Acceptable Presentation Contexts" in study_find(port)
+    assert refused != allowed
+    assert ("DicomCheckModalityHost is true" in caplog.text) != allowed
+
+
+@pytest.mark.parametrize(("strict", "allowed"), [(False, True), (True, False)])
+def test_strict_aet_comparison(lanthorn_config: Any, strict: bool, allowed: bool) -> None:
+    config = lanthorn_config.with_overrides(
+        DicomBindAddress="127.0.0.1", StrictAetComparison=strict,
+        DicomModalities={"scu": [SCU_AET.lower(), "127.0.0.1", 104]})
+    with serving(config) as port:
+        refused = "No Acceptable Presentation Contexts" in study_find(port)
+    assert refused != allowed
+
+
+class serving:  # noqa: N801 - a context manager used like a function
+    """A server of its own on ``config``, listening; gives its DICOM port."""
+
+    def __init__(self, config: Any) -> None:
+        self.server = lanthorn.Server(config, load_entry_points=False)
+
+    def __enter__(self) -> int:
+        self.listening = listening(self.server)
+        self.listening.__enter__()
+        return self.server.config["DicomPort"]
+
+    def __exit__(self, *exc: object) -> None:
+        self.listening.__exit__(*exc)
+        self.server.close()
+
+
+# -- a peer that disappears in the middle of a C-STORE ---------------------------------
+
+
+def association_request(called: str) -> bytes:
+    request = A_ASSOCIATE()
+    request.application_context_name = "1.2.840.10008.3.1.1.1"
+    request.calling_ae_title, request.called_ae_title = "VANISHING", called
+    context = build_context(CTImageStorage, ExplicitVRLittleEndian)
+    context.context_id = 1
+    request.presentation_context_definition_list = [context]
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16382
+    request.user_information = [maximum]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(request)
+    return pdu.encode()
+
+
+def store_request_pdus(data_set: bytes) -> list[bytes]:
+    request = C_STORE()
+    request.MessageID, request.Priority = 1, 2
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = pydicom.uid.generate_uid()
+    request.DataSet = io.BytesIO(data_set)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    pdus = []
+    for primitive in message.encode_msg(1, 16382):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        pdus.append(pdu.encode())
+    return pdus
+
+
+@configured()
+def test_a_peer_vanishing_mid_store_leaves_nothing_and_the_server_up(
+        port: int, lanthorn_server: lanthorn.Server, caplog: pytest.LogCaptureFixture) -> None:
+    instance = make_instance(rows=256, columns=256)  # 128 kB of pixels: several PDUs
+    data_set = instance[pydicom.dcmread(io.BytesIO(instance)).file_meta.get(
+        "FileMetaInformationGroupLength") + 144:]
+    pdus = store_request_pdus(data_set)
+    with socket.create_connection(("127.0.0.1", port)) as peer:
+        peer.sendall(association_request("LANTHORN"))
+        assert peer.recv(1)[0] == 0x02  # A-ASSOCIATE-AC
+        for pdu in pdus[: len(pdus) // 2]:
+            peer.sendall(pdu)
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while "aborted" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "association from AET VANISHING at 127.0.0.1 aborted" in caplog.text
+    with scu(port, Verification) as assoc:
+        assert assoc.send_c_echo().Status == 0x0000
+    assert lanthorn_server.index.statistics().count_by_level[lanthorn.Level.INSTANCE] == 0
+    storage = Path(lanthorn_server.config["StorageDirectory"])
+    assert [p for p in storage.rglob("*")
+            if p.is_file() and not p.name.startswith("index.")] == []

@@ -1,0 +1,124 @@
+"""``/modalities``: configuration in Orthanc's shapes, C-ECHO and C-STORE to a real
+pynetdicom SCP, and Lanthorn's client sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from dimse_peers import PEER_AET, StoreSCP, store, tcp_nodelay
+from pynetdicom import build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from starlette.testclient import TestClient
+
+import lanthorn
+from lanthorn.dimse import scu
+from lanthorn.dimse.access import parse_modalities
+from lanthorn.testing import free_port
+
+
+@pytest.fixture
+def peer() -> StoreSCP:
+    return StoreSCP()
+
+
+@pytest.fixture
+def lanthorn_config(lanthorn_config: Any, peer: StoreSCP) -> Any:
+    return lanthorn_config.with_overrides(DicomModalities={
+        "peer": [PEER_AET, "127.0.0.1", peer.port],
+        "down": {"AET": "DOWN", "Host": "127.0.0.1", "Port": free_port(), "AllowFind": False,
+                 "Manufacturer": "GE"},
+    })
+
+
+@pytest.fixture
+def remote(peer: StoreSCP) -> Iterator[StoreSCP]:
+    with peer.running():
+        yield peer
+
+
+DOWN = {"AET": "DOWN", "AllowEcho": True, "AllowEventReport": True, "AllowFind": False,
+        "AllowFindWorklist": True, "AllowGet": True, "AllowMove": True, "AllowNAction": True,
+        "AllowStore": True, "AllowTranscoding": True, "Host": "127.0.0.1", "LocalAet": "",
+        "Manufacturer": "GE", "Timeout": 0, "UseDicomTls": False}
+
+
+def test_modalities_are_listed_in_orthanc_shapes(lanthorn_client: TestClient) -> None:
+    assert lanthorn_client.get("/modalities").json() == ["down", "peer"]
+    expanded = lanthorn_client.get("/modalities?expand").json()
+    assert list(expanded) == ["down", "peer"]
+    down = lanthorn_client.get("/modalities/down/configuration").json()
+    assert down == {**DOWN, "Port": down["Port"]} == expanded["down"]
+    peer = expanded["peer"]
+    assert (peer["AET"], peer["Manufacturer"], peer["AllowFind"]) == (PEER_AET, "Generic", True)
+    missing = lanthorn_client.get("/modalities/nowhere/configuration")
+    assert missing.status_code == 404
+    assert missing.json()["Details"] == "No modality with symbolic name: nowhere"
+
+
+def test_echo(lanthorn_client: TestClient, remote: StoreSCP) -> None:
+    answer = lanthorn_client.post("/modalities/peer/echo", json={})
+    assert (answer.status_code, answer.json()) == (200, {})
+    down = lanthorn_client.post("/modalities/down/echo")
+    assert down.status_code == 500
+    assert (down.json()["OrthancError"], down.json()["OrthancStatus"]) == \
+        ("Error in the network protocol", 9)
+    assert 'cannot reach modality "down"' in down.json()["Details"]
+
+
+def test_store_a_study_synchronously(lanthorn_server: lanthorn.Server,
+                                     lanthorn_client: TestClient, remote: StoreSCP) -> None:
+    uids = [store(lanthorn_server, PatientID="P1", StudyInstanceUID="1.2.3",
+                  SeriesInstanceUID="1.2.3.1").SOPInstanceUID for _ in range(3)]
+    [study] = lanthorn_client.get("/studies").json()
+    answer = lanthorn_client.post("/modalities/peer/store",
+                                  json={"Resources": [study], "Synchronous": True,
+                                        "MoveOriginatorAet": "ORIGIN", "MoveOriginatorID": 7})
+    assert answer.status_code == 200
+    assert answer.json() == {"Description": "REST API", "FailedInstancesCount": 0,
+                             "InstancesCount": 3, "LocalAet": "LANTHORN",
+                             "ParentResources": [study], "RemoteAet": PEER_AET}
+    assert sorted(r.sop_instance for r in remote.received) == sorted(uids)
+    assert {r.move_originator for r in remote.received} == {"ORIGIN"}
+
+
+def test_store_bodies_and_refusals(lanthorn_server: lanthorn.Server,
+                                   lanthorn_client: TestClient, remote: StoreSCP) -> None:
+    instance = lanthorn_client.post("/tools/lookup", content=store(lanthorn_server)
+                                    .SOPInstanceUID).json()[0]["ID"]
+    assert lanthorn_client.post("/modalities/peer/store", content=instance).json()[
+        "InstancesCount"] == 1  # a bare ID
+    assert lanthorn_client.post("/modalities/peer/store", json=[instance]).json()[
+        "InstancesCount"] == 1  # a list of IDs
+    asynchronous = lanthorn_client.post("/modalities/peer/store",
+                                        json={"Resources": [instance], "Asynchronous": True})
+    assert asynchronous.status_code == 400 and "not available yet" in \
+        asynchronous.json()["Details"]
+    unknown = lanthorn_client.post("/modalities/peer/store", json={"Resources": ["0" * 8]})
+    assert unknown.status_code == 404
+    assert lanthorn_client.post("/modalities/peer/store", json={}).status_code == 400
+    assert len(remote.received) == 2
+
+
+@pytest.mark.parametrize("peer", [StoreSCP(status=0xA700)], ids=["refusing-peer"])
+def test_a_refused_store_fails_unless_permissive(lanthorn_server: lanthorn.Server,
+                                                 lanthorn_client: TestClient,
+                                                 remote: StoreSCP) -> None:
+    for _ in range(2):
+        store(lanthorn_server)
+    patients = lanthorn_client.get("/patients").json()
+    strict = lanthorn_client.post("/modalities/peer/store", json={"Resources": patients})
+    assert strict.status_code == 500 and "status 0xA700" in strict.json()["Details"]
+    assert len(remote.received) == 1  # the first failure stops the transfer
+    permissive = lanthorn_client.post("/modalities/peer/store",
+                                      json={"Resources": patients, "Permissive": True})
+    assert (permissive.json()["InstancesCount"], permissive.json()["FailedInstancesCount"]) == \
+        (2, 2)
+
+
+def test_client_associations_set_tcp_nodelay(lanthorn_server: lanthorn.Server,
+                                             remote: StoreSCP) -> None:
+    modality = parse_modalities(lanthorn_server.config)["peer"]
+    with scu.associate(lanthorn_server, modality, [build_context(Verification)]) as assoc:
+        assert tcp_nodelay(assoc)
