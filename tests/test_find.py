@@ -231,6 +231,7 @@ def test_unknown_label_finds_nothing(lanthorn_client: Any, archive: dict[str, St
     b'{"Level": "Study", "Query": {}, "Labels": "x"}',
     b'{"Level": "Study", "Query": {}, "LabelsConstraint": "Some"}',
     b'{"Level": "Study", "Query": {}, "RequestedTags": ["NoSuchTag"], "Expand": true}',
+    b'{"Level": "Study", "Query": {"StudyInstanceUID": "1.2.*"}}',
 ])
 def test_bad_requests(body: bytes, lanthorn_client: Any) -> None:
     response = lanthorn_client.post("/tools/find", content=body)

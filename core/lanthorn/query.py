@@ -111,7 +111,9 @@ def parse_constraint(
         if any(_has_wildcard(p) for p in parts):
             raise BadRequest(f'wildcards are not allowed in a list of values ("{key}")')
         return Constraint(tag, tag_at, Match.LIST, parts, case_sensitive)
-    if _has_wildcard(value) and vr not in ("UI",):
+    if _has_wildcard(value):
+        if vr == "UI":
+            raise BadRequest(f'wildcards are not allowed in a UID ("{key}")')
         return Constraint(tag, tag_at, Match.WILDCARD, (value,), case_sensitive)
     return Constraint(tag, tag_at, Match.EQUAL, (value,), case_sensitive)
 

@@ -64,7 +64,7 @@ def index_values(server: Server, resource_id: int, level: Level,
 
 def first_header(server: Server, resource_id: int) -> Dataset | None:
     """The saved header of the resource's first instance (None for an empty resource)."""
-    instances = server.index.descendants(resource_id, Level.INSTANCE)
+    instances = server.index.descendants(resource_id, Level.INSTANCE, limit=1)
     return read_header(server.index.header(instances[0])) if instances else None
 
 

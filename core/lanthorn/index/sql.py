@@ -222,10 +222,10 @@ class SqlIndex:
                 current = row.parent_id
             return chain
 
-    def descendants(self, resource_id: int, level: Level) -> list[int]:
+    def descendants(self, resource_id: int, level: Level, limit: int = 0) -> list[int]:
         """IDs of the resource's descendants at ``level`` (itself if at that level)."""
         with self.read() as conn:
-            return _descendants(conn, [resource_id], level)
+            return _descendants(conn, [resource_id], level, limit)
 
     def main_tags_of(self, resource_id: int) -> dict[int, str]:
         with self.read() as conn:

@@ -23,11 +23,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..dicom import dataset_json, read_header
+from ..dicom import dataset_json
 from ..dimse.scp import make_application_entity
 from ..errors import BadRequest, UnknownResource
 from ..index.records import ResourceInfo
 from ..model import Level, parse_tag
+from ..requested import first_header
 from .common import answer, dicom_form, level_of, resource_of, server_of, text
 from .resources import LEVELS
 
@@ -213,8 +214,9 @@ def module_patient(request: Request) -> Response:
 
 
 def _module(request: Request, resource_id: int, level: Level) -> Response:
-    index = server_of(request).index
-    header = read_header(index.header(index.descendants(resource_id, Level.INSTANCE)[0]))
+    header = first_header(server_of(request), resource_id)
+    if header is None:
+        raise UnknownResource("this resource has no instance")
     module = Dataset()
     for tag in MODULE_TAGS[level]:
         if tag in header:
