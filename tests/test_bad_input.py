@@ -202,6 +202,15 @@ def _nested_defined_lengths(depth: int) -> Callable[[bytes], bytes]:
     return build
 
 
+def _group_length_as_sequence(depth: int) -> Callable[[bytes], bytes]:
+    """(0002,0000) made a nested sequence with a bad value at the bottom: pydicom formats
+    it into a message that grows about 2.6 times a level (1 GB at 14 levels)."""
+    bad = struct.pack("<HH2sH3s", 0x0002, 0x0000, b"UL", 3, b"abc")
+    nested = (_sequence_header(0x0002, 0x0000) + (ITEM + _sequence_header(0x0040, 0xA730)) * depth
+              + ITEM + bad + ITEM_END + (SEQUENCE_END + ITEM_END) * depth + SEQUENCE_END)
+    return lambda data: data[:132] + nested + data[132 + 12:]  # instead of the UL
+
+
 def _meta_only(data: bytes) -> bytes:
     return data[:split_file_meta(data)[1]]
 
@@ -222,6 +231,7 @@ def _structural_cases(rng: random.Random) -> list[Case]:
             lambda data: data + _sequence_header(0xFFFA, 0xFFFA) + ITEM, NEVER_ENDS),
         "cut inside the pixel data header": (lambda data: data[:_pixel_data_offset(data) + 5],
                                              "truncated"),
+        "group length as a nested sequence": (_group_length_as_sequence(6), "not a UL"),
         "empty": (lambda data: b"", None),
         "garbage": (lambda data: rng.randbytes(2000), None),
         "preamble only": (lambda data: bytes(128) + b"DICM", None),

@@ -1,60 +1,124 @@
 """Crash safety: ``kill -9`` during concurrent uploads loses no acknowledged instance.
 
-A real ``lanthorn serve`` process takes uploads from four clients; it is killed while
-uploads are verifiably in flight, then restarted. Every instance that got a 200 must
-be present and byte-identical, no index row may lack its file, and ``lanthorn check
---repair`` must clean whatever orphan files the crash left.
+A real ``lanthorn serve`` (one process, then a supervisor with two workers) takes
+uploads over REST and C-STORE at once. In each round its whole process group is killed
+at a point drawn from a fixed seed while uploads of both kinds are in flight, then it
+is restarted: every instance acknowledged in any round so far (HTTP 200, DIMSE status
+0x0000) must be present and byte-identical, and no index row may lack its file. After a
+clean stop at the end, ``lanthorn check --repair`` must leave a consistent store.
 """
 
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
+import itertools
+import random
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx2
 import pytest
+from conftest import StoreScu, split_file_meta
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.association import Association
 
-from lanthorn.testing import ServerProcess, make_instance
+from lanthorn.model import public_ids
+from lanthorn.testing import CT_IMAGE_STORAGE, ServerProcess, make_instance
 
-CLIENTS = 4
-ACKNOWLEDGED_BEFORE_KILL = 60
+SEED = 20260301
+#: Worker processes in each round: a single process, then a supervisor with two.
+ROUNDS = (1, 2, 2)
+REST_CLIENTS = 3
+DICOM_CLIENTS = 2
+REST, DICOM = "REST", "C-STORE"
 
 
-class Uploader:
-    """Four clients posting distinct instances until told to stop."""
+def _digest(data: bytes, kind: str) -> str:
+    """MD5 of what must come back: the whole file over REST, the data set over C-STORE
+    (the file meta information of a C-STORE is the receiver's own)."""
+    return hashlib.md5(data if kind == REST else data[split_file_meta(data)[1]:]).hexdigest()
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.acknowledged: dict[str, str] = {}  # public ID -> MD5 of the bytes sent
-        self.in_flight = 0
+
+class Traffic:
+    """REST and C-STORE clients uploading distinct instances until the server dies."""
+
+    def __init__(self, server: ServerProcess, store_scu: StoreScu, folder: Path,
+                 label: str) -> None:
+        self.server, self.store_scu, self.folder, self.label = server, store_scu, folder, label
         self.lock = threading.Lock()
+        self.in_flight: Counter[str] = Counter()
+        self.acknowledged: dict[str, tuple[str, str]] = {}  # public ID -> (kind, MD5)
+        self.failures: list[str] = []  # answers other than success or a dead server
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(CLIENTS)]
+        self.threads = [threading.Thread(target=self._rest, args=(n,))
+                        for n in range(REST_CLIENTS)]
+        self.threads += [threading.Thread(target=self._dicom, args=(n,))
+                         for n in range(DICOM_CLIENTS)]
 
-    def _run(self, client: int) -> None:
-        with httpx2.Client(base_url=self.url, timeout=30) as http:
-            for number in range(100_000):
-                if self.stop.is_set():
-                    return
-                data = make_instance(rows=64, columns=64, seed=number,
-                                     PatientID=f"CRASH{client}", InstanceNumber=number)
-                with self.lock:
-                    self.in_flight += 1
+    def _instance(self, kind: str, client: int, number: int) -> tuple[bytes, str]:
+        """A new instance and its public ID (computed as Orthanc does, from its UIDs)."""
+        uids = (f"{self.label}-{kind}{client}", generate_uid(), generate_uid(), generate_uid())
+        data = make_instance(rows=64, columns=64, seed=number, PatientID=uids[0],
+                             StudyInstanceUID=uids[1], SeriesInstanceUID=uids[2],
+                             SOPInstanceUID=uids[3], InstanceNumber=number)
+        return data, public_ids(uids)[3]
+
+    @contextmanager
+    def _sending(self, kind: str) -> Iterator[None]:
+        with self.lock:
+            self.in_flight[kind] += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.in_flight[kind] -= 1
+
+    def _answered(self, kind: str, public_id: str, data: bytes, success: bool,
+                  answer: object) -> bool:
+        """Record an answer; False once the client should stop."""
+        with self.lock:
+            if success:
+                self.acknowledged[public_id] = (kind, _digest(data, kind))
+            else:
+                self.failures.append(f"{kind}: {answer}")
+        return success and not self.stop.is_set()
+
+    def _rest(self, client: int) -> None:
+        with httpx2.Client(base_url=self.server.url, timeout=30) as http:
+            for number in itertools.count():
+                data, public_id = self._instance(REST, client, number)
                 try:
-                    response = http.post("/instances", content=data)
+                    with self._sending(REST):
+                        response = http.post("/instances", content=data)
                 except httpx2.HTTPError:
                     return  # the server died under us: this one was never acknowledged
-                finally:
-                    with self.lock:
-                        self.in_flight -= 1
-                if response.status_code == 200:
-                    with self.lock:
-                        self.acknowledged[response.json()["ID"]] = hashlib.md5(data).hexdigest()
+                success = response.status_code == 200 and response.json()["ID"] == public_id
+                if not self._answered(REST, public_id, data, success, response.text):
+                    return
 
-    def __enter__(self) -> Uploader:
+    def _dicom(self, client: int) -> None:
+        association = self.store_scu(self.server.dicom_port,
+                                     (CT_IMAGE_STORAGE, ExplicitVRLittleEndian))
+        path = self.folder / f"{self.label}-{client}.dcm"
+        for number in itertools.count():
+            data, public_id = self._instance(DICOM, client, number)
+            path.write_bytes(data)
+            with self._sending(DICOM):
+                status = _send(association, path)
+            if status is None:
+                return  # the association died with the server: never acknowledged
+            if not self._answered(DICOM, public_id, data, status == 0x0000, hex(status)):
+                return
+
+    def acknowledged_by_kind(self) -> Counter[str]:
+        with self.lock:
+            return Counter(kind for kind, _ in self.acknowledged.values())
+
+    def __enter__(self) -> Traffic:
         for thread in self.threads:
             thread.start()
         return self
@@ -65,42 +129,61 @@ class Uploader:
             thread.join(60)
 
 
-def _kill_while_uploading(server: ServerProcess) -> dict[str, str]:
-    with Uploader(server.url) as uploads:
-        deadline = time.monotonic() + 60
-        while len(uploads.acknowledged) < ACKNOWLEDGED_BEFORE_KILL or uploads.in_flight == 0:
-            assert time.monotonic() < deadline, "uploads did not progress"
-            time.sleep(0.005)
-        with uploads.lock:  # hold acknowledgements still while the process dies
-            assert uploads.in_flight > 0
-            server.kill()
-            acknowledged = dict(uploads.acknowledged)
-    return acknowledged
+def _send(association: Association, path: Path) -> int | None:
+    """The C-STORE status, or None when the association is gone."""
+    try:
+        return association.send_c_store(path).get("Status")
+    except RuntimeError:  # pynetdicom: the association is no longer established
+        return None
 
 
-def _lanthorn(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lanthorn", *args, "--config",
-                           str(server.config_path)], capture_output=True, text=True, timeout=120)
+def _crash(server: ServerProcess, traffic: Traffic, rng: random.Random) -> None:
+    """``kill -9`` once a drawn number of uploads of each kind succeeded, plus a drawn
+    pause, at a moment when uploads of both kinds are in flight."""
+    goal, pause = rng.randint(5, 30), rng.uniform(0, 0.3)
+    deadline = time.monotonic() + 40
+    while min(traffic.acknowledged_by_kind()[kind] for kind in (REST, DICOM)) < goal:
+        assert time.monotonic() < deadline, f"uploads did not progress: {traffic.failures}"
+        time.sleep(0.005)
+    time.sleep(pause)
+    while True:
+        with traffic.lock:  # holds the in-flight counts still while the processes die
+            if traffic.in_flight[REST] and traffic.in_flight[DICOM]:
+                server.kill_group()
+                return
+        assert time.monotonic() < deadline, f"uploads stalled: {traffic.failures}"
+        time.sleep(0.001)
+
+
+def _assert_intact(server: ServerProcess, acknowledged: dict[str, tuple[str, str]]) -> None:
+    with httpx2.Client(base_url=server.url, timeout=30) as http:
+        for public_id, (kind, digest) in acknowledged.items():
+            response = http.get(f"/instances/{public_id}/file")
+            assert response.status_code == 200, f"{kind} instance {public_id} was lost"
+            assert _digest(response.content, kind) == digest, f"{kind} {public_id} changed"
+    report = server.cli("check")
+    assert "missing files: 0" in report.stdout, report.stdout + report.stderr
+    assert "bad checksums: 0" in report.stdout, report.stdout + report.stderr
 
 
 @pytest.mark.slow
-def test_kill_9_during_uploads_loses_no_acknowledged_instance(
-        lanthorn_process: ServerProcess) -> None:
-    acknowledged = _kill_while_uploading(lanthorn_process.start())
-    assert len(acknowledged) >= ACKNOWLEDGED_BEFORE_KILL
+def test_kill_9_during_rest_and_dicom_uploads_loses_no_acknowledged_instance(
+        lanthorn_process: ServerProcess, store_scu: StoreScu, tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    acknowledged: dict[str, tuple[str, str]] = {}
+    for number, workers in enumerate(ROUNDS):
+        lanthorn_process.extra_args = ["--workers", str(workers)]
+        _assert_intact(lanthorn_process.start(), acknowledged)
+        assert len(lanthorn_process.workers()) == (workers if workers > 1 else 0)
+        with Traffic(lanthorn_process, store_scu, tmp_path, f"ROUND{number}") as traffic:
+            _crash(lanthorn_process, traffic, rng)
+        assert traffic.failures == []
+        acknowledged |= traffic.acknowledged
 
-    lanthorn_process.start()
-    with httpx2.Client(base_url=lanthorn_process.url, timeout=30) as http:
-        for public_id, md5 in acknowledged.items():
-            response = http.get(f"/instances/{public_id}/file")
-            assert response.status_code == 200, public_id
-            assert hashlib.md5(response.content).hexdigest() == md5
+    _assert_intact(lanthorn_process.start(), acknowledged)
     assert lanthorn_process.stop() == 0
-
-    report = _lanthorn(lanthorn_process, "check")
-    assert "missing files: 0" in report.stdout, report.stdout + report.stderr
-    assert "bad checksums: 0" in report.stdout, report.stdout + report.stderr
-    repaired = _lanthorn(lanthorn_process, "check", "--repair")
+    repaired = lanthorn_process.cli("check", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    clean = _lanthorn(lanthorn_process, "check")
+    clean = lanthorn_process.cli("check")
     assert clean.returncode == 0, clean.stdout + clean.stderr
+

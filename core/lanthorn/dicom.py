@@ -35,6 +35,8 @@ NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or 
 MAX_TAG_LENGTH = 256
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
 UNDEFINED_LENGTH = 0xFFFFFFFF
+#: The tag of the File Meta Information Group Length, first after the preamble: (0002,0000).
+_GROUP_LENGTH = b"\2\0\0\0"
 #: Real instances nest a few levels; reading one back costs several stack frames a level.
 MAX_SEQUENCE_DEPTH = 64
 
@@ -78,6 +80,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
 
 
 def _parse(data: bytes) -> ParsedInstance:
+    _check_group_length(data)
     stream = io.BytesIO(data)
     dataset = pydicom.dcmread(stream)
     if stream.tell() < len(data):  # pydicom warned that an element never ends, and stopped
@@ -108,6 +111,16 @@ def _parse(data: bytes) -> ParsedInstance:
         pixel_data_offset=pixel_offset,
         header=header,
     )
+
+
+def _check_group_length(data: bytes) -> None:
+    """Refuse a File Meta Information Group Length that is not a UL, before pydicom.
+
+    pydicom formats that value into a log message, logged or not; as a sequence its text
+    doubles with each level of nesting, and 22 KB of input exhaust the memory.
+    """
+    if data[128:136] == b"DICM" + _GROUP_LENGTH and data[136:138] not in (b"UL", b"\4\0"):
+        raise BadFileFormat("The File Meta Information Group Length (0002,0000) is not a UL")
 
 
 def _convert_everything(dataset: Dataset) -> None:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -23,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,7 +149,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30) -> ServerProcess:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the handle
-            # A session of its own: kill() can then take the workers down with it.
+            # A session of its own: kill_group() can then take the workers down with it.
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "lanthorn", "serve", "--config", str(self.config_path),
                  *self.extra_args],
@@ -179,15 +178,23 @@ class ServerProcess:
         return self.process.wait(timeout)
 
     def kill(self) -> None:
-        """``kill -9`` of the whole process group (supervisor and workers), as a crash.
+        """``kill -9`` of the server process alone (with ``--workers``, the supervisor).
 
-        Returns once every process is gone, so that a restart finds the ports free.
+        Returns once its workers are gone too (they must die with it), so that a
+        restart finds the ports free.
         """
+        self._kill(lambda process: process.send_signal(signal.SIGKILL))
+
+    def kill_group(self) -> None:
+        """``kill -9`` of all its processes at once, as when the machine loses power."""
+        self._kill(lambda process: os.killpg(process.pid, signal.SIGKILL)
+                   if process.poll() is None else None)
+
+    def _kill(self, send: Callable[[subprocess.Popen[bytes]], None]) -> None:
         if self.process is None:
             return
         processes = [self.process.pid, *self.workers()]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        send(self.process)
         self.process.wait(30)
         if survivors := wait_for_exit(processes, 30):
             raise TimeoutError(f"processes of lanthorn serve survived SIGKILL: {survivors}")
@@ -240,4 +247,4 @@ def lanthorn_process(lanthorn_config: Config, tmp_path: Path) -> Iterator[Server
     try:
         yield child
     finally:
-        child.kill()
+        child.kill_group()
