@@ -16,12 +16,6 @@ import pytest
 from lanthorn.testing import ServerProcess, make_instance
 
 
-def _workers(server: ServerProcess) -> list[int]:
-    assert server.process is not None
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    return [int(pid) for pid in children.read_text().split()]
-
-
 def _wait(condition, timeout: float = 20) -> None:  # noqa: ANN001 - a predicate
     deadline = time.monotonic() + timeout
     while not condition():
@@ -37,7 +31,7 @@ def cluster(lanthorn_process: ServerProcess) -> ServerProcess:
 
 @pytest.mark.slow
 def test_two_workers_share_ingest_and_fire_stable_events_once(cluster: ServerProcess) -> None:
-    assert len(_workers(cluster)) == 2
+    assert len(cluster.workers()) == 2
     series = ["1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.2"]
     uploads = [make_instance(PatientID="W", StudyInstanceUID="1.2.826.0.1.3680043.10",
                              SeriesInstanceUID=series[n % 2], InstanceNumber=n)
@@ -60,9 +54,9 @@ def test_two_workers_share_ingest_and_fire_stable_events_once(cluster: ServerPro
 
 @pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_sigterm_stops_all(cluster: ServerProcess) -> None:
-    first, second = _workers(cluster)
+    first, second = cluster.workers()
     os.kill(first, signal.SIGKILL)
-    _wait(lambda: len(_workers(cluster)) == 2 and first not in _workers(cluster))
+    _wait(lambda: len(cluster.workers()) == 2 and first not in cluster.workers())
     with httpx2.Client(base_url=cluster.url, timeout=30) as http:
         for _ in range(10):  # whichever process answers, the service is whole
             assert http.post("/instances", content=make_instance()).status_code == 200
@@ -73,6 +67,6 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_all(cluster: ServerProces
 
 @pytest.mark.slow
 def test_workers_die_with_a_killed_supervisor(cluster: ServerProcess) -> None:
-    workers = _workers(cluster)
+    workers = cluster.workers()
     cluster.kill()
     _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
