@@ -40,6 +40,7 @@ def ceilings(specs: list[Spec], folder: Path, repeat: int) -> list[Metric]:
                             megabytes_each=sum(map(len, files)) / len(files) / 1e6)
             for _ in range(repeat):
                 with tempfile.TemporaryDirectory(dir=folder) as into:
+                    os.sync()  # no write-back of earlier files (ours or a server's) in the clock
                     metric.values.append(len(files) / probe(files, Path(into)))
             metrics.append(metric)
     return metrics

@@ -3,8 +3,9 @@
 Starts each server in turn on free loopback ports and a temporary folder: Orthanc as
 packaged, Orthanc with ``TCP_NODELAY=1`` in its environment (DCMTK then turns Nagle's
 algorithm off on its DICOM sockets), and ``lanthorn serve`` once per ``--workers`` value.
-Runs run.py's steps against each, stops it, and prints the medians side by side with the
-ratios Lanthorn/Orthanc, then the machine's ceilings for the same bytes (ceilings.py).
+Measures the machine's ceilings for the same bytes first (ceilings.py), then runs
+run.py's steps against each server, stops it, and prints the medians side by side with
+the ratios Lanthorn/Orthanc, and the ceilings.
 Servers are stopped at the end, on Ctrl-C, SIGTERM and errors.
 
     python benchmarks/compare_orthanc.py --dataset ct:1x1x2x100 small:2x2x2x50 \\
@@ -206,6 +207,7 @@ def compare(root: Path, workers: list[int], options: Options) -> dict[str, list[
             print(f"--- {server.label}", file=sys.stderr, flush=True)
             results[server.label] = benchmark(server.target(), options)
         shutil.rmtree(server.folder)
+        os.sync()  # the next server starts without this one's write-back in progress
     return results
 
 
@@ -281,9 +283,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the servers
     root = Path(tempfile.mkdtemp(prefix="lanthorn-compare-", dir=args.workdir))
     try:
-        results = compare(root, args.workers, options)
-        limits = ceilings(list(options.datasets), root, options.repeat)
         host = machine(root)
+        limits = ceilings(list(options.datasets), root, options.repeat)
+        results = compare(root, args.workers, options)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(" ".join(f"{key}: {value}," for key, value in host.items()).rstrip(","))

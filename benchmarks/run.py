@@ -363,7 +363,10 @@ SENDERS: dict[str, tuple[str, Callable[[Target, Chunk], None]]] = {
 
 
 def _client(target: Target) -> httpx2.Client:
-    return httpx2.Client(base_url=target.url, timeout=HTTP_TIMEOUT)
+    """A client that takes answers as they are, like curl: when asked for gzip (httpx's
+    default), Orthanc compresses every download, ~10 ms of CPU for a 0.5 MB file."""
+    return httpx2.Client(base_url=target.url, timeout=HTTP_TIMEOUT,
+                         headers={"Accept-Encoding": "identity"})
 
 
 def _find(http: httpx2.Client, level: str, tags: dict[str, str], expand: bool = False) -> list:
