@@ -5,7 +5,7 @@ command gives the same files on any machine, and two servers compared in one run
 receive identical bytes. A different seed gives a disjoint dataset (new patients and
 UIDs), which is how the runner uploads new instances on every run.
 
-    python benchmarks/generate.py ct:1x1x2x100 --seed demo --out /tmp/dataset
+    python benchmarks/generate.py ct:1x1x2x100 --seed demo --out dataset
 
 Profiles: ``ct`` is 512x512 16-bit (about 0.5 MB a file, image-bound), ``small`` is
 64x64 (about 8 KB, index-bound). The files come from ``lanthorn.testing.make_instance``.
