@@ -55,7 +55,7 @@ def source(tmp_path: Path) -> tuple[Path, list[str]]:
 def stored_instances(config: Config) -> list[str]:
     server = Server(config, load_entry_points=False)
     try:
-        return server.index.list_public_ids(Level.INSTANCE)
+        return [public_id for _, public_id in server.index.list_resources(Level.INSTANCE)]
     finally:
         server.close()
 

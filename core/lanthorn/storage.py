@@ -155,6 +155,42 @@ def compress(data: bytes) -> bytes:
     return len(data).to_bytes(8, "little") + zlib.compress(data, 6)
 
 
-def decompress(data: bytes) -> bytes:
-    return zlib.decompress(data[8:]) if data else b""
+def read_chunks(area: StorageArea, uuid: str, compression: int, start: int = 0,
+                end: int | None = None, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes ``[start, end)`` of a stored file, inflated if needed, a block at a time.
+
+    Nothing is read before iteration starts, and never the whole file at once.
+    """
+    with area.open(uuid) as handle:
+        if compression == COMPRESSION_ZLIB:
+            blocks = _inflated(handle, chunk)
+        else:
+            handle.seek(start)
+            blocks = iter(lambda: handle.read(chunk), b"")
+            end, start = (None if end is None else end - start), 0
+        yield from _window(blocks, start, end)
+
+
+def read_all(area: StorageArea, uuid: str, compression: int) -> bytes:
+    return b"".join(read_chunks(area, uuid, compression))
+
+
+def _inflated(handle: BinaryIO, chunk: int) -> Iterator[bytes]:
+    handle.read(8)  # the uncompressed size comes first (Orthanc's layout)
+    inflate = zlib.decompressobj()
+    while block := handle.read(chunk):
+        yield inflate.decompress(block)
+    yield inflate.flush()
+
+
+def _window(blocks: Iterator[bytes], start: int, end: int | None) -> Iterator[bytes]:
+    """Cut a stream of blocks down to the offsets ``[start, end)``."""
+    position = 0
+    for block in blocks:
+        low, high = max(start - position, 0), len(block) if end is None else end - position
+        position += len(block)
+        if high > low:
+            yield block[low:high]
+        if end is not None and position >= end:
+            return
 

@@ -32,7 +32,7 @@ from ..errors import LanthornError, NetworkError
 from ..index.records import Attachment, ResourceInfo
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level
-from ..storage import COMPRESSION_ZLIB, decompress
+from ..storage import read_all
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -191,10 +191,7 @@ def load(server: Server, op: SubOperation) -> Dataset:
     try:
         if op.attachment is None:
             raise LanthornError("the instance has no DICOM file")
-        with server.storage.open(op.attachment.uuid) as handle:
-            data = handle.read()
-        if op.attachment.compression == COMPRESSION_ZLIB:
-            data = decompress(data)
+        data = read_all(server.storage, op.attachment.uuid, op.attachment.compression)
         return pydicom.dcmread(io.BytesIO(data))
     except (LanthornError, OSError, zlib.error) as exc:
         log.error("instance %s cannot be sent: %s", op.sop_instance, exc)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 
+from pydicom.datadict import tag_for_keyword
 from sqlalchemy import (
     Connection,
     Engine,
@@ -29,7 +30,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..model import NEW_RESOURCE_CHANGE, STABLE_CHANGE, ChangeType, Level, MainTags
+from ..dicom import header_value
+from ..model import (
+    IDENTIFIER_KEYWORDS,
+    NEW_RESOURCE_CHANGE,
+    STABLE_CHANGE,
+    ChangeType,
+    Level,
+    MainTags,
+)
 from ..query import Constraint, Match, Query, normalize
 from . import schema as s
 from .records import (
@@ -147,25 +156,28 @@ class SqlIndex:
 
     def lookup_identifier(self, value: str) -> list[Resource]:
         """Resources whose identifying tag (PatientID, UIDs) equals ``value``."""
-        identifier_tags = [0x00100020, 0x0020000D, 0x0020000E, 0x00080018]
+        own_identifier = or_(*(
+            and_(s.resources.c.level == level,
+                 s.main_tags.c.tag == tag_for_keyword(IDENTIFIER_KEYWORDS[level]))
+            for level in Level))
         with self.read() as conn:
             rows = conn.execute(
-                select(s.resources).join(s.main_tags).where(
-                    s.main_tags.c.tag.in_(identifier_tags), s.main_tags.c.value == value,
-                    s.main_tags.c.tag == _identifier_tag_of_level(),
-                ).order_by(s.resources.c.level, s.resources.c.id)
-            )
+                select(s.resources).join(s.main_tags)
+                .where(s.main_tags.c.value == value, own_identifier)
+                .order_by(s.resources.c.level, s.resources.c.id))
             return [_resource(r) for r in rows]
 
-    def list_public_ids(self, level: Level, *, since: int = 0, limit: int = 0) -> list[str]:
+    def list_resources(self, level: Level, *, since: int = 0,
+                       limit: int = 0) -> list[tuple[int, str]]:
+        """(ID, public ID) of the resources of a level, in insertion order: one query."""
         statement = (
-            select(s.resources.c.public_id).where(s.resources.c.level == level)
+            select(s.resources.c.id, s.resources.c.public_id).where(s.resources.c.level == level)
             .order_by(s.resources.c.id).offset(since)
         )
         if limit:
             statement = statement.limit(limit)
         with self.read() as conn:
-            return list(conn.scalars(statement))
+            return [(row.id, row.public_id) for row in conn.execute(statement)]
 
     def public_ids_of(self, ids: Sequence[int]) -> list[str]:
         with self.read() as conn:
@@ -405,8 +417,6 @@ class SqlIndex:
 
     def _header_matches(self, conn: Connection, resource_id: int, level: Level,
                         constraints: list[Constraint]) -> bool:
-        from ..dicom import header_value  # local: keeps the index free of pydicom at import
-
         instance = _descendants(conn, [resource_id], Level.INSTANCE, limit=1)
         if not instance:
             return False
@@ -517,17 +527,6 @@ def _lookup(conn: Connection, public_id: str) -> Resource | None:
     row = conn.execute(select(s.resources).where(s.resources.c.public_id == public_id)).first()
     return _resource(row) if row else None
 
-
-def _identifier_tag_of_level() -> ColumnElement[int]:
-    """The identifying tag of the joined resource's own level (PatientID at patient...)."""
-    from sqlalchemy import case
-
-    return case(
-        (s.resources.c.level == Level.PATIENT, literal(0x00100020)),
-        (s.resources.c.level == Level.STUDY, literal(0x0020000D)),
-        (s.resources.c.level == Level.SERIES, literal(0x0020000E)),
-        else_=literal(0x00080018),
-    )
 
 
 def _log(conn: Connection, change_type: ChangeType, level: Level, public_id: str,

@@ -9,9 +9,7 @@ byte-identical to the stored files; sizes are known up front, hence a Content-Le
 
 from __future__ import annotations
 
-import zlib
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from tempfile import TemporaryDirectory
@@ -31,9 +29,8 @@ from ..errors import BadRequest, UnknownResource
 from ..index.records import Attachment, Resource
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level
-from ..storage import COMPRESSION_ZLIB, StorageArea
+from ..storage import StorageArea, read_chunks
 from .common import flag, json_body, resource_of, server_of
-from .instances import CHUNK
 from .resources import LEVELS
 
 if TYPE_CHECKING:
@@ -293,24 +290,13 @@ def _zip_response(storage: StorageArea, members: list[tuple[str, Attachment]],
                   dicomdir: bytes | None, filename: str) -> Response:
     stream = ZipStream(sized=True)
     for name, attachment in members:
-        stream.add(file_chunks(storage, attachment), name, size=attachment.uncompressed_size)
+        stream.add(read_chunks(storage, attachment.uuid, attachment.compression), name,
+                   size=attachment.uncompressed_size)
     if dicomdir is not None:
         stream.add(dicomdir, "DICOMDIR")
     headers = {"Content-Length": str(len(stream)),
                "Content-Disposition": f'attachment; filename="{filename}"'}
     return StreamingResponse(stream, media_type="application/zip", headers=headers)
-
-
-def file_chunks(storage: StorageArea, attachment: Attachment) -> Iterator[bytes]:
-    """The bytes of a stored file, read (and inflated) a block at a time, when iterated."""
-    inflate = zlib.decompressobj() if attachment.compression == COMPRESSION_ZLIB else None
-    with storage.open(attachment.uuid) as handle:
-        if inflate:
-            handle.read(8)  # the uncompressed size comes first (Orthanc's layout)
-        while block := handle.read(CHUNK):
-            yield inflate.decompress(block) if inflate else block
-        if inflate:
-            yield inflate.flush()
 
 
 def routes() -> list[Route]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+from typing import TYPE_CHECKING
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -23,11 +23,12 @@ from ..dicom import (
 from ..errors import BadFileFormat, InexistentItem, RangeNotSatisfiable
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level, format_tag, parse_tag
-from ..storage import COMPRESSION_ZLIB, decompress
+from ..storage import read_chunks
 from ..types import Origin
 from .common import answer, dicom_form, resource_of, server_of
 
-CHUNK = 1 << 20
+if TYPE_CHECKING:
+    from ..server import Server
 
 
 async def upload(request: Request) -> Response:
@@ -37,7 +38,7 @@ async def upload(request: Request) -> Response:
     return await run_in_threadpool(_store, server_of(request), data, origin)
 
 
-def _store(server, data: bytes, origin: Origin) -> Response:  # noqa: ANN001
+def _store(server: Server, data: bytes, origin: Origin) -> Response:
     items = list(server.ingest.store_many(data, origin))
     if len(items) == 1 and items[0].name == "":
         if items[0].error:
@@ -59,23 +60,12 @@ def instance_file(request: Request) -> Response:
         raise InexistentItem("this instance has no DICOM file")
     size = attachment.uncompressed_size
     start, end = _byte_range(request.headers.get("range"), size)
-    handle = server.storage.open(attachment.uuid)
-    if attachment.compression == COMPRESSION_ZLIB:
-        with handle:
-            handle = io.BytesIO(decompress(handle.read()))
-    handle.seek(start)
-
-    def chunks(remaining: int = end - start):  # noqa: ANN202 - a generator of bytes
-        with handle:
-            while remaining > 0 and (block := handle.read(min(CHUNK, remaining))):
-                remaining -= len(block)
-                yield block
-
+    chunks = read_chunks(server.storage, attachment.uuid, attachment.compression, start, end)
     headers = {"Content-Length": str(end - start), "Accept-Ranges": "bytes"}
     if "range" not in request.headers:
-        return StreamingResponse(chunks(), media_type="application/dicom", headers=headers)
+        return StreamingResponse(chunks, media_type="application/dicom", headers=headers)
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    return StreamingResponse(chunks(), status_code=206, media_type="application/dicom",
+    return StreamingResponse(chunks, status_code=206, media_type="application/dicom",
                              headers=headers)
 
 

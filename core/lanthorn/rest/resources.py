@@ -58,11 +58,10 @@ def describe_ids(request: Request, ids: list[int]) -> list[dict]:
 def list_resources(request: Request) -> Response:
     server, level = server_of(request), level_of(request)
     since, limit = integer(request, "since"), integer(request, "limit")
+    found = server.index.list_resources(level, since=since, limit=limit)
     if not flag(request, "expand"):
-        return answer(server.index.list_public_ids(level, since=since, limit=limit))
-    public_ids = server.index.list_public_ids(level, since=since, limit=limit)
-    resources = [server.index.lookup(p) for p in public_ids]
-    return answer(describe_ids(request, [r.id for r in resources if r]))
+        return answer([public_id for _, public_id in found])
+    return answer(describe_ids(request, [resource_id for resource_id, _ in found]))
 
 
 def get_resource(request: Request) -> Response:
