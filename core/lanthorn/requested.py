@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from .dicom import element_string, read_header
 from .model import Level, parse_tag
-from .query import MODALITY
+from .query import MODALITIES_IN_STUDY, MODALITY
 
 if TYPE_CHECKING:
     from .server import Server
@@ -28,7 +28,6 @@ COUNT_TAGS = {
     parse_tag("NumberOfStudyRelatedInstances"): (Level.STUDY, Level.INSTANCE),
     parse_tag("NumberOfSeriesRelatedInstances"): (Level.SERIES, Level.INSTANCE),
 }
-MODALITIES_IN_STUDY = parse_tag("ModalitiesInStudy")
 SOP_CLASSES_IN_STUDY = parse_tag("SOPClassesInStudy")
 #: Tags computed from the hierarchy: they can be returned, not matched.
 COMPUTED_TAGS = frozenset({*COUNT_TAGS, SOP_CLASSES_IN_STUDY})
