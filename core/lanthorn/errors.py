@@ -54,6 +54,14 @@ class RangeNotSatisfiable(LanthornError):
     orthanc_error = "Bad request"
 
 
+class NotDecodable(LanthornError):
+    """Pixels that no installed codec can decode or encode as asked (Orthanc answers 415)."""
+
+    http_status = 415
+    orthanc_status = 2
+    orthanc_error = "Not implemented yet"
+
+
 class Forbidden(LanthornError):
     http_status = 403
     orthanc_status = 11
