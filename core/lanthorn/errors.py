@@ -62,6 +62,14 @@ class NotDecodable(LanthornError):
     orthanc_error = "Not implemented yet"
 
 
+class NotAcceptable(LanthornError):
+    """No representation the client accepts (``Accept``) can be produced."""
+
+    http_status = 406
+    orthanc_status = 8
+    orthanc_error = "Bad request"
+
+
 class Forbidden(LanthornError):
     http_status = 403
     orthanc_status = 11
