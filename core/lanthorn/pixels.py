@@ -20,25 +20,13 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_color_lut, apply_rescale
 
 from .errors import BadRequest, InexistentItem, LanthornError, NotDecodable
-from .ingest import DICOM_ATTACHMENT
-from .storage import read_all
 
 if TYPE_CHECKING:
-    from .index.records import Resource
     from .server import Server
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 #: The image formats of the rendering routes, by media type (``Accept``).
 IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG"}
-
-
-def load_dataset(server: Server, instance: Resource) -> Dataset:
-    """The stored file of an instance, parsed (pixel data included)."""
-    attachment = server.index.attachment(instance.id, DICOM_ATTACHMENT)
-    if attachment is None:
-        raise InexistentItem("this instance has no DICOM file")
-    data = read_all(server.storage, attachment.uuid, attachment.compression)
-    return pydicom.dcmread(io.BytesIO(data))
 
 
 def frame_count(dataset: Dataset) -> int:

@@ -7,14 +7,26 @@ from typing import TYPE_CHECKING
 
 from pydicom.pixels import get_decoder
 
+from ..config import ConfigError
+from ..errors import BadRequest
 from ..plugins import hookimpl
-from ..transcode import default_transcode
+from ..transcode import check_syntax, default_transcode
 
 if TYPE_CHECKING:
     import numpy as np
     from pydicom.dataset import Dataset
 
     from ..server import Server
+
+
+@hookimpl
+def startup(server: Server) -> None:
+    """A mistyped ``IngestTranscoding`` stops start-up rather than every ingest."""
+    if server.config["IngestTranscoding"]:
+        try:
+            check_syntax(server.config["IngestTranscoding"])
+        except BadRequest as exc:
+            raise ConfigError(f"IngestTranscoding: {exc.message}") from None
 
 
 @hookimpl(trylast=True)

@@ -8,10 +8,12 @@ routes share one handler, told apart by the name of the operation in the path.
 from __future__ import annotations
 
 import gzip
+import io
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -27,6 +29,7 @@ from starlette.routing import Route
 
 from ..dicom import read_header
 from ..errors import BadRequest, InexistentItem, NotAcceptable, NotDecodable
+from ..ingest import DICOM_ATTACHMENT
 from ..model import Level
 from ..pixels import (
     IMAGE_FORMATS,
@@ -35,7 +38,6 @@ from ..pixels import (
     decode_all,
     decode_frame,
     encode_image,
-    load_dataset,
     matlab,
     npy,
     numpy_values,
@@ -43,10 +45,12 @@ from ..pixels import (
     raw_frame,
     rendered,
 )
+from ..storage import read_all
 from .common import answer, flag, integer, resource_of, server_of, text
 from .tools import ordered_instances
 
 if TYPE_CHECKING:
+    from ..index.records import Resource
     from ..server import Server
 
 #: The operations on a frame, as ``GET /instances/{id}/frames/{frame}`` lists them.
@@ -94,6 +98,15 @@ def image(operation: str) -> Callable[[Request], Response]:
             raise
 
     return endpoint
+
+
+def load_dataset(server: Server, instance: Resource) -> Dataset:
+    """The stored file of an instance, parsed (pixel data included)."""
+    attachment = server.index.attachment(instance.id, DICOM_ATTACHMENT)
+    if attachment is None:
+        raise InexistentItem("this instance has no DICOM file")
+    data = read_all(server.storage, attachment.uuid, attachment.compression)
+    return pydicom.dcmread(io.BytesIO(data))
 
 
 def _frame_of(request: Request) -> tuple[Server, Dataset, int]:
