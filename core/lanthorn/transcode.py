@@ -11,6 +11,7 @@ baseline with Pillow. The table of what it writes is in ``docs/transcoding.md``.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from PIL import Image
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.pixels import pack_bits
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -72,10 +74,10 @@ def transcode(server: Server, instance: bytes | Dataset, syntaxes: Sequence[str]
 
 def check_syntax(syntax: str) -> UID:
     """A transfer syntax UID that Lanthorn knows; BadRequest otherwise."""
-    uid = UID(str(syntax).strip())
-    if not uid.is_transfer_syntax:
+    text = str(syntax).strip()
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", text) or not UID(text).is_transfer_syntax:
         raise BadRequest(f'"{syntax}" is not a transfer syntax UID')
-    return uid
+    return UID(text)
 
 
 def _parsed(instance: bytes | Dataset) -> Dataset:
@@ -105,8 +107,10 @@ def encode(server: Server, dataset: Dataset, syntax: UID) -> Dataset:
         if syntax not in UNCOMPRESSED:
             raise NotDecodable("an instance without pixel data stays uncompressed")
         return _copy(dataset, syntax, keep_pixels=True)
-    if "PixelData" not in dataset or int(dataset.get("BitsAllocated", 0)) == 1:
-        raise NotDecodable("float and 1-bit pixel data are not transcoded")
+    if "PixelData" not in dataset:
+        raise NotDecodable("float pixel data is not transcoded")
+    if _bits(dataset) == 1 and syntax not in UNCOMPRESSED:
+        raise NotDecodable("1-bit images are only written uncompressed")
     frames = decode_all(server, dataset)
     result = _uncompressed(_copy(dataset, syntax, keep_pixels=False), dataset, frames, syntax)
     if syntax in PYDICOM_ENCODED:
@@ -137,7 +141,7 @@ def _copy(dataset: Dataset, syntax: UID, *, keep_pixels: bool) -> Dataset:
 def _uncompressed(result: Dataset, source: Dataset, frames: np.ndarray, syntax: UID) -> Dataset:
     """Decoded frames as native pixel data (RGB, interleaved, for colour)."""
     color = frames.ndim == 4
-    bits = frames.dtype.itemsize * 8
+    bits = 1 if _bits(source) == 1 else frames.dtype.itemsize * 8
     result.SamplesPerPixel = 3 if color else 1
     photometric = source.get("PhotometricInterpretation", "MONOCHROME2")
     result.PhotometricInterpretation = "RGB" if color else photometric
@@ -155,9 +159,14 @@ def _uncompressed(result: Dataset, source: Dataset, frames: np.ndarray, syntax: 
         if keyword in source:
             result[keyword] = source[keyword]
     order = ">" if syntax == ExplicitVRBigEndian else "<"
-    data = frames.astype(frames.dtype.newbyteorder(order)).tobytes()
+    data = pack_bits(frames) if bits == 1 else \
+        frames.astype(frames.dtype.newbyteorder(order)).tobytes()
     result.add(DataElement(0x7FE00010, "OW" if bits > 8 else "OB", data))
     return result
+
+
+def _bits(dataset: Dataset) -> int:
+    return int(dataset.get("BitsAllocated") or 0)
 
 
 def _lossy_options(syntax: UID, quality: int) -> dict[str, object]:
