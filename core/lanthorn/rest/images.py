@@ -215,7 +215,10 @@ def pdf(request: Request) -> Response:
     mime = str(header.get("MIMETypeOfEncapsulatedDocument", "")).strip()
     if mime != PDF or "EncapsulatedDocument" not in header:
         raise InexistentItem("this instance does not hold an encapsulated PDF document")
-    return Response(header.EncapsulatedDocument, media_type=PDF)
+    document = header.EncapsulatedDocument
+    # A document of odd length was padded with a NUL to fit DICOM: not part of the PDF.
+    return Response(document[:-1] if document.endswith(b"%%EOF\n\0") else document,
+                    media_type=PDF)
 
 
 def routes() -> list[Route]:
