@@ -170,13 +170,11 @@ def test_raw_frame_of_a_jpeg_is_the_jpeg_stream(lanthorn_client: Any) -> None:
 
 
 def test_numpy_of_instances_frames_and_series(lanthorn_client: Any) -> None:
-    study, series = generate_uid(), generate_uid()
-    second = upload(lanthorn_client, make_image(FRAMES, bits_stored=12, SeriesInstanceUID=series, StudyInstanceUID=study,
-                                                InstanceNumber=2, RescaleSlope=2,
-                                                RescaleIntercept=-5))
-    first = upload(lanthorn_client, make_image(RAMP, bits_stored=12, SeriesInstanceUID=series, StudyInstanceUID=study,
-                                               InstanceNumber=1, RescaleSlope=2,
-                                               RescaleIntercept=-5))
+    shared = {"StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(),
+              "RescaleSlope": 2, "RescaleIntercept": -5}
+    second = upload(lanthorn_client, make_image(FRAMES, bits_stored=12, InstanceNumber=2,
+                                                **shared))
+    first = upload(lanthorn_client, make_image(RAMP, bits_stored=12, InstanceNumber=1, **shared))
 
     def npy(url: str) -> np.ndarray:
         response = lanthorn_client.get(url)
