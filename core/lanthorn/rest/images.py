@@ -112,7 +112,15 @@ def load_dataset(server: Server, instance: Resource) -> Dataset:
 def _frame_of(request: Request) -> tuple[Server, Dataset, int]:
     server = server_of(request)
     dataset = load_dataset(server, resource_of(request, Level.INSTANCE))
-    return server, dataset, int(request.path_params.get("frame", 0))
+    return server, dataset, _frame_number(request)
+
+
+def _frame_number(request: Request) -> int:
+    """The frame in the path (0 when there is none); not a number: 404, as in Orthanc."""
+    text = request.path_params.get("frame", "0")
+    if not (text.isascii() and text.isdigit()):
+        raise InexistentItem(f'no frame "{text}": frames are numbered from 0')
+    return int(text)
 
 
 def _accepted(request: Request) -> tuple[str, str]:
@@ -222,7 +230,7 @@ def pdf(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
-    frame = "/instances/{id}/frames/{frame:int}"
+    frame = "/instances/{id}/frames/{frame}"
     listed = [Route(f"/instances/{{id}}/{name}", image(name), methods=["GET"])
               for name in PICTURES]
     listed += [Route(f"{frame}/{name}", image(name), methods=["GET"]) for name in PICTURES]
