@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..plugins import hookimpl
-from . import archives, find, images, instances, labels, modalities, resources, system, tools
+from . import (
+    archives,
+    create,
+    find,
+    images,
+    instances,
+    labels,
+    modalities,
+    resources,
+    system,
+    tools,
+)
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -16,7 +27,7 @@ if TYPE_CHECKING:
 @hookimpl
 def register_routes(server: Server) -> list[BaseRoute]:
     return [*system.routes(), *instances.routes(), *find.routes(), *resources.routes(),
-            *archives.routes(), *images.routes(),
+            *archives.routes(), *images.routes(), *create.routes(),
             *labels.routes(),
             *modalities.routes(),
             *tools.routes()]
