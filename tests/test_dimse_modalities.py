@@ -91,10 +91,6 @@ def test_store_bodies_and_refusals(lanthorn_server: lanthorn.Server,
         "InstancesCount"] == 1  # a bare ID
     assert lanthorn_client.post("/modalities/peer/store", json=[instance]).json()[
         "InstancesCount"] == 1  # a list of IDs
-    asynchronous = lanthorn_client.post("/modalities/peer/store",
-                                        json={"Resources": [instance], "Asynchronous": True})
-    assert asynchronous.status_code == 400 and "not available yet" in \
-        asynchronous.json()["Details"]
     unknown = lanthorn_client.post("/modalities/peer/store", json={"Resources": ["0" * 8]})
     assert unknown.status_code == 404
     assert lanthorn_client.post("/modalities/peer/store", json={}).status_code == 400

@@ -251,7 +251,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name."),
     # Jobs and miscellaneous
     Option("SaveJobs", True, bool, "Store jobs in the index so they survive a restart."),
-    Option("JobsHistorySize", 10, int, "Completed jobs kept in memory."),
+    Option("JobsHistorySize", 10, int, "Finished jobs kept in the index (older ones are "
+           "deleted with their outputs)."),
+    Option("JobRetryCount", 5, int, "Retries of a job that failed on the network (store "
+           "jobs) before it fails for good (Lanthorn-specific)."),
+    Option("JobRetryDelay", 5.0, float, "Seconds before the first retry of such a job; "
+           "each next retry waits twice as long, at most an hour (Lanthorn-specific)."),
     Option("DeidentifyLogs", True, bool, "Hide patient-identifying values in logs."),
     Option("MetricsEnabled", True, bool, "Collect metrics for /tools/metrics-prometheus."),
     Option(
@@ -357,11 +362,12 @@ def _kind(types: TypeSpec) -> str:
 
 
 def _matches(value: Any, types: TypeSpec) -> bool:
-    """isinstance, except that a bool is not accepted as an int (JSON true is not 1)."""
+    """isinstance, except that a bool is not accepted as an int (JSON true is not 1)
+    and an int is accepted as a number (JSON 60 is 60.0)."""
     listed = types if isinstance(types, tuple) else (types,)
     if isinstance(value, bool):
         return bool in listed
-    return isinstance(value, listed)
+    return isinstance(value, listed) or (float in listed and isinstance(value, int))
 
 
 def _check_types(layer: Mapping[str, Any], source: str) -> None:

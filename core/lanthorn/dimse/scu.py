@@ -11,7 +11,7 @@ import io
 import logging
 import socket
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -216,10 +216,12 @@ def send(association: Association, dataset: Dataset, originator: tuple[str, int 
 
 
 def store(server: Server, modality: Modality, operations: list[SubOperation], *,
-          originator: tuple[str, int | None] = ("", None), permissive: bool = False) -> int:
+          originator: tuple[str, int | None] = ("", None), permissive: bool = False,
+          after_each: Callable[[bool], None] | None = None) -> int:
     """Send instances over one association; the number that failed.
 
     Unless ``permissive``, the first failure stops the transfer with a NetworkError.
+    ``after_each(stored)`` follows every instance (a job records its progress there).
     """
     if not operations:
         return 0
@@ -227,11 +229,13 @@ def store(server: Server, modality: Modality, operations: list[SubOperation], *,
     with associate(server, modality, store_contexts(operations)) as association:
         for op in operations:
             why = send(association, load(server, op), originator)
-            if why is None:
-                continue
-            message = f'C-STORE of {op.sop_instance} to modality "{modality.name}" failed: {why}'
-            if not permissive:
-                raise NetworkError(message)
-            log.warning(message)
-            failed += 1
+            if why is not None:
+                message = (f'C-STORE of {op.sop_instance} to modality "{modality.name}" '
+                           f"failed: {why}")
+                if not permissive:
+                    raise NetworkError(message)
+                log.warning(message)
+                failed += 1
+            if after_each is not None:
+                after_each(why is None)
     return failed
