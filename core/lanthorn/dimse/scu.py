@@ -76,7 +76,19 @@ class ClientSocket(AssociationSocket):
 
 
 class LanthornAE(AE):
-    """pynetdicom's AE, requesting associations over a :class:`ClientSocket`."""
+    """pynetdicom's AE, requesting associations over a :class:`ClientSocket`, and
+    counting towards ``maximum_associations`` only peers that asked for one."""
+
+    @property
+    def active_associations(self) -> list[Association]:
+        """Without the accepted connections that sent no A-ASSOCIATE-RQ yet.
+
+        pynetdicom counts every accepted TCP connection against the limit, so a health
+        check or port probe that connects and says nothing (until ``DicomScpTimeout``)
+        made real modalities get "local limit exceeded" rejections.
+        """
+        return [association for association in super().active_associations
+                if association.is_requestor or association.requestor.primitive is not None]
 
     def _create_socket(self, assoc: Association, address: AddressInformation,
                        tls_args: tuple[SSLContext, str] | None) -> ClientSocket:
