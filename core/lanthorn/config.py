@@ -250,6 +250,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("HttpTimeout", 60, int, "Seconds before an outgoing HTTP request to a peer times out."),
     Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name."),
     # Jobs and miscellaneous
+    Option("QueryRetrieveSize", 100, int, "Answers of remote queries (/queries) kept; the "
+           "oldest are forgotten first."),
     Option("SaveJobs", True, bool, "Store jobs in the index so they survive a restart."),
     Option("JobsHistorySize", 10, int, "Finished jobs kept in the index (older ones are "
            "deleted with their outputs)."),
@@ -606,7 +608,7 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "IngestTranscodingOfCompressed", "IngestTranscodingOfUncompressed",
     "LoadPrivateDictionary", "LogExportedResources", "LuaScripts", "MallocArenaMax",
     "MaximumStorageCacheSize", "MediaArchiveSize",
-    "OrthancExplorerEnabled", "OrthancPeersInDatabase", "QueryRetrieveSize", "SslCertificate",
+    "OrthancExplorerEnabled", "OrthancPeersInDatabase", "SslCertificate",
     "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",
     "StorageCommitmentReportsSize", "StoreDicom", "StoreMD5ForAttachments",
     "SynchronousZipStream", "TranscodeDicomProtocol", "WebDavDeleteAllowed", "WebDavEnabled",

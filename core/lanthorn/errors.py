@@ -75,6 +75,14 @@ class NetworkError(LanthornError):
     orthanc_error = "Error in the network protocol"
 
 
+class DimseFailure(LanthornError):
+    """A remote modality answered a DIMSE request with a failure status (not transient:
+    unlike a NetworkError, a job does not retry it)."""
+
+    orthanc_status = 9
+    orthanc_error = "Error in the network protocol"
+
+
 class StorageFull(LanthornError):
     http_status = 507
     orthanc_status = 19

@@ -98,11 +98,16 @@ class LanthornAE(AE):
 
 
 @contextmanager
-def associate(server: Server, modality: Modality,
-              contexts: list[PresentationContext]) -> Iterator[Association]:
-    """An association with a modality, released on leaving; NetworkError without one."""
+def associate(server: Server, modality: Modality, contexts: list[PresentationContext],
+              timeout: float | None = None) -> Iterator[Association]:
+    """An association with a modality, released on leaving; NetworkError without one.
+
+    ``timeout`` (seconds, as a request's ``Timeout``) overrides the modality's and
+    ``DicomScuTimeout``; 0 means none."""
     ae = LanthornAE(ae_title=modality.local_aet or server.config["DicomAet"])
-    timeout = float(modality.timeout or server.config["DicomScuTimeout"]) or None
+    if timeout is None:
+        timeout = float(modality.timeout or server.config["DicomScuTimeout"])
+    timeout = timeout or None
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     association = ae.associate(modality.host, modality.port, contexts, modality.aet,
                                max_pdu=int(server.config["MaximumPduLength"]))

@@ -180,3 +180,17 @@ jobs = Table(
     Column("runtime", Float, nullable=False, default=0.0),
     Index("ix_jobs_state", "state", "priority", "created"),
 )
+
+#: Answers of C-FIND requests sent to remote modalities (``/queries``), kept in the
+#: index so that any process serves them; datasets are stored as DICOM JSON.
+queries = Table(
+    "queries",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("modality", String(128), nullable=False),
+    Column("level", SmallInteger, nullable=False),
+    Column("query", Text, nullable=False),
+    Column("answers", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    Index("ix_queries_created", "created"),
+)

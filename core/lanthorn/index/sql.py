@@ -42,6 +42,7 @@ from ..model import (
 from ..query import Constraint, Match, Query, normalize
 from . import schema as s
 from .jobs import JobTable
+from .queries import QueryTable
 from .records import (
     Attachment,
     Change,
@@ -68,6 +69,7 @@ class SqlIndex:
         self.main_tags = main_tags or MainTags()
         self._write_lock = write_lock
         self.jobs = JobTable(self)
+        self.queries = QueryTable(self)
 
     # -- transactions -------------------------------------------------------------
 

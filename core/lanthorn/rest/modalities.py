@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..dicom import parse_instance
 from ..dimse import scu
 from ..dimse.access import Modality, parse_modalities
 from ..errors import BadRequest, InexistentItem, UnknownResource
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 
 def modality_of(request: Request) -> Modality:
-    return _modality(server_of(request), request.path_params["id"])
+    return named_modality(server_of(request), request.path_params["id"])
 
 
 def list_modalities(request: Request) -> Response:
@@ -77,7 +78,7 @@ def send_to_modality(server: Server, parameters: dict[str, Any], checkpoint: dic
     ``checkpoint`` records how far the transfer got, so that a job resumes where it
     stopped (after a retry, a pause or a takeover) instead of sending everything again.
     """
-    modality = _modality(server, parameters["Modality"])
+    modality = named_modality(server, parameters["Modality"])
     checkpoint.setdefault("Next", 0)
     checkpoint.setdefault("Failed", 0)
     instances = parameters["Instances"]
@@ -98,7 +99,7 @@ def send_to_modality(server: Server, parameters: dict[str, Any], checkpoint: dic
 def store_report(server: Server, parameters: dict[str, Any],
                  checkpoint: dict[str, int] | None = None) -> dict[str, Any]:
     """Orthanc's account of a store (the answer, or the job's content)."""
-    modality = _modality(server, parameters["Modality"])
+    modality = named_modality(server, parameters["Modality"])
     report: dict[str, Any] = {
         "Description": "REST API",
         "FailedInstancesCount": (checkpoint or {}).get("Failed", 0),
@@ -111,7 +112,7 @@ def store_report(server: Server, parameters: dict[str, Any],
     return dict(sorted(report.items()))
 
 
-def _modality(server: Server, name: str) -> Modality:
+def named_modality(server: Server, name: str) -> Modality:
     found = parse_modalities(server.config).get(name)
     if found is None:
         raise InexistentItem(f"No modality with symbolic name: {name}")
@@ -163,9 +164,32 @@ def _store_request(body: bytes) -> tuple[list[str], dict[str, Any]]:
     return resources, options
 
 
+#: What ``GET /modalities/{id}`` lists, as Orthanc does.
+OPERATIONS = ["configuration", "echo", "find", "find-instance", "find-patient", "find-series",
+              "find-study", "find-worklist", "move", "query", "storage-commitment", "store",
+              "store-straight"]
+
+
+def operations(request: Request) -> Response:
+    modality_of(request)
+    return answer(OPERATIONS)
+
+
+async def store_straight(request: Request) -> Response:
+    """C-STORE the DICOM file of the body without storing it here."""
+    modality, data = modality_of(request), await request.body()
+    dataset = parse_instance(data).dataset
+    server = server_of(request)
+    await run_in_threadpool(scu.store, server, modality, scu.plan(server, [dataset]))
+    return answer({"SOPClassUID": str(dataset.SOPClassUID),
+                   "SOPInstanceUID": str(dataset.SOPInstanceUID)})
+
+
 def routes() -> list[Route]:
     return [
         Route("/modalities", list_modalities, methods=["GET"]),
+        Route("/modalities/{id}", operations, methods=["GET"]),
+        Route("/modalities/{id}/store-straight", store_straight, methods=["POST"]),
         Route("/modalities/{id}/configuration", configuration, methods=["GET"]),
         Route("/modalities/{id}/echo", echo, methods=["POST"]),
         Route("/modalities/{id}/store", store, methods=["POST"]),

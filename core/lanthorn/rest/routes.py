@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..plugins import hookimpl
-from . import archives, find, instances, jobs, labels, modalities, resources, system, tools
+from . import (
+    archives,
+    find,
+    instances,
+    jobs,
+    labels,
+    modalities,
+    queries,
+    resources,
+    system,
+    tools,
+)
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -21,9 +32,11 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *labels.routes(),
             *modalities.routes(),
             *jobs.routes(),
+            *queries.routes(),
             *tools.routes()]
 
 
 @hookimpl
 def register_job_types(server: Server) -> list[JobType]:
-    return [archives.ARCHIVE_JOB_TYPE, archives.MEDIA_JOB_TYPE, modalities.STORE_JOB_TYPE]
+    return [archives.ARCHIVE_JOB_TYPE, archives.MEDIA_JOB_TYPE, modalities.STORE_JOB_TYPE,
+            queries.MOVE_JOB_TYPE]
