@@ -279,3 +279,26 @@ def test_child_queries_of_a_patient(client: TestClient, remote: httpx2.Client) -
     series = client.post(f"/queries/{studies}/answers/0/query-series", json={}).json()["ID"]
     assert client.post(f"/queries/{series}/answers/0/query-studies",
                        json={}).status_code == 400  # a series has no child studies
+
+
+def test_retrieve_by_c_get(client: TestClient, remote: httpx2.Client) -> None:
+    """The instances come back over our own association: no move destination needed."""
+    fill(remote)
+    got = client.post("/modalities/remote/get", json={
+        "Level": "Series", "Resources": [{"StudyInstanceUID": "1.2.1",
+                                          "SeriesInstanceUID": "1.2.1.2"}]})
+    assert got.status_code == 200, got.text
+    assert got.json()["Query"] == [{"0008,0052": "SERIES", "0020,000d": "1.2.1",
+                                    "0020,000e": "1.2.1.2"}]
+    [instance] = client.get("/instances").json()
+    metadata = client.get(f"/instances/{instance}/metadata?expand").json()
+    assert (metadata["Origin"], metadata["RemoteAET"], metadata["CalledAET"]) == \
+        ("DicomProtocol", REMOTE_AET, "LANTHORN")
+    query_id = study_query(client, StudyInstanceUID="1.2.2")
+    job = client.post(f"/queries/{query_id}/retrieve",
+                      json={"RetrieveMethod": "C-GET", "Asynchronous": True}).json()
+    wait_until(lambda: client.get(f"/jobs/{job['ID']}").json()["State"] == "Success")
+    assert client.get(f"/jobs/{job['ID']}").json()["Type"] == "DicomGetScu"
+    assert len(client.get("/instances").json()) == 2
+    bad = client.post(f"/queries/{query_id}/retrieve", json={"RetrieveMethod": "C-FTP"})
+    assert bad.status_code == 400

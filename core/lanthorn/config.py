@@ -173,6 +173,8 @@ OPTIONS: tuple[Option, ...] = (
         int,
         "Seconds to wait for a remote modality to answer an outgoing request.",
     ),
+    Option("DicomDefaultRetrieveMethod", "C-MOVE", str, "How /queries retrieves answers "
+           "when the request does not say: C-MOVE or C-GET."),
     Option("DicomThreadsCount", 4, int, "Threads serving incoming DICOM associations."),
     Option(
         "MaximumPduLength",

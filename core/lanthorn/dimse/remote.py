@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pynetdicom import build_context
+from pynetdicom import StoragePresentationContexts, build_context, build_role, evt
 from pynetdicom.status import code_to_category
 
 from ..errors import BadRequest, DimseFailure, NetworkError
 from ..model import Level, parse_tag
 from .request import LEVELS, PATIENT_ROOT, STUDY_ROOT
-from .scu import associate
+from .scp import accepted_syntaxes, store_received
+from .scu import MAX_CONTEXTS, associate
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -52,6 +53,10 @@ def find_model(level: Level) -> str:
 
 def move_model(level: Level) -> str:
     return (PATIENT_ROOT if level == Level.PATIENT else STUDY_ROOT)[1]
+
+
+def get_model(level: Level) -> str:
+    return (PATIENT_ROOT if level == Level.PATIENT else STUDY_ROOT)[2]
 
 
 def dataset_of(values: dict[str, object]) -> Dataset:
@@ -122,6 +127,30 @@ def move(server: Server, modality: Modality, query: Dataset, model: str, target_
                     break
         except ValueError as exc:
             raise DimseFailure(f'modality "{modality.name}" refused C-MOVE: {exc}') from None
+
+
+def get(server: Server, modality: Modality, query: Dataset, timeout: float | None = None
+        ) -> None:
+    """C-GET of what ``query`` identifies: the instances come back over the same
+    association and go through the ingest path, as if the modality had sent them.
+
+    The storage contexts proposed (with the SCP role) are pynetdicom's list of the
+    common storage SOP classes, as many as fit beside the C-GET context.
+    """
+    model = get_model(level_of(query))
+    syntaxes = accepted_syntaxes(server.config)
+    storage = [c.abstract_syntax for c in StoragePresentationContexts][:MAX_CONTEXTS - 1]
+    contexts = [build_context(model), *(build_context(uid, syntaxes) for uid in storage)]
+    roles = [build_role(uid, scp_role=True) for uid in storage]
+    handlers = [(evt.EVT_C_STORE, store_received, [server])]
+    with associate(server, modality, contexts, timeout, ext_neg=roles,
+                   evt_handlers=handlers) as association:
+        try:
+            for status, _ in association.send_c_get(query, model):
+                if _code(modality, "C-GET", status) not in PENDING:
+                    break
+        except ValueError as exc:
+            raise DimseFailure(f'modality "{modality.name}" refused C-GET: {exc}') from None
 
 
 def _code(modality: Modality, service: str, status: Dataset | None) -> int:

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -99,18 +99,19 @@ class LanthornAE(AE):
 
 @contextmanager
 def associate(server: Server, modality: Modality, contexts: list[PresentationContext],
-              timeout: float | None = None) -> Iterator[Association]:
+              timeout: float | None = None, **options: Any) -> Iterator[Association]:
     """An association with a modality, released on leaving; NetworkError without one.
 
     ``timeout`` (seconds, as a request's ``Timeout``) overrides the modality's and
-    ``DicomScuTimeout``; 0 means none."""
+    ``DicomScuTimeout``; 0 means none. ``options`` go to pynetdicom's ``associate``
+    (role selection and handlers of a C-GET)."""
     ae = LanthornAE(ae_title=modality.local_aet or server.config["DicomAet"])
     if timeout is None:
         timeout = float(modality.timeout or server.config["DicomScuTimeout"])
     timeout = timeout or None
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     association = ae.associate(modality.host, modality.port, contexts, modality.aet,
-                               max_pdu=int(server.config["MaximumPduLength"]))
+                               max_pdu=int(server.config["MaximumPduLength"]), **options)
     if not association.is_established:
         why = "the association was rejected" if association.is_rejected \
             else "no association (connection refused, or no answer)"

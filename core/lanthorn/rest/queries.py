@@ -2,8 +2,9 @@
 and ``/queries/*``, in Orthanc's shapes.
 
 A query's answers are kept in the index (``QueryRetrieveSize`` of them), so that any
-process serves ``/queries/{id}``. Retrievals are C-MOVEs, run during the request or as
-"DicomMoveScu" jobs that retry when the modality cannot be reached.
+process serves ``/queries/{id}``. Retrievals are C-MOVEs or C-GETs (``RetrieveMethod``,
+``DicomDefaultRetrieveMethod``), run during the request or as "DicomMoveScu" or
+"DicomGetScu" jobs that retry when the modality cannot be reached.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from ..dimse.access import Modality
     from ..server import Server
 
-MOVE_JOB = "DicomMoveScu"
 #: What one can do with an answer, by its level (``GET /queries/{id}/answers/{index}``).
 CHILD_QUERIES = {
     Level.PATIENT: ("query-studies", "query-series", "query-instances"),
@@ -202,27 +202,37 @@ async def retrieve_answers(request: Request) -> Response:
                                    identifiers, options)
 
 
-async def move(request: Request) -> Response:
-    """``POST /modalities/{id}/move``: C-MOVE the ``Resources`` at ``Level``."""
-    options = _object(await request.body())
-    level = _level(options.get("Level"))
-    resources = options.get("Resources")
-    if not isinstance(resources, list) or not resources:
-        raise BadRequest('"Resources" must be a non-empty list of queries')
-    identifiers = []
-    for resource in resources:
-        found = remote.dataset_of(_mapping(resource, "Each resource"))
-        found.QueryRetrieveLevel = remote.level_name(level)
-        identifiers.append(found)
-    modality = modality_of(request)
-    return await run_in_threadpool(_retrieve, server_of(request), modality.name, identifiers,
-                                   options, {})
+def retrieve_resources(method: str):  # noqa: ANN201 - a Starlette endpoint
+    """``POST /modalities/{id}/move`` and ``/get``: retrieve the ``Resources`` at
+    ``Level`` (each a query of unique keys) by C-MOVE or C-GET."""
+
+    async def endpoint(request: Request) -> Response:
+        options = _object(await request.body())
+        level = _level(options.get("Level"))
+        resources = options.get("Resources")
+        if not isinstance(resources, list) or not resources:
+            raise BadRequest('"Resources" must be a non-empty list of queries')
+        identifiers = []
+        for resource in resources:
+            found = remote.dataset_of(_mapping(resource, "Each resource"))
+            found.QueryRetrieveLevel = remote.level_name(level)
+            identifiers.append(found)
+        modality = modality_of(request)
+        return await run_in_threadpool(_retrieve, server_of(request), modality.name,
+                                       identifiers, {**options, "RetrieveMethod": method},
+                                       {} if method == "C-MOVE" else None)
+
+    return endpoint
 
 
 def _retrieve(server: Server, modality_name: str, identifiers: list[Dataset],
               options: dict[str, Any], sync_answer: dict[str, Any] | None = None) -> Response:
+    method = str(options.get("RetrieveMethod") or server.config["DicomDefaultRetrieveMethod"])
+    if method.upper() not in RETRIEVE_JOBS:
+        raise BadRequest('"RetrieveMethod" must be "C-MOVE" or "C-GET"')
     parameters = {
         "Modality": modality_name,
+        "Method": method.upper(),
         "TargetAet": str(options.get("TargetAet") or server.config["DicomAet"]),
         "LocalAet": options.get("LocalAet", ""),
         "Timeout": _timeout(options),
@@ -231,29 +241,33 @@ def _retrieve(server: Server, modality_name: str, identifiers: list[Dataset],
                 "full" if options.get("Full") else "short",
     }
     if asynchronous(options):
-        return job_answer(server.jobs.submit(MOVE_JOB, parameters,
-                                             content=move_report(server, parameters),
+        return job_answer(server.jobs.submit(RETRIEVE_JOBS[parameters["Method"]], parameters,
+                                             content=retrieve_report(server, parameters),
                                              priority=int(options.get("Priority", 0))))
-    run_moves(server, parameters, {})
-    return answer(move_report(server, parameters) if sync_answer is None else sync_answer)
+    run_retrievals(server, parameters, {})
+    return answer(retrieve_report(server, parameters) if sync_answer is None else sync_answer)
 
 
-def run_moves(server: Server, parameters: dict[str, Any], checkpoint: dict[str, int],
-              progress: Callable[[float], None] | None = None) -> None:
-    """The C-MOVEs of a retrieval, one identifier after the other, from the checkpoint."""
+def run_retrievals(server: Server, parameters: dict[str, Any], checkpoint: dict[str, int],
+                   progress: Callable[[float], None] | None = None) -> None:
+    """The C-MOVEs or C-GETs of a retrieval, one identifier after the other, from the
+    checkpoint."""
     modality = _with_local_aet(named_modality(server, parameters["Modality"]), parameters)
     identifiers = parameters["Identifiers"]
     checkpoint.setdefault("Next", 0)
     while checkpoint["Next"] < len(identifiers):
         found = Dataset.from_json(identifiers[checkpoint["Next"]])
-        remote.move(server, modality, found, remote.move_model(remote.level_of(found)),
-                    parameters["TargetAet"], parameters["Timeout"])
+        if parameters["Method"] == "C-GET":
+            remote.get(server, modality, found, parameters["Timeout"])
+        else:
+            remote.move(server, modality, found, remote.move_model(remote.level_of(found)),
+                        parameters["TargetAet"], parameters["Timeout"])
         checkpoint["Next"] += 1
         if progress is not None:
             progress(checkpoint["Next"] / len(identifiers))
 
 
-def move_report(server: Server, parameters: dict[str, Any]) -> dict[str, Any]:
+def retrieve_report(server: Server, parameters: dict[str, Any]) -> dict[str, Any]:
     """Orthanc's account of a retrieval (the answer, or the job's content)."""
     modality = _with_local_aet(named_modality(server, parameters["Modality"]), parameters)
     return {"Description": "REST API",
@@ -263,11 +277,14 @@ def move_report(server: Server, parameters: dict[str, Any]) -> dict[str, Any]:
             "RemoteAet": modality.aet}
 
 
-def _run_move_job(context: JobContext) -> None:
-    run_moves(context.server, context.parameters, context.checkpoint, context.progress)
+def _run_retrieve_job(context: JobContext) -> None:
+    run_retrievals(context.server, context.parameters, context.checkpoint, context.progress)
 
 
-MOVE_JOB_TYPE = JobType(MOVE_JOB, _run_move_job, retry=True)
+#: Job types by retrieve method; network failures are retried.
+RETRIEVE_JOBS = {"C-MOVE": "DicomMoveScu", "C-GET": "DicomGetScu"}
+RETRIEVE_JOB_TYPES = [JobType(name, _run_retrieve_job, retry=True)
+                      for name in RETRIEVE_JOBS.values()]
 
 
 # -- request bodies -----------------------------------------------------------------------
@@ -328,7 +345,8 @@ def routes() -> list[Route]:
     answer_path = "/queries/{id}/answers/{index}"
     return [
         Route("/modalities/{id}/query", query, methods=["POST"]),
-        Route("/modalities/{id}/move", move, methods=["POST"]),
+        Route("/modalities/{id}/move", retrieve_resources("C-MOVE"), methods=["POST"]),
+        Route("/modalities/{id}/get", retrieve_resources("C-GET"), methods=["POST"]),
         Route("/modalities/{id}/find-worklist", find_worklist, methods=["POST"]),
         *(Route(f"/modalities/{{id}}/find-{level.name.lower()}", find_level, methods=["POST"])
           for level in Level),

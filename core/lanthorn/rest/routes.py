@@ -39,4 +39,4 @@ def register_routes(server: Server) -> list[BaseRoute]:
 @hookimpl
 def register_job_types(server: Server) -> list[JobType]:
     return [archives.ARCHIVE_JOB_TYPE, archives.MEDIA_JOB_TYPE, modalities.STORE_JOB_TYPE,
-            queries.MOVE_JOB_TYPE]
+            *queries.RETRIEVE_JOB_TYPES]
