@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from dimse_peers import SCU_AET, dcmtk, listening, scu
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import build_context
+from pynetdicom import AE, build_context
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
@@ -196,3 +196,22 @@ def test_a_peer_vanishing_mid_store_leaves_nothing_and_the_server_up(
     storage = Path(lanthorn_server.config["StorageDirectory"])
     assert [p for p in storage.rglob("*")
             if p.is_file() and not p.name.startswith("index.")] == []
+
+
+@configured(DicomThreadsCount=2)
+def test_silent_connections_take_no_association_slot(port: int) -> None:
+    """Health checks that connect and say nothing must not lock modalities out; the
+    limit still holds for associations."""
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        time.sleep(0.2)  # the listener has accepted them
+        ae = AE(SCU_AET)
+        ae.add_requested_context(Verification)
+        held = [ae.associate("127.0.0.1", port, ae_title="LANTHORN") for _ in range(3)]
+        assert [a.is_established for a in held] == [True, True, False]
+        assert held[2].is_rejected
+        for association in held[:2]:
+            association.release()
+    finally:
+        for connection in silent:
+            connection.close()

@@ -5,6 +5,7 @@ then the callers: archives and media with ``Transcode``, and ``IngestTranscoding
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,21 @@ def test_media_transcode_names_the_written_syntaxes_in_its_dicomdir(
         is_report = record.ReferencedSOPInstanceUIDInFile == \
             pydicom.dcmread(io.BytesIO(files["report"])).SOPInstanceUID
         assert stored == (syntax_of(files["report"]) if is_report else JPEGLSLossless)
+
+
+def test_asynchronous_archive_transcodes_in_its_job(lanthorn_client: Any) -> None:
+    study, files = _study(lanthorn_client)
+    job = lanthorn_client.post(f"/studies/{study}/archive", json={
+        "Transcode": str(JPEGLSLossless), "Asynchronous": True}).json()["ID"]
+    deadline = time.monotonic() + 30
+    while (state := lanthorn_client.get(f"/jobs/{job}").json())["State"] not in \
+            ("Success", "Failure") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state["State"] == "Success" and state["Content"]["InstancesCount"] == 3
+    output = lanthorn_client.get(f"/jobs/{job}/archive")
+    assert int(state["Content"]["ArchiveSize"]) == len(output.content)
+    syntaxes = sorted(syntax_of(member) for member in _zip(output).values())
+    assert syntaxes == sorted([JPEGLSLossless, JPEGLSLossless, syntax_of(files["report"])])
 
 
 @pytest.mark.parametrize("request_body", [{"Transcode": "1.2.3"}, {"Transcode": 12}])

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from .dicom import ParsedInstance
     from .index.records import Change
+    from .jobs import JobType
     from .server import Server
     from .types import (
         Command,
@@ -216,6 +217,21 @@ def transcode(server: Server, instance: Dataset, syntaxes: list[str]) -> bytes |
     instance is in none of ``syntaxes``. Do not modify ``instance``. firstresult; the
     core's default (``trylast``) decodes through ``decode_frame`` and encodes with
     pydicom and Pillow (see ``docs/transcoding.md``).
+    """
+
+
+# -- jobs -------------------------------------------------------------------------------
+
+
+@hookspec
+def register_job_types(server: Server) -> list[JobType]:
+    """Kinds of background jobs this plugin runs (``lanthorn.jobs.JobType``).
+
+    A job type is a name (shown as the job's ``Type``) and a function of a
+    ``JobContext``; submit with ``server.jobs.submit(name, parameters)``. Parameters
+    and the context's ``checkpoint`` and ``content`` must be JSON, because jobs are
+    stored in the index and may resume in another process. On a name clash the first
+    answer wins.
     """
 
 

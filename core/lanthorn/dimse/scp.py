@@ -169,6 +169,12 @@ def _on_store(event: Event, server: Server, rules: AccessRules) -> int | Dataset
     if refusal is not None:
         log.warning("C-STORE from %s refused: %s", origin.remote_aet, refusal)
         return _failure(NOT_AUTHORIZED, Rejected(refusal))
+    return store_received(event, server)
+
+
+def store_received(event: Event, server: Server) -> int | Dataset:
+    """Ingest the instance of a C-STORE request; its status (failures say why)."""
+    origin = origin_of(event)
     try:
         server.ingest.store(event.encoded_dataset(include_meta=True), origin)
     except BadFileFormat as exc:

@@ -41,6 +41,8 @@ from ..model import (
 )
 from ..query import Constraint, Match, Query, normalize
 from . import schema as s
+from .jobs import JobTable
+from .queries import QueryTable
 from .records import (
     Attachment,
     Change,
@@ -66,6 +68,8 @@ class SqlIndex:
         self.engine = engine
         self.main_tags = main_tags or MainTags()
         self._write_lock = write_lock
+        self.jobs = JobTable(self)
+        self.queries = QueryTable(self)
 
     # -- transactions -------------------------------------------------------------
 

@@ -34,13 +34,16 @@ from ..dicom import read_header
 from ..errors import BadRequest, LanthornError, UnknownResource
 from ..index.records import Attachment, Resource
 from ..ingest import DICOM_ATTACHMENT
+from ..jobs import JobContext, JobType
 from ..model import Level
 from ..storage import read_all, read_chunks
 from ..transcode import check_syntax, transcode
-from .common import flag, json_body, resource_of, server_of
+from .common import asynchronous, flag, job_answer, json_body, resource_of, server_of
 from .resources import LEVELS
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ..index.sql import SqlIndex
     from ..server import Server
 
@@ -81,6 +84,32 @@ class Options:
     extended: bool
     transcode: str | None = None
 
+    def parameters(self) -> dict[str, Any]:
+        """The options as a job keeps them (JSON)."""
+        return {"Resources": [r.public_id for r in self.resources],
+                "Filename": self.filename, "Extended": self.extended,
+                "Transcode": self.transcode}
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A ZIP ready to stream, and what Orthanc's job content says about it."""
+
+    stream: ZipStream
+    instances: int
+    uncompressed: int
+
+    @property
+    def size(self) -> int | None:
+        """The ZIP's size, known before it streams unless its members are transcoded."""
+        return len(self.stream) if self.stream.sized else None
+
+    def content(self, archive: int) -> dict[str, Any]:
+        size = self.uncompressed
+        return {"ArchiveSize": str(archive), "ArchiveSizeMB": archive >> 20,
+                "Description": "REST API", "InstancesCount": self.instances,
+                "UncompressedSize": str(size), "UncompressedSizeMB": size >> 20}
+
 
 def endpoint(*, media: bool, extended: bool = False):  # noqa: ANN201 - a Starlette endpoint
     """One handler for every level and for ``/tools/create-*``: GET or POST, ZIP or media."""
@@ -111,42 +140,41 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _respond(request: Request, body: dict[str, Any], media: bool, extended: bool) -> Response:
-    options = _options(request, body, extended)
     server = server_of(request)
-    selection = _selection(server.index, options.resources)
-    transcoder = _Transcoder(server, options.transcode) if options.transcode else None
-    if media:
-        members, dicomdir = _media_members(server, selection, options.extended, transcoder)
-    else:
-        members, dicomdir = _archive_members(server.index, selection), None
-    return _zip_response(server, members, dicomdir, options.filename, transcoder)
+    default_name = "Archive.zip"
+    if "id" in request.path_params:
+        resource = resource_of(request)
+        body = {**body, "Resources": [resource.public_id]}
+        default_name = f"{resource.public_id}.zip"
+    options = _options(server.index, body, default_name, extended)
+    if asynchronous(body):
+        job_type = MEDIA_JOB_TYPE if media else ARCHIVE_JOB_TYPE
+        return job_answer(server.jobs.submit(job_type.name, options.parameters(),
+                                             priority=int(body.get("Priority", 0))))
+    packed = _pack(server, options, media)
+    headers = {"Content-Disposition": f'attachment; filename="{options.filename}"'}
+    if packed.size is not None:
+        headers["Content-Length"] = str(packed.size)
+    return StreamingResponse(packed.stream, media_type="application/zip", headers=headers)
 
 
-def _options(request: Request, body: dict[str, Any], extended: bool) -> Options:
-    if body.get("Asynchronous") is True or body.get("Synchronous") is False:
-        raise BadRequest("Asynchronous archives need jobs, which are not available yet: "
-                         "ask for a synchronous answer")
+def _options(index: SqlIndex, body: dict[str, Any], default_name: str,
+             extended: bool) -> Options:
     syntax = body.get("Transcode") or None
     if not isinstance(syntax, str | None):
         raise BadRequest('"Transcode" must be a transfer syntax UID')
-    syntax = check_syntax(syntax) if syntax else None
     filename = body.get("Filename")
     extended = body.get("Extended", extended)
     if not isinstance(filename, str | None) or not isinstance(extended, bool):
         raise BadRequest('"Filename" must be a string and "Extended" a boolean')
-    if "id" in request.path_params:
-        resource = resource_of(request)
-        return Options([resource], _safe_filename(filename, f"{resource.public_id}.zip"),
-                       extended, syntax)
     public_ids = body.get("Resources")
     if not isinstance(public_ids, list) or not all(isinstance(p, str) for p in public_ids):
         raise BadRequest('"Resources" must be a list of resource IDs')
-    return Options(_lookup_all(request, public_ids),
-                   _safe_filename(filename, "Archive.zip"), extended, syntax)
+    return Options(_lookup_all(index, public_ids), _safe_filename(filename, default_name),
+                   extended, check_syntax(syntax) if syntax else None)
 
 
-def _lookup_all(request: Request, public_ids: list[str]) -> list[Resource]:
-    index = server_of(request).index
+def _lookup_all(index: SqlIndex, public_ids: list[str]) -> list[Resource]:
     resources = []
     for public_id in public_ids:
         found = index.lookup(public_id)
@@ -329,22 +357,54 @@ class _Transcoder:
         yield data
 
 
-def _zip_response(server: Server, members: list[Member], dicomdir: Callable[[], bytes] | None,
-                  filename: str, transcoder: _Transcoder | None) -> Response:
-    storage = server.storage
+def _pack(server: Server, options: Options, media: bool) -> Packed:
+    """The ZIP of the selected instances: planned now, read from storage as it streams."""
+    selection = _selection(server.index, options.resources)
+    transcoder = _Transcoder(server, options.transcode) if options.transcode else None
+    if media:
+        members, dicomdir = _media_members(server, selection, options.extended, transcoder)
+    else:
+        members, dicomdir = _archive_members(server.index, selection), None
     stream = ZipStream(sized=transcoder is None)
     for name, instance, attachment in members:
         if transcoder is None:
-            stream.add(read_chunks(storage, attachment.uuid, attachment.compression), name,
-                       size=attachment.uncompressed_size)
+            stream.add(read_chunks(server.storage, attachment.uuid, attachment.compression),
+                       name, size=attachment.uncompressed_size)
         else:
             stream.add(transcoder.member(instance, attachment), name)
     if dicomdir is not None:
         stream.add(dicomdir() if transcoder is None else _later(dicomdir), "DICOMDIR")
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
-    if transcoder is None:
-        headers["Content-Length"] = str(len(stream))
-    return StreamingResponse(stream, media_type="application/zip", headers=headers)
+    return Packed(stream, len(members), sum(a.uncompressed_size for _, _, a in members))
+
+
+# -- asynchronous archives ----------------------------------------------------------------
+
+def _job(media: bool):  # noqa: ANN202 - a job's run function
+    """Pack the archive into the storage area, where ``GET /jobs/{id}/archive`` finds it."""
+
+    def run(context: JobContext) -> None:
+        options = _options(context.server.index, context.parameters, "Archive.zip", False)
+        packed = _pack(context.server, options, media)
+        # Transcoded members have no size until written: the stored sizes stand in.
+        total = max(packed.size or packed.uncompressed, 1)
+        written = 0
+
+        def reported() -> Iterator[bytes]:
+            nonlocal written
+            for chunk in packed.stream:
+                written += len(chunk)
+                context.progress(min(written / total, 1.0))
+                yield chunk
+
+        context.save_output("archive", reported(), media_type="application/zip",
+                            filename=options.filename)
+        context.content = packed.content(written)
+
+    return run
+
+
+ARCHIVE_JOB_TYPE = JobType("Archive", _job(media=False))
+MEDIA_JOB_TYPE = JobType("Media", _job(media=True))
 
 
 def _later(make: Callable[[], bytes]) -> Iterator[bytes]:

@@ -11,8 +11,10 @@ from . import (
     find,
     images,
     instances,
+    jobs,
     labels,
     modalities,
+    queries,
     resources,
     system,
     tools,
@@ -21,6 +23,7 @@ from . import (
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
+    from ..jobs import JobType
     from ..server import Server
 
 
@@ -30,4 +33,12 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *archives.routes(), *images.routes(), *create.routes(),
             *labels.routes(),
             *modalities.routes(),
+            *jobs.routes(),
+            *queries.routes(),
             *tools.routes()]
+
+
+@hookimpl
+def register_job_types(server: Server) -> list[JobType]:
+    return [archives.ARCHIVE_JOB_TYPE, archives.MEDIA_JOB_TYPE, modalities.STORE_JOB_TYPE,
+            *queries.RETRIEVE_JOB_TYPES]
