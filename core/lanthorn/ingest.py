@@ -72,16 +72,19 @@ class Ingester:
         cannot be converted (with a warning, as Orthanc)."""
         config = self.server.config
         syntax = config["IngestTranscoding"]
-        compressed = UID(parsed.transfer_syntax).is_encapsulated
-        if not syntax or not config["IngestTranscodingOfCompressed" if compressed
-                                     else "IngestTranscodingOfUncompressed"]:
+        if not syntax or parsed.transfer_syntax == syntax:
+            return parsed
+        received = UID(parsed.transfer_syntax)  # one pydicom does not know: compressed
+        compressed = not received.is_transfer_syntax or received.is_encapsulated
+        if not config["IngestTranscodingOfCompressed" if compressed
+                      else "IngestTranscodingOfUncompressed"]:
             return parsed
         try:
             data = transcode(self.server, parsed.dataset, [syntax])
         except LanthornError as exc:
             log.warning("instance %s is stored as received: %s", parsed.uids[3], exc.message)
             return parsed
-        return parsed if parsed.transfer_syntax == syntax else parse_instance(data)
+        return parse_instance(data)
 
     def _commit(self, parsed: ParsedInstance, origin: Origin) -> StoredInstance:
         server = self.server
