@@ -250,7 +250,9 @@ def test_images_that_cannot_be_shown(lanthorn_client: Any) -> None:
     assert "cannot decode" in response.json()["Details"]
     placeholder = lanthorn_client.get(f"/instances/{instance}/preview?returnUnsupportedImage")
     assert picture(placeholder).shape == (64, 64)
-    assert lanthorn_client.get("/instances/nosuchinstance/preview").status_code == 404
+    for path in ("preview", "frames/0", "frames/0/raw", "numpy", "pdf"):
+        assert lanthorn_client.get(f"/instances/nosuchinstance/{path}").status_code == 404
+    assert lanthorn_client.get("/series/nosuchseries/numpy").status_code == 404
 
 
 @pytest.mark.parametrize("query, headers, status, words", [

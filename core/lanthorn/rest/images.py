@@ -159,6 +159,7 @@ def _unsupported_image() -> bytes:
 
 
 def frame_operations(request: Request) -> Response:
+    resource_of(request, Level.INSTANCE)  # 404 for an unknown instance
     return answer(list(FRAME_OPERATIONS))
 
 
