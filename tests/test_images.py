@@ -161,6 +161,23 @@ def test_frames_of_a_multiframe_instance(lanthorn_client: Any) -> None:
     assert lanthorn_client.get(f"{base}/7/raw").status_code == 400
 
 
+def test_portable_arbitrary_map(lanthorn_client: Any) -> None:
+    """PAM (``Accept: image/x-portable-arbitrarymap``): a text header, big endian samples."""
+    accept = {"Accept": "image/x-portable-arbitrarymap"}
+    gray = upload(lanthorn_client, make_image(RAMP, bits_stored=12))
+    response = lanthorn_client.get(f"/instances/{gray}/image-uint16", headers=accept)
+    assert response.headers["content-type"] == "image/x-portable-arbitrarymap"
+    header, _, body = response.content.partition(b"ENDHDR\n")
+    assert header.split() == [b"P7", b"WIDTH", b"64", b"HEIGHT", b"48", b"DEPTH", b"1",
+                              b"MAXVAL", b"65535", b"TUPLTYPE", b"GRAYSCALE"]
+    assert np.array_equal(np.frombuffer(body, ">u2").reshape(ROWS, COLUMNS), RAMP)
+    color = upload(lanthorn_client, make_image(RGB, photometric="RGB"))
+    header, _, body = lanthorn_client.get(f"/instances/{color}/preview",
+                                          headers=accept).content.partition(b"ENDHDR\n")
+    assert b"DEPTH 3\nMAXVAL 255\nTUPLTYPE RGB" in header
+    assert np.array_equal(np.frombuffer(body, np.uint8).reshape(ROWS, COLUMNS, 3), RGB)
+
+
 def test_raw_frame_of_a_jpeg_is_the_jpeg_stream(lanthorn_client: Any) -> None:
     instance = upload(lanthorn_client,
                       Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")).read_bytes())

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 #: The image formats of the rendering routes, by media type (``Accept``).
-IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG"}
+IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG",
+                 "image/x-portable-arbitrarymap": "PAM"}
 
 
 def frame_count(dataset: Dataset) -> int:
@@ -193,12 +194,24 @@ def encode_image(image: np.ndarray, image_format: str, quality: int = 90) -> byt
         raise NotDecodable("JPEG holds 8-bit images only: ask for image/png")
     if image.dtype == np.int16:  # PNG has no signed samples: two's complement, as Orthanc
         image = image.view(np.uint16)
+    if image_format == "PAM":
+        return _pam(image)
     buffer = io.BytesIO()
     picture = Image.fromarray(image)
     # zlib level 1: a 512×512 CT frame in a few ms instead of tens, for a slightly larger PNG.
     options = {"quality": quality} if image_format == "JPEG" else {"compress_level": 1}
     picture.save(buffer, format=image_format, **options)
     return buffer.getvalue()
+
+
+def _pam(image: np.ndarray) -> bytes:
+    """Netpbm's PAM, which Pillow does not write: a text header, then big endian samples."""
+    rows, columns = image.shape[:2]
+    depth = image.shape[2] if image.ndim == 3 else 1
+    header = (f"P7\nWIDTH {columns}\nHEIGHT {rows}\nDEPTH {depth}\n"
+              f"MAXVAL {np.iinfo(image.dtype).max}\n"
+              f"TUPLTYPE {'RGB' if depth == 3 else 'GRAYSCALE'}\nENDHDR\n")
+    return header.encode() + image.astype(image.dtype.newbyteorder(">")).tobytes()
 
 
 def npy(array: np.ndarray, *, compress: bool) -> bytes:

@@ -124,7 +124,7 @@ def _frame_number(request: Request) -> int:
 
 
 def _accepted(request: Request) -> tuple[str, str]:
-    """PNG unless the client accepts JPEG only; 406 when it accepts neither."""
+    """The first format the client accepts (PNG for ``*/*``); 406 when none."""
     accepted = [part.split(";")[0].strip().lower()
                 for part in request.headers.get("accept", "").split(",") if part.strip()]
     for media_type in accepted or ["image/png"]:
