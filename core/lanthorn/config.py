@@ -252,6 +252,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("HttpTimeout", 60, int, "Seconds before an outgoing HTTP request to a peer times out."),
     Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name."),
     # Jobs and miscellaneous
+    Option("StorageCommitmentReportsSize", 100, int, "Storage commitment transactions "
+           "kept (/storage-commitment); the oldest are forgotten first."),
     Option("QueryRetrieveSize", 100, int, "Answers of remote queries (/queries) kept; the "
            "oldest are forgotten first."),
     Option("SaveJobs", True, bool, "Store jobs in the index so they survive a restart."),
@@ -612,7 +614,7 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "MaximumStorageCacheSize", "MediaArchiveSize",
     "OrthancExplorerEnabled", "OrthancPeersInDatabase", "SslCertificate",
     "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",
-    "StorageCommitmentReportsSize", "StoreDicom", "StoreMD5ForAttachments",
+    "StoreDicom", "StoreMD5ForAttachments",
     "SynchronousZipStream", "TranscodeDicomProtocol", "WebDavDeleteAllowed", "WebDavEnabled",
     "WebDavUploadAllowed", "ZipLoaderThreads",
 })

@@ -28,6 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ..config import Config, ConfigError
 from ..errors import BadFileFormat, LanthornError, Rejected, StorageFull
 from .access import AccessRules
+from .commitment import PUSH_MODEL, serve_n_action, serve_n_event_report
 from .find import serve_find
 from .request import PATIENT_ROOT, STUDY_ROOT, WORKLIST, origin_of
 from .retrieve import serve_get, serve_move
@@ -72,6 +73,8 @@ def make_application_entity(server: Server) -> LanthornAE:
     for uid in (*PATIENT_ROOT, *STUDY_ROOT, WORKLIST):
         ae.add_supported_context(uid)  # uncompressed syntaxes
     syntaxes = accepted_syntaxes(server.config)
+    # Storage commitment: requests from modalities (SCP) and their reports to us (SCU).
+    ae.add_supported_context(PUSH_MODEL, scu_role=True, scp_role=True)
     for context in AllStoragePresentationContexts:
         # Both roles: a C-GET requestor asks to be the storage SCP of the sub-operations.
         ae.add_supported_context(context.abstract_syntax, syntaxes, scu_role=True,
@@ -120,7 +123,9 @@ def start_listener(server: Server) -> ThreadedAssociationServer:
                 (evt.EVT_C_STORE, _on_store, [server, rules]),
                 (evt.EVT_C_FIND, serve_find, [server]),
                 (evt.EVT_C_MOVE, serve_move, [server, rules]),
-                (evt.EVT_C_GET, serve_get, [server])]
+                (evt.EVT_C_GET, serve_get, [server]),
+                (evt.EVT_N_ACTION, serve_n_action, [server, rules]),
+                (evt.EVT_N_EVENT_REPORT, serve_n_event_report, [server, rules])]
     listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer)
     # A short poll interval: stopping waits for one poll.
     threading.Thread(target=listener.serve_forever, args=(0.1,), name="lanthorn-dicom",

@@ -194,3 +194,16 @@ queries = Table(
     Column("created", Float, nullable=False),
     Index("ix_queries_created", "created"),
 )
+
+#: Storage commitment requests Lanthorn sent, and the reports that answered them.
+storage_commitments = Table(
+    "storage_commitments",
+    metadata,
+    Column("transaction_uid", String(64), primary_key=True),
+    Column("remote_aet", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # Pending, Success or Failure
+    Column("success", Text, nullable=False),  # JSON [[SOP class, SOP instance], ...]
+    Column("failures", Text, nullable=False),  # JSON [[SOP class, SOP instance, reason]]
+    Column("created", Float, nullable=False),
+    Index("ix_storage_commitments_created", "created"),
+)

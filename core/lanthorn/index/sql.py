@@ -41,6 +41,7 @@ from ..model import (
 )
 from ..query import Constraint, Match, Query, normalize
 from . import schema as s
+from .commitments import CommitmentTable
 from .jobs import JobTable
 from .queries import QueryTable
 from .records import (
@@ -70,6 +71,7 @@ class SqlIndex:
         self._write_lock = write_lock
         self.jobs = JobTable(self)
         self.queries = QueryTable(self)
+        self.commitments = CommitmentTable(self)
 
     # -- transactions -------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from ..plugins import hookimpl
 from . import (
     archives,
+    commitment,
     find,
     instances,
     jobs,
@@ -33,6 +34,7 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *modalities.routes(),
             *jobs.routes(),
             *queries.routes(),
+            *commitment.routes(),
             *tools.routes()]
 
 
