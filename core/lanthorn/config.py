@@ -253,6 +253,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("SaveJobs", True, bool, "Store jobs in the index so they survive a restart."),
     Option("JobsHistorySize", 10, int, "Completed jobs kept in memory."),
     Option("DeidentifyLogs", True, bool, "Hide patient-identifying values in logs."),
+    Option(
+        "DefaultPrivateCreator",
+        "",
+        str,
+        "Private creator of private tags set by /modify when the request names none.",
+    ),
+    Option(
+        "PersistentPseudonyms",
+        False,
+        (bool, dict),
+        "Anonymization reuses a patient's pseudonyms: false, true or "
+        '{"Scope": name, "Uids": bool} (Lanthorn-specific; see docs/anonymization.md).',
+    ),
     Option("MetricsEnabled", True, bool, "Collect metrics for /tools/metrics-prometheus."),
     Option(
         "UserMetadata",
@@ -591,7 +604,7 @@ def default_config_text() -> str:
 #: sets them loads with one notice instead of a warning per key.
 ORTHANC_ONLY_OPTIONS = frozenset({
     "BuiltinDecoderTranscoderOrder", "CheckRevisions",
-    "DefaultPrivateCreator", "DeidentifyLogsDicomVersion",
+    "DeidentifyLogsDicomVersion",
     "DicomAssociationCloseDelay", "DicomEchoChecksFind", "DicomLossyTranscodingQuality",
     "DicomModalitiesInDatabase", "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
     "DicomTlsRemoteCertificateRequired", "Dictionary", "ExecuteLuaEnabled",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..plugins import hookimpl
-from . import archives, find, instances, labels, modalities, resources, system, tools
+from . import archives, find, instances, labels, modalities, modify, resources, system, tools
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -19,4 +19,5 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *archives.routes(),
             *labels.routes(),
             *modalities.routes(),
+            *modify.routes(),
             *tools.routes()]

@@ -1,0 +1,110 @@
+"""``/modify``, ``/anonymize`` and the bulk tools; the pseudonym look-up (administrators).
+
+The work is ``lanthorn.modify``: these handlers parse the body, run the operation in a
+thread, and shape the answer (a DICOM file for one instance, Orthanc's JSON otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import modify
+from ..errors import BadRequest
+from ..model import Level
+from ..types import Origin
+from .common import answer, json_body, level_of, resource_of, server_of, text
+
+
+async def _body(request: Request) -> Any:
+    data = await request.body()
+    return json_body(data) if data.strip() else {}
+
+
+def _origin(request: Request) -> Origin:
+    return Origin("RestApi", remote_ip=request.client.host if request.client else "")
+
+
+def resource_endpoint(*, anonymize: bool):  # noqa: ANN201 - a Starlette endpoint
+    """``POST /{level}/{id}/modify|anonymize``: new resources, or one changed file."""
+
+    async def endpoint(request: Request) -> Response:
+        body = await _body(request)
+        return await run_in_threadpool(_resource, request, body, anonymize)
+
+    return endpoint
+
+
+def _resource(request: Request, body: Any, anonymize: bool) -> Response:
+    server = server_of(request)
+    level = level_of(request)
+    resource = resource_of(request, level)
+    parsed = modify.parse_request(server, body, anonymize=anonymize, level=level,
+                                  resource=resource.public_id, origin=_origin(request))
+    if level == Level.INSTANCE:
+        return Response(modify.modified_file(server, parsed, resource),
+                        media_type="application/dicom")
+    return answer(modify.run(server, parsed))
+
+
+def bulk_endpoint(*, anonymize: bool):  # noqa: ANN201 - a Starlette endpoint
+    """``POST /tools/bulk-modify|bulk-anonymize``: ``Resources`` of any level."""
+
+    async def endpoint(request: Request) -> Response:
+        body = await _body(request)
+        return await run_in_threadpool(_bulk, request, body, anonymize)
+
+    return endpoint
+
+
+def _bulk(request: Request, body: Any, anonymize: bool) -> Response:
+    server = server_of(request)
+    parsed = modify.parse_request(server, body, anonymize=anonymize, origin=_origin(request))
+    return answer(modify.run(server, parsed))
+
+
+async def bulk_delete(request: Request) -> Response:
+    body = await _body(request)
+    resources = body.get("Resources") if isinstance(body, dict) else None
+    if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
+        raise BadRequest('"Resources" must be a list of resource IDs')
+    await run_in_threadpool(modify.bulk_delete, server_of(request), resources)
+    return text("")
+
+
+async def pseudonyms(request: Request) -> Response:
+    """Administrators only: the pseudonyms of one patient, by its original PatientID or
+    by its pseudonym; ``"Delete": true`` forgets them (the patient then gets new ones)."""
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise BadRequest("The body must contain a JSON object")
+    scope, patient, pseudonym = body.get("Scope", ""), body.get("PatientID"), body.get("Pseudonym")
+    if not isinstance(scope, str) or not isinstance(body.get("Delete", False), bool):
+        raise BadRequest('"Scope" must be a string and "Delete" a boolean')
+    if [patient, pseudonym].count(None) != 1 or not isinstance(patient or pseudonym, str):
+        raise BadRequest('give either "PatientID" (the original) or "Pseudonym" (a string)')
+    index = server_of(request).index
+    rows = await run_in_threadpool(index.pseudonyms_of, scope, patient=patient,
+                                   pseudonym=pseudonym)
+    deleted = 0
+    if body.get("Delete") is True and rows:
+        original = next(r["Original"] for r in rows if r["Kind"] == "PatientID")
+        deleted = await run_in_threadpool(index.delete_pseudonyms, scope, original)
+    return answer({"Scope": scope, "Mappings": rows, "Deleted": deleted})
+
+
+def routes() -> list[Route]:
+    levels = "{level:lanthorn_level}"
+    return [
+        Route(f"/{levels}/{{id}}/modify", resource_endpoint(anonymize=False), methods=["POST"]),
+        Route(f"/{levels}/{{id}}/anonymize", resource_endpoint(anonymize=True),
+              methods=["POST"]),
+        Route("/tools/bulk-modify", bulk_endpoint(anonymize=False), methods=["POST"]),
+        Route("/tools/bulk-anonymize", bulk_endpoint(anonymize=True), methods=["POST"]),
+        Route("/tools/bulk-delete", bulk_delete, methods=["POST"]),
+        Route("/tools/pseudonyms", pseudonyms, methods=["POST"]),
+    ]
