@@ -522,14 +522,14 @@ class SqlIndex:
             found = conn.scalar(select(p.pseudonym).where(*key))
         if found is not None:
             return found
-        with self.write() as conn:  # look again: another request may have made it
+        candidate = make()  # outside the transaction: ``make`` may write (a counter)
+        with self.write() as conn:  # look again: another request may have made one
             found = conn.scalar(select(p.pseudonym).where(*key))
             if found is None:
-                found = make()
                 conn.execute(insert(s.pseudonyms).values(
-                    scope=scope, kind=kind, original=original, pseudonym=found,
+                    scope=scope, kind=kind, original=original, pseudonym=candidate,
                     patient=patient, created=time.time()))
-            return found
+            return found or candidate
 
     def pseudonyms_of(self, scope: str, *, patient: str | None = None,
                       pseudonym: str | None = None) -> list[dict[str, str]]:
