@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -14,6 +15,7 @@ import pydicom
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
@@ -335,6 +337,26 @@ def test_anonymize_study_applies_the_basic_profile(lanthorn_client: Any) -> None
     assert ("AnonymizedStudy", result["ID"]) in [(c["ChangeType"], c["ID"]) for c in changes]
 
 
+def test_anonymize_series_and_patient(lanthorn_client: Any) -> None:
+    first = _study(lanthorn_client)
+    later = _upload(lanthorn_client, make_instance(PatientID=PHI["PatientID"]))
+    series = lanthorn_client.post(f"/series/{first['ParentSeries']}/anonymize", json={}).json()
+    assert (series["Type"], series["InstancesCount"]) == ("Series", 2)
+    new_study = lanthorn_client.get(f"/series/{series['ID']}/study").json()
+    assert new_study["MainDicomTags"]["StudyInstanceUID"] != STUDY
+    patient = lanthorn_client.post(f"/patients/{first['ParentPatient']}/anonymize",
+                                   json={}).json()
+    assert (patient["Type"], patient["InstancesCount"]) == ("Patient", 4)
+    assert patient["ID"] == patient["PatientID"]
+    studies = lanthorn_client.get(f"/patients/{patient['ID']}/studies").json()
+    assert len(studies) == 2  # both studies of the patient, under one pseudonymous patient
+    assert later["ParentStudy"] not in [s["ID"] for s in studies]
+    assert lanthorn_client.get(f"/patients/{patient['ID']}/metadata/AnonymizedFrom").text == \
+        first["ParentPatient"]
+    changes = lanthorn_client.get("/changes?limit=1000").json()["Changes"]
+    assert {"AnonymizedSeries", "AnonymizedPatient"} <= {c["ChangeType"] for c in changes}
+
+
 def test_anonymize_keep_replace_remove_and_private_tags(lanthorn_client: Any) -> None:
     uploaded = _upload(lanthorn_client, _study_files()[2])
     response = lanthorn_client.post(f"/instances/{uploaded['ID']}/anonymize", json={
@@ -348,6 +370,26 @@ def test_anonymize_keep_replace_remove_and_private_tags(lanthorn_client: Any) ->
     assert str(anonymized.PatientName) == "Chosen^Name" and "Modality" not in anonymized
     assert anonymized[0x00091001].value == "PRIVATE-PHI"
     assert anonymized.StudyInstanceUID != STUDY  # anonymization renews every level's UIDs
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm",
+                                  "image_dfl.dcm", "MR_small_bigendian.dcm", "rtplan.dcm",
+                                  "test-SR.dcm", "waveform_ecg.dcm"])
+def test_anonymize_real_files_keeps_their_pixels_and_syntax(lanthorn_client: Any,
+                                                            name: str) -> None:
+    original = pydicom.dcmread(get_testdata_file(name))
+    uploaded = _upload(lanthorn_client, Path(get_testdata_file(name)).read_bytes())
+    response = lanthorn_client.post(f"/instances/{uploaded['ID']}/anonymize", json={})
+    assert response.status_code == 200, response.text
+    anonymized = pydicom.dcmread(io.BytesIO(response.content))
+    assert anonymized.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+    assert anonymized.SOPInstanceUID != original.SOPInstanceUID
+    assert anonymized.PatientName != original.get("PatientName") and \
+        anonymized.PatientIdentityRemoved == "YES"
+    if "PixelData" in original:
+        assert anonymized.PixelData == original.PixelData
+    stored = lanthorn_client.post(f"/studies/{uploaded['ParentStudy']}/anonymize", json={})
+    assert stored.status_code == 200, stored.text
 
 
 def test_bulk_modify_anonymize_and_delete(lanthorn_client: Any) -> None:

@@ -106,7 +106,7 @@ PROFILE: dict[int, Action] = {
 }
 
 #: What Lanthorn writes in De-identification Method (0012,0063).
-METHOD = "Lanthorn - PS 3.15 Table E.1-1 Basic Profile"
+METHOD = "PS 3.15 Table E.1-1 Basic Profile"
 
 
 def action_of(tag: int) -> Action:

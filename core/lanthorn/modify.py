@@ -65,6 +65,8 @@ _DUMMIES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000
             "IS": "0", "DS": "0"}
 _NUMBERS = {"US": int, "SS": int, "UL": int, "SL": int, "UV": int, "SV": int,
             "FL": float, "FD": float}
+#: File meta elements naming the sender or holding private data (PS3.10 7.1).
+_META_SOURCES = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 _BINARY = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
 Progress = Callable[[float], None]
@@ -310,6 +312,9 @@ class Modifier:
             self._new_identifiers(dataset)
         if dataset.file_meta is not None and "SOPInstanceUID" in dataset:
             dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+            if request.anonymize:  # who sent the file, and private meta, may identify
+                for tag in _META_SOURCES:
+                    dataset.file_meta.pop(tag, None)
 
     def new_uid(self, original: str) -> str:
         """The new UID of ``original``: the same one throughout the operation."""
@@ -380,7 +385,7 @@ class Modifier:
         request = self.request
         for tag, value, vr in ((PATIENT_ID, patient_id, "LO"), (PATIENT_NAME, name, "PN"),
                                (PATIENT_IDENTITY_REMOVED, "YES", "CS"),
-                               (DEIDENTIFICATION_METHOD, f"{METHOD} (Lanthorn {__version__})",
+                               (DEIDENTIFICATION_METHOD, f"Lanthorn {__version__} - {METHOD}",
                                 "LO")):
             if not request.kept(tag):
                 dataset[tag] = DataElement(tag, vr, value)
