@@ -253,6 +253,7 @@ def test_replace_a_sequence_and_non_ascii_values(lanthorn_client: Any) -> None:
     ("studies", {"Remove": ["Sequence[x].PatientName"]}, "invalid tag path"),
     ("studies", {"Replace": {"StudyDescription": 5}}, 'the value of "StudyDescription"'),
     ("studies", {"Replace": {"Rows": "many"}}, "cannot set 00280010 (US)"),
+    ("studies", {"Replace": {"StudyID": "longer than sixteen"}}, "cannot set 00200010 (SH)"),
     ("studies", {"Replace": {"StudyDescription": "x"}, "Asynchronous": True}, "jobs"),
     ("studies", {"Replace": {"StudyDescription": "x"}, "Transcode": "1.2.840.10008.1.2"},
      '"Transcode" is not available yet'),

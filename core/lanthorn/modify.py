@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pydicom
+import pydicom.config
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -367,13 +368,14 @@ class Modifier:
         return self.new_uid(str(value)) if value else value
 
     def _dummy(self, element: DataElement) -> Any:
-        if element.VR == "UI":
+        vr = element.VR.split(" or ")[0]
+        if vr == "UI":
             return self._mapped(element.value)
-        if element.VR in _NUMBERS:
+        if vr in _NUMBERS or vr == "AT":
             return 0
-        if element.VR in _BINARY:
+        if vr in _BINARY:
             return b"\0\0"
-        return _DUMMIES.get(element.VR, "ANONYMIZED")
+        return _DUMMIES.get(vr, "ANONYMIZED")
 
     def _pseudonymize(self, dataset: Dataset) -> None:
         """New PatientID and PatientName (one per original patient), and the marks of
@@ -397,8 +399,9 @@ class Modifier:
 
     def _replace(self, dataset: Dataset, tag: int, value: Any) -> None:
         vr = dataset[tag].VR if tag in dataset else self._vr(dataset, tag)
-        try:
-            dataset[tag] = DataElement(tag, vr, self._value(vr, value))
+        try:  # an invalid value (too long for its VR...) is the client's error
+            dataset[tag] = DataElement(tag, vr, self._value(vr, value),
+                                       validation_mode=pydicom.config.RAISE)
         except (ValueError, TypeError, binascii.Error) as exc:
             raise BadRequest(f"cannot set {tag:08X} ({vr}) to {value!r}: {exc}") from None
         if isinstance(value, str) and not value.isascii() and \
@@ -482,7 +485,8 @@ def run(server: Server, request: ModifyRequest, progress: Progress = lambda _: N
                 _undo(server, stored)
                 raise
             failed += 1
-            log.warning("could not modify instance %s: %s", instance, exc.message)
+            # Not the message: it may quote values, and logs must not show PHI.
+            log.warning("could not modify instance %s: %s", instance, exc.orthanc_error)
         progress(done / len(instances))
     if not stored:
         raise BadRequest("no instance could be modified")
