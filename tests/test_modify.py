@@ -219,6 +219,14 @@ def test_private_tags_with_a_private_creator(lanthorn_client: Any) -> None:
     assert changed[0x00111001].value == b"note" and changed[0x00111002].value == b"\0\1\2"
 
 
+@pytest.mark.lanthorn_config(DefaultPrivateCreator="SITE CREATOR")
+def test_default_private_creator_from_the_configuration(lanthorn_client: Any) -> None:
+    uploaded = _upload(lanthorn_client, make_instance())
+    response = lanthorn_client.post(f"/instances/{uploaded['ID']}/modify",
+                                    json={"Replace": {"0013,1001": "x"}})
+    assert pydicom.dcmread(io.BytesIO(response.content))[0x00130010].value == "SITE CREATOR"
+
+
 def test_replace_a_sequence_and_non_ascii_values(lanthorn_client: Any) -> None:
     uploaded = _upload(lanthorn_client, make_instance())
     response = lanthorn_client.post(f"/instances/{uploaded['ID']}/modify", json={

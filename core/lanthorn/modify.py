@@ -169,9 +169,6 @@ def parse_request(server: Server, body: Any, *, anonymize: bool, level: Level | 
     """Check a body as Orthanc does (``Force`` for identifiers...); raise BadRequest."""
     if not isinstance(body, dict):
         raise BadRequest("The body must contain a JSON object")
-    if body.get("Asynchronous") is True or body.get("Synchronous") is False:
-        raise BadRequest("Asynchronous modifications need jobs, which are not available yet: "
-                         "ask for a synchronous answer")
     if body.get("Transcode"):
         raise BadRequest('"Transcode" is not available yet in modifications: it comes with '
                          "the transcoding service")

@@ -28,6 +28,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..dicom import header_value
@@ -523,13 +524,17 @@ class SqlIndex:
         if found is not None:
             return found
         candidate = make()  # outside the transaction: ``make`` may write (a counter)
-        with self.write() as conn:  # look again: another request may have made one
-            found = conn.scalar(select(p.pseudonym).where(*key))
-            if found is None:
-                conn.execute(insert(s.pseudonyms).values(
-                    scope=scope, kind=kind, original=original, pseudonym=candidate,
-                    patient=patient, created=time.time()))
-            return found or candidate
+        try:
+            with self.write() as conn:  # look again: another request may have made one
+                found = conn.scalar(select(p.pseudonym).where(*key))
+                if found is None:
+                    conn.execute(insert(s.pseudonyms).values(
+                        scope=scope, kind=kind, original=original, pseudonym=candidate,
+                        patient=patient, created=time.time()))
+                return found or candidate
+        except IntegrityError:  # PostgreSQL: a concurrent transaction inserted it first
+            with self.read() as conn:
+                return conn.scalar(select(p.pseudonym).where(*key))
 
     def pseudonyms_of(self, scope: str, *, patient: str | None = None,
                       pseudonym: str | None = None) -> list[dict[str, str]]:

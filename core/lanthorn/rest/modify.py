@@ -39,7 +39,17 @@ def resource_endpoint(*, anonymize: bool):  # noqa: ANN201 - a Starlette endpoin
     return endpoint
 
 
+def _synchronous(body: Any) -> None:
+    """``Asynchronous`` answers a job; jobs are not there yet (``modify.run`` is what a
+    job will run)."""
+    if isinstance(body, dict) and (body.get("Asynchronous") is True
+                                   or body.get("Synchronous") is False):
+        raise BadRequest("Asynchronous modifications need jobs, which are not available yet: "
+                         "ask for a synchronous answer")
+
+
 def _resource(request: Request, body: Any, anonymize: bool) -> Response:
+    _synchronous(body)
     server = server_of(request)
     level = level_of(request)
     resource = resource_of(request, level)
@@ -62,6 +72,7 @@ def bulk_endpoint(*, anonymize: bool):  # noqa: ANN201 - a Starlette endpoint
 
 
 def _bulk(request: Request, body: Any, anonymize: bool) -> Response:
+    _synchronous(body)
     server = server_of(request)
     parsed = modify.parse_request(server, body, anonymize=anonymize, origin=_origin(request))
     return answer(modify.run(server, parsed))
