@@ -429,6 +429,20 @@ def test_bulk_modify_anonymize_and_delete(lanthorn_client: Any) -> None:
     assert _error(lanthorn_client.post("/tools/bulk-delete", json={"Resources": ["x"]}), 404)
 
 
+def test_bulk_level_maps_uids_across_resources(lanthorn_client: Any) -> None:
+    """Two instances given separately, modified at study level: one new study."""
+    _study(lanthorn_client)
+    response = lanthorn_client.post("/tools/bulk-modify", json={
+        "Resources": [_id(SOPS[0]), _id(SOPS[2])], "Level": "Study",
+        "Replace": {"StudyDescription": "split"}})
+    assert response.status_code == 200, response.text
+    studies = [r for r in response.json()["Resources"] if r["Type"] == "Study"]
+    assert len(studies) == 1
+    assert len(lanthorn_client.get(f"/studies/{studies[0]['ID']}/series").json()) == 2
+    assert "Level" in _error(lanthorn_client.post("/tools/bulk-modify", json={
+        "Resources": [_id(SOPS[0])], "Level": "Galaxy"}))
+
+
 def test_profile_table_is_read_from_the_standard() -> None:
     """A few rows checked by hand against PS3.15 Table E.1-1, and the range rules."""
     assert PROFILE[0x00100010] is Action.EMPTY          # Patient's Name: Z
