@@ -68,6 +68,7 @@ def _study_files() -> list[bytes]:
         if number == 2:
             observer = Dataset()
             observer.VerifyingObserverName = "Observer^Secret"
+            observer.CodeMeaning = "Secret meaning"  # not in the table, in a D sequence
             tags["ReferencedImageSequence"] = Sequence([_reference(SOPS[0])])
             tags["VerifyingObserverSequence"] = Sequence([observer])
         files.append(make_instance(**tags))
@@ -319,7 +320,8 @@ def test_anonymize_study_applies_the_basic_profile(lanthorn_client: Any) -> None
     assert result["IsAnonymization"] is True and result["InstancesCount"] == 3
     files = _files(lanthorn_client, result["ID"])
     for data in files:  # no identifying value anywhere in the bytes (nested, private, meta)
-        for value in [*PHI.values(), "PRIVATE-PHI", "Observer^Secret", STUDY, *SERIES, *SOPS]:
+        for value in [*PHI.values(), "PRIVATE-PHI", "Observer^Secret", "Secret meaning", STUDY,
+                      *SERIES, *SOPS]:
             assert value.encode() not in data, value
     datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
     by_number = {d.InstanceNumber: d for d in datasets}
@@ -375,7 +377,9 @@ def test_anonymize_keep_replace_remove_and_private_tags(lanthorn_client: Any) ->
     assert response.status_code == 200
     anonymized = pydicom.dcmread(io.BytesIO(response.content))
     assert anonymized.StudyDescription == PHI["StudyDescription"]
-    assert anonymized.VerifyingObserverSequence[0].VerifyingObserverName == "Observer^Secret"
+    kept_item = anonymized.VerifyingObserverSequence[0]
+    assert kept_item.VerifyingObserverName == "Observer^Secret"
+    assert "CodeMeaning" not in kept_item  # the sequence keeps only what Keep names
     assert str(anonymized.PatientName) == "Chosen^Name" and "Modality" not in anonymized
     assert anonymized[0x00091001].value == "PRIVATE-PHI"
     assert anonymized.StudyInstanceUID != STUDY  # anonymization renews every level's UIDs

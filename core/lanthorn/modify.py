@@ -331,27 +331,35 @@ class Modifier:
 
     # -- anonymization --
 
-    def _deidentify(self, dataset: Dataset, trail: tuple[tuple[int, int], ...]) -> None:
-        """Apply the Basic Profile at every depth, except to what ``Keep`` names."""
+    def _deidentify(self, dataset: Dataset, trail: tuple[tuple[int, int], ...],
+                    only_kept: bool = False) -> None:
+        """Apply the Basic Profile at every depth, except to what ``Keep`` names.
+
+        A sequence the profile would remove or empty, but that a ``Keep`` path goes
+        through, keeps only what the paths name (``only_kept``).
+        """
         keep = self.request.keep
         for tag in list(dataset.keys()):
             element = dataset[tag]
             if any(p.matches(trail, tag) for p in keep):
                 continue
-            action = action_of(tag)
-            if tag.is_private and self.request.keep_private_tags:
+            action = Action.REMOVE if only_kept else action_of(tag)
+            if tag.is_private and self.request.keep_private_tags and not only_kept:
                 action = Action.KEEP
-            passing = any(p.leads_through((*trail, (tag, i))) for p in keep
-                          for i in range(len(element.value or []))) if element.VR == "SQ" \
-                else False
-            if action is Action.REMOVE and not passing:
+            items = list(element.value or []) if element.VR == "SQ" else []
+            passing = any(p.leads_through((*trail, (tag, number)))
+                          for p in keep for number in range(len(items)))
+            if passing:
+                strict = action in (Action.REMOVE, Action.EMPTY, Action.DUMMY)
+                for number, item in enumerate(items):
+                    self._deidentify(item, (*trail, (tag, number)), strict)
+            elif action is Action.REMOVE:
                 del dataset[tag]
             elif element.VR == "SQ":
-                if action in (Action.EMPTY, Action.DUMMY) and not passing:
+                if action in (Action.EMPTY, Action.DUMMY):
                     element.value = Sequence()
-                else:
-                    for number, item in enumerate(element.value or []):
-                        self._deidentify(item, (*trail, (tag, number)))
+                for number, item in enumerate(element.value or []):
+                    self._deidentify(item, (*trail, (tag, number)))
             elif action is Action.EMPTY:
                 element.value = None
             elif action is Action.DUMMY:

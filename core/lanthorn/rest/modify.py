@@ -6,7 +6,7 @@ thread, and shape the answer (a DICOM file for one instance, Orthanc's JSON othe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -18,6 +18,9 @@ from ..errors import BadRequest
 from ..model import Level
 from ..types import Origin
 from .common import answer, json_body, level_of, resource_of, server_of, text
+
+if TYPE_CHECKING:
+    from ..index.sql import SqlIndex
 
 
 async def _body(request: Request) -> Any:
@@ -93,19 +96,26 @@ async def pseudonyms(request: Request) -> Response:
     body = await _body(request)
     if not isinstance(body, dict):
         raise BadRequest("The body must contain a JSON object")
-    scope, patient, pseudonym = body.get("Scope", ""), body.get("PatientID"), body.get("Pseudonym")
-    if not isinstance(scope, str) or not isinstance(body.get("Delete", False), bool):
+    scope, delete = body.get("Scope", ""), body.get("Delete", False)
+    if not isinstance(scope, str) or not isinstance(delete, bool):
         raise BadRequest('"Scope" must be a string and "Delete" a boolean')
-    if [patient, pseudonym].count(None) != 1 or not isinstance(patient or pseudonym, str):
+    patient, pseudonym = body.get("PatientID"), body.get("Pseudonym")
+    given = patient if pseudonym is None else pseudonym
+    if [patient, pseudonym].count(None) != 1 or not isinstance(given, str):
         raise BadRequest('give either "PatientID" (the original) or "Pseudonym" (a string)')
-    index = server_of(request).index
-    rows = await run_in_threadpool(index.pseudonyms_of, scope, patient=patient,
-                                   pseudonym=pseudonym)
+    return answer(await run_in_threadpool(_pseudonyms, server_of(request).index, scope,
+                                          patient, pseudonym, delete))
+
+
+def _pseudonyms(index: SqlIndex, scope: str, patient: str | None, pseudonym: str | None,
+                delete: bool) -> dict[str, Any]:
+    rows = index.pseudonyms_of(scope, patient=patient, pseudonym=pseudonym)
     deleted = 0
-    if body.get("Delete") is True and rows:
-        original = next(r["Original"] for r in rows if r["Kind"] == "PatientID")
-        deleted = await run_in_threadpool(index.delete_pseudonyms, scope, original)
-    return answer({"Scope": scope, "Mappings": rows, "Deleted": deleted})
+    if delete and rows:
+        original = patient if patient is not None else \
+            next(r["Original"] for r in rows if r["Kind"] == "PatientID")  # found by it
+        deleted = index.delete_pseudonyms(scope, original)
+    return {"Scope": scope, "Mappings": rows, "Deleted": deleted}
 
 
 def routes() -> list[Route]:
