@@ -292,6 +292,10 @@ def test_malformed_json_unknown_resources_and_versions(lanthorn_client: Any) -> 
                                                          json={"DicomVersion": "1999"}))
     assert lanthorn_client.post(f"/studies/{study}/anonymize",
                                 json={"DicomVersion": "2021b"}).status_code == 200
+    # Client libraries send null for options they leave to the server.
+    assert lanthorn_client.post(f"/studies/{study}/anonymize", json={
+        "DicomVersion": None, "PrivateCreator": None, "Asynchronous": False, "Priority": 0,
+        "Remove": [], "Replace": {}, "Keep": [], "Force": False}).status_code == 200
     assert "Resources" in _error(lanthorn_client.post("/tools/bulk-modify", json={}))
     assert "no resource" in _error(lanthorn_client.post(
         "/tools/bulk-anonymize", json={"Resources": ["nope"]}), 404)

@@ -169,6 +169,7 @@ def parse_request(server: Server, body: Any, *, anonymize: bool, level: Level | 
     """Check a body as Orthanc does (``Force`` for identifiers...); raise BadRequest."""
     if not isinstance(body, dict):
         raise BadRequest("The body must contain a JSON object")
+    body = {key: value for key, value in body.items() if value is not None}  # as clients send
     if body.get("Transcode"):
         raise BadRequest('"Transcode" is not available yet in modifications: it comes with '
                          "the transcoding service")
