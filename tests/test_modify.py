@@ -21,8 +21,11 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine
 
+from lanthorn import modify
 from lanthorn.deidentify import PROFILE, Action, action_of
 from lanthorn.index import schema, upgrade
+from lanthorn.model import Level, public_id
+from lanthorn.server import Server
 from lanthorn.testing import ServerProcess, make_instance
 
 STUDY = generate_uid()
@@ -163,8 +166,6 @@ def test_modify_study_gives_one_new_uid_per_original_uid(lanthorn_client: Any) -
 
 def _id(sop: str) -> str:
     """The public ID of an instance of the test study."""
-    from lanthorn.model import public_id
-
     return public_id(PHI["PatientID"], STUDY, SERIES[1] if sop == SOPS[2] else SERIES[0], sop)
 
 
@@ -449,6 +450,30 @@ def test_bulk_level_maps_uids_across_resources(lanthorn_client: Any) -> None:
     assert len(lanthorn_client.get(f"/studies/{studies[0]['ID']}/series").json()) == 2
     assert "Level" in _error(lanthorn_client.post("/tools/bulk-modify", json={
         "Resources": [_id(SOPS[0])], "Level": "Galaxy"}))
+
+
+def test_an_interrupted_operation_resumes_from_its_state(lanthorn_server: Server,
+                                                        lanthorn_client: Any) -> None:
+    """What a job does across a restart: save ``state``, pass it back, finish once."""
+    first = _study(lanthorn_client)
+    request = modify.parse_request(lanthorn_server, {"Replace": {"StudyDescription": "r"}},
+                                   anonymize=False, level=Level.STUDY,
+                                   resource=first["ParentStudy"])
+    state: dict[str, Any] = {}
+
+    def stop_after_two(fraction: float) -> None:
+        if state["Done"] == 2:
+            raise InterruptedError("shutdown")
+
+    with pytest.raises(InterruptedError):
+        modify.run(lanthorn_server, request, stop_after_two, state)
+    checkpoint = json.loads(json.dumps(state))  # as a job keeps it in the index
+    fractions: list[float] = []
+    result = modify.run(lanthorn_server, request, fractions.append, checkpoint)
+    assert fractions == [1.0] and result["InstancesCount"] == 3
+    datasets = _datasets(lanthorn_client, result["ID"])
+    assert len(datasets) == 3 and len({d.StudyInstanceUID for d in datasets}) == 1
+    assert _count(lanthorn_client) == 6
 
 
 def test_profile_table_is_read_from_the_standard() -> None:

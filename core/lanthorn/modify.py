@@ -38,7 +38,7 @@ from .ingest import DICOM_ATTACHMENT
 from .model import IDENTIFIER_KEYWORDS, ChangeType, Level, parse_tag
 from .pseudonyms import PseudonymPolicy, Pseudonyms, parse_policy
 from .storage import read_all
-from .types import Origin, StoredInstance
+from .types import Origin
 
 if TYPE_CHECKING:
     from .server import Server
@@ -283,13 +283,16 @@ def _check_identifiers(body: dict[str, Any], level: Level, anonymize: bool,
 class Modifier:
     """Changes datasets for one operation; remembers new UIDs and patient pseudonyms."""
 
-    def __init__(self, server: Server, request: ModifyRequest) -> None:
+    def __init__(self, server: Server, request: ModifyRequest,
+                 state: dict[str, Any] | None = None) -> None:
+        """``state`` holds the maps (JSON-able): a resumed operation passes it back."""
         self.request = request
         self.pseudonyms = Pseudonyms(server.index, request.pseudonyms) \
             if request.pseudonyms else None
         self.server = server
-        self.uids: dict[str, str] = {}
-        self.patients: dict[str, tuple[str, str]] = {}
+        state = {} if state is None else state
+        self.uids: dict[str, str] = state.setdefault("Uids", {})
+        self.patients: dict[str, list[str]] = state.setdefault("Patients", {})
         self._patient = ""
 
     def apply(self, dataset: Dataset) -> None:
@@ -387,8 +390,8 @@ class Modifier:
         """New PatientID and PatientName (one per original patient), and the marks of
         de-identification (PS3.15 E.1.1)."""
         if self._patient not in self.patients:
-            self.patients[self._patient] = self.pseudonyms.patient(self._patient) \
-                if self.pseudonyms else (str(uuid.uuid4()), self._anonymous_name())
+            self.patients[self._patient] = list(self.pseudonyms.patient(self._patient)) \
+                if self.pseudonyms else [str(uuid.uuid4()), self._anonymous_name()]
         patient_id, name = self.patients[self._patient]
         request = self.request
         for tag, value, vr in ((PATIENT_ID, patient_id, "LO"), (PATIENT_NAME, name, "PN"),
@@ -472,34 +475,54 @@ def _changed(server: Server, modifier: Modifier, instance_id: int) -> bytes:
     return buffer.getvalue()
 
 
-def run(server: Server, request: ModifyRequest, progress: Progress = lambda _: None
-        ) -> dict[str, Any]:
+def run(server: Server, request: ModifyRequest, progress: Progress = lambda _: None,
+        state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Carry out a modification: store the changed instances, then record where they
     came from; answer Orthanc's JSON. A failure (without ``Permissive``) removes what
-    this operation stored and leaves the originals as they were."""
+    this operation stored and leaves the originals as they were.
+
+    ``state`` (JSON-able) is updated before each progress report: the instances planned
+    and done, the new UIDs, what was stored. A job saves it as its checkpoint and passes
+    it back to resume after a restart with the same UIDs, without doing anything twice.
+    """
+    state = {} if state is None else state
     resources = [_lookup(server, public_id) for public_id in request.resources]
-    instances = list(dict.fromkeys(_instances(server, resources)))
-    modifier = Modifier(server, request)
-    stored: list[tuple[StoredInstance, int]] = []
-    failed = 0
-    for done, instance in enumerate(instances, 1):
+    if "Instances" not in state:  # planned once: new instances may join these resources
+        state.update(Instances=list(dict.fromkeys(_instances(server, resources))), Done=0,
+                     Stored=[], Failed=0)
+    modifier = Modifier(server, request, state)
+    instances = state["Instances"]
+    for position in range(state["Done"], len(instances)):
         try:
-            stored.append((server.ingest.store(_changed(server, modifier, instance),
-                                               request.origin), instance))
+            stored = server.ingest.store(_changed(server, modifier, instances[position]),
+                                         request.origin)
+            state["Stored"].append([*stored.public_ids, stored.status, instances[position]])
         except LanthornError as exc:
             if not request.permissive:
-                _undo(server, stored)
+                _undo(server, state["Stored"])
                 raise
-            failed += 1
+            state["Failed"] += 1
             # Not the message: it may quote values, and logs must not show PHI.
-            log.warning("could not modify instance %s: %s", instance, exc.orthanc_error)
-        progress(done / len(instances))
-    if not stored:
+            log.warning("could not modify instance %s: %s", instances[position],
+                        exc.orthanc_error)
+        state["Done"] = position + 1
+        progress(state["Done"] / len(instances))
+    if not state["Stored"]:
         raise BadRequest("no instance could be modified")
-    _record(server, request, stored)
+    done = [Done(tuple(row[:4]), row[4], row[5]) for row in state["Stored"]]
+    _record(server, request, done)
     if not request.keep_source:
-        _remove_sources(server, resources, stored)
-    return _answer(request, stored, failed)
+        _remove_sources(server, resources, done)
+    return _answer(request, done, state["Failed"])
+
+
+@dataclass(frozen=True)
+class Done:
+    """One instance stored by an operation: its new public IDs, and the original's ID."""
+
+    public_ids: tuple[str, ...]
+    status: str
+    original: int
 
 
 def _lookup(server: Server, public_id: str) -> Resource:
@@ -514,54 +537,50 @@ def _instances(server: Server, resources: list[Resource]) -> Iterator[int]:
         yield from server.index.descendants(resource.id, Level.INSTANCE)
 
 
-def _undo(server: Server, stored: list[tuple[StoredInstance, int]]) -> None:
-    for instance, _ in stored:
-        if instance.status == "Success":
-            found = server.index.lookup(instance.id, Level.INSTANCE)
-            if found is not None:
-                server.delete(found)
+def _undo(server: Server, stored: list[list[Any]]) -> None:
+    for row in stored:
+        found = server.index.lookup(row[Level.INSTANCE], Level.INSTANCE)
+        if row[4] == "Success" and found is not None:
+            server.delete(found)
 
 
-def _record(server: Server, request: ModifyRequest,
-            stored: list[tuple[StoredInstance, int]]) -> None:
+def _record(server: Server, request: ModifyRequest, stored: list[Done]) -> None:
     """``ModifiedFrom`` / ``AnonymizedFrom`` on every new resource, labels if asked, and a
     change-log entry per new resource at the operation's level."""
     origins: dict[str, str] = {}
-    for instance, original in stored:
-        chain = [r.public_id for r in reversed(server.index.ancestors(original))]
+    for instance in stored:
+        chain = [r.public_id for r in reversed(server.index.ancestors(instance.original))]
         for new, old in zip(instance.public_ids, chain, strict=True):
             if new != old:
                 origins.setdefault(new, old)
     change = CHANGES.get((request.anonymize, request.level))
-    tops = dict.fromkeys(i.public_ids[request.level] for i, _ in stored)
+    tops = dict.fromkeys(i.public_ids[request.level] for i in stored)
     server.index.record_derivation(
         origins, "AnonymizedFrom" if request.anonymize else "ModifiedFrom",
         [(change, request.level, top) for top in tops if top in origins] if change else [],
         copy_labels=request.keep_labels)
 
 
-def _remove_sources(server: Server, resources: list[Resource],
-                    stored: list[tuple[StoredInstance, int]]) -> None:
+def _remove_sources(server: Server, resources: list[Resource], stored: list[Done]) -> None:
     """``KeepSource: false``: delete the originals, unless a change kept their identity."""
-    created = {public_id for instance, _ in stored for public_id in instance.public_ids}
+    created = {public_id for instance in stored for public_id in instance.public_ids}
     for resource in resources:
         if resource.public_id not in created and server.index.lookup(resource.public_id):
             server.delete(resource)
 
 
-def _answer(request: ModifyRequest, stored: list[tuple[StoredInstance, int]],
-            failed: int) -> dict[str, Any]:
+def _answer(request: ModifyRequest, stored: list[Done], failed: int) -> dict[str, Any]:
     answer: dict[str, Any] = {"Description": "REST API", "FailedInstancesCount": failed,
                               "InstancesCount": len(stored),
                               "IsAnonymization": request.anonymize}
-    first = stored[0][0].public_ids
+    first = stored[0].public_ids
     if not request.bulk:
         level = request.level
         return {**answer, "ID": first[level], "Path": f"/{level.plural}/{first[level]}",
                 "PatientID": first[Level.PATIENT], "Type": level.title}
     listed: dict[str, Level] = {}
     for level in reversed(Level):
-        for instance, _ in stored:
+        for instance in stored:
             listed.setdefault(instance.public_ids[level], level)
     answer["Resources"] = [{"ID": public_id, "Path": f"/{level.plural}/{public_id}",
                             "Type": level.title} for public_id, level in listed.items()]
