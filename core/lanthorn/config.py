@@ -264,6 +264,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("JobRetryDelay", 5.0, float, "Seconds before the first retry of such a job; "
            "each next retry waits twice as long, at most an hour (Lanthorn-specific)."),
     Option("DeidentifyLogs", True, bool, "Hide patient-identifying values in logs."),
+    Option(
+        "DefaultPrivateCreator",
+        "",
+        str,
+        "Private creator of private tags set by /modify when the request names none.",
+    ),
+    Option(
+        "PersistentPseudonyms",
+        False,
+        (bool, dict),
+        "Anonymization reuses a patient's pseudonyms: false, true or "
+        '{"Scope": name, "Uids": bool} (Lanthorn-specific; see docs/anonymization.md).',
+    ),
     Option("MetricsEnabled", True, bool, "Collect metrics for /tools/metrics-prometheus."),
     Option(
         "UserMetadata",
@@ -603,7 +616,7 @@ def default_config_text() -> str:
 #: sets them loads with one notice instead of a warning per key.
 ORTHANC_ONLY_OPTIONS = frozenset({
     "BuiltinDecoderTranscoderOrder", "CheckRevisions",
-    "DefaultPrivateCreator", "DeidentifyLogsDicomVersion",
+    "DeidentifyLogsDicomVersion",
     "DicomAssociationCloseDelay", "DicomEchoChecksFind", "DicomLossyTranscodingQuality",
     "DicomModalitiesInDatabase", "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
     "DicomTlsRemoteCertificateRequired", "Dictionary", "ExecuteLuaEnabled",

@@ -13,6 +13,7 @@ from . import (
     jobs,
     labels,
     modalities,
+    modify,
     queries,
     resources,
     system,
@@ -35,10 +36,11 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *jobs.routes(),
             *queries.routes(),
             *commitment.routes(),
+            *modify.routes(),
             *tools.routes()]
 
 
 @hookimpl
 def register_job_types(server: Server) -> list[JobType]:
     return [archives.ARCHIVE_JOB_TYPE, archives.MEDIA_JOB_TYPE, modalities.STORE_JOB_TYPE,
-            *queries.RETRIEVE_JOB_TYPES]
+            *queries.RETRIEVE_JOB_TYPES, modify.JOB_TYPE]
