@@ -215,3 +215,43 @@ def test_silent_connections_take_no_association_slot(port: int) -> None:
     finally:
         for connection in silent:
             connection.close()
+
+
+PRIVATE_SOP_CLASS = "1.3.6.1.4.1.99999.1.1"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def private_instance() -> Any:
+    dataset = pydicom.dcmread(io.BytesIO(make_instance()))
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = PRIVATE_SOP_CLASS
+    return dataset
+
+
+@pytest.mark.parametrize("accepted", [False, True])
+def test_unknown_sop_classes_are_stored_only_when_accepted(
+        lanthorn_config: Any, accepted: bool) -> None:
+    server = lanthorn.Server(lanthorn_config.with_overrides(
+        UnknownSopClassAccepted=accepted, AcceptedTransferSyntaxes=[ExplicitVRLittleEndian]),
+        load_entry_points=False)
+    dataset = private_instance()
+    try:
+        with listening(server):
+            ae = AE(SCU_AET)
+            ae.add_requested_context(PRIVATE_SOP_CLASS, JPEG_BASELINE)  # a refused syntax
+            ae.add_requested_context(PRIVATE_SOP_CLASS, ExplicitVRLittleEndian)
+            ae.add_requested_context(Verification)
+            association = ae.associate("127.0.0.1", server.config["DicomPort"],
+                                       ae_title="LANTHORN")
+            contexts = [(c.abstract_syntax, c.transfer_syntax[0])
+                        for c in association.accepted_contexts
+                        if c.abstract_syntax == PRIVATE_SOP_CLASS]
+            if accepted:  # AcceptedTransferSyntaxes still hold
+                assert contexts == [(PRIVATE_SOP_CLASS, ExplicitVRLittleEndian)]
+                assert association.send_c_store(dataset).Status == 0x0000
+            else:
+                assert contexts == []
+            association.release()
+        stored = server.index.lookup_identifier(dataset.SOPInstanceUID)
+        assert len(stored) == accepted
+    finally:
+        server.close()

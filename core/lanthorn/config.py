@@ -276,6 +276,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("HttpTimeout", 60, int, "Seconds before an outgoing HTTP request to a peer times out."),
     Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name."),
     # Jobs and miscellaneous
+    Option("StorageCommitmentReportsSize", 100, int, "Storage commitment transactions "
+           "kept (/storage-commitment); the oldest are forgotten first."),
     Option("QueryRetrieveSize", 100, int, "Answers of remote queries (/queries) kept; the "
            "oldest are forgotten first."),
     Option("SaveJobs", True, bool, "Store jobs in the index so they survive a restart."),
@@ -286,6 +288,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("JobRetryDelay", 5.0, float, "Seconds before the first retry of such a job; "
            "each next retry waits twice as long, at most an hour (Lanthorn-specific)."),
     Option("DeidentifyLogs", True, bool, "Hide patient-identifying values in logs."),
+    Option(
+        "DefaultPrivateCreator",
+        "",
+        str,
+        "Private creator of private tags set by /modify when the request names none.",
+    ),
+    Option(
+        "PersistentPseudonyms",
+        False,
+        (bool, dict),
+        "Anonymization reuses a patient's pseudonyms: false, true or "
+        '{"Scope": name, "Uids": bool} (Lanthorn-specific; see docs/anonymization.md).',
+    ),
     Option("MetricsEnabled", True, bool, "Collect metrics for /tools/metrics-prometheus."),
     Option(
         "UserMetadata",
@@ -625,7 +640,7 @@ def default_config_text() -> str:
 #: sets them loads with one notice instead of a warning per key.
 ORTHANC_ONLY_OPTIONS = frozenset({
     "BuiltinDecoderTranscoderOrder", "CheckRevisions",
-    "DefaultPrivateCreator", "DeidentifyLogsDicomVersion",
+    "DeidentifyLogsDicomVersion",
     "DicomAssociationCloseDelay", "DicomEchoChecksFind",
     "DicomModalitiesInDatabase", "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
     "DicomTlsRemoteCertificateRequired", "Dictionary", "ExecuteLuaEnabled",
@@ -635,7 +650,7 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "MaximumStorageCacheSize", "MediaArchiveSize",
     "OrthancExplorerEnabled", "OrthancPeersInDatabase", "SslCertificate",
     "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",
-    "StorageCommitmentReportsSize", "StoreDicom", "StoreMD5ForAttachments",
+    "StoreDicom", "StoreMD5ForAttachments",
     "SynchronousZipStream", "TranscodeDicomProtocol", "WebDavDeleteAllowed", "WebDavEnabled",
     "WebDavUploadAllowed", "ZipLoaderThreads",
 })

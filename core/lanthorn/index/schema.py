@@ -194,3 +194,32 @@ queries = Table(
     Column("created", Float, nullable=False),
     Index("ix_queries_created", "created"),
 )
+
+#: Storage commitment requests Lanthorn sent, and the reports that answered them.
+storage_commitments = Table(
+    "storage_commitments",
+    metadata,
+    Column("transaction_uid", String(64), primary_key=True),
+    Column("remote_aet", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # Pending, Success or Failure
+    Column("success", Text, nullable=False),  # JSON [[SOP class, SOP instance], ...]
+    Column("failures", Text, nullable=False),  # JSON [[SOP class, SOP instance, reason]]
+    Column("created", Float, nullable=False),
+    Index("ix_storage_commitments_created", "created"),
+)
+
+#: Persistent pseudonyms of anonymization (PHI: they link to real identities). ``kind``
+#: is PatientID, PatientName or UID; ``patient`` is the original PatientID each row
+#: belongs to, so that a patient's mapping can be looked up or forgotten at once.
+pseudonyms = Table(
+    "pseudonyms",
+    metadata,
+    Column("scope", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("original", String(256), primary_key=True),
+    Column("pseudonym", String(256), nullable=False),
+    Column("patient", String(256), nullable=False),
+    Column("created", Float, nullable=False),
+    Index("ix_pseudonyms_patient", "scope", "patient"),
+    Index("ix_pseudonyms_pseudonym", "scope", "kind", "pseudonym"),
+)

@@ -18,8 +18,8 @@ from starlette.routing import Route
 
 from ..dicom import parse_instance
 from ..dimse import scu
-from ..dimse.access import Modality, parse_modalities
-from ..errors import BadRequest, InexistentItem, UnknownResource
+from ..dimse.access import Modality, modality_named, parse_modalities
+from ..errors import BadRequest, UnknownResource
 from ..jobs import JobContext, JobType
 from ..model import Level
 from .common import answer, asynchronous, flag, job_answer, server_of
@@ -113,10 +113,7 @@ def store_report(server: Server, parameters: dict[str, Any],
 
 
 def named_modality(server: Server, name: str) -> Modality:
-    found = parse_modalities(server.config).get(name)
-    if found is None:
-        raise InexistentItem(f"No modality with symbolic name: {name}")
-    return found
+    return modality_named(server.config, name)
 
 
 def _instances(server: Server, public_ids: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from ..plugins import hookimpl
 from . import (
     archives,
+    commitment,
     create,
     find,
     images,
@@ -14,6 +15,7 @@ from . import (
     jobs,
     labels,
     modalities,
+    modify,
     queries,
     resources,
     system,
@@ -35,10 +37,12 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *modalities.routes(),
             *jobs.routes(),
             *queries.routes(),
+            *commitment.routes(),
+            *modify.routes(),
             *tools.routes()]
 
 
 @hookimpl
 def register_job_types(server: Server) -> list[JobType]:
     return [archives.ARCHIVE_JOB_TYPE, archives.MEDIA_JOB_TYPE, modalities.STORE_JOB_TYPE,
-            *queries.RETRIEVE_JOB_TYPES]
+            *queries.RETRIEVE_JOB_TYPES, modify.JOB_TYPE]
