@@ -36,6 +36,8 @@ import lanthorn
 from lanthorn import Origin
 from lanthorn.testing import free_port
 
+pytestmark = pytest.mark.all_index_backends
+
 MOVE = StudyRootQueryRetrieveInformationModelMove
 GET = StudyRootQueryRetrieveInformationModelGet
 

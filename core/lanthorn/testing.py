@@ -1,6 +1,7 @@
 """Pytest fixtures for Lanthorn and its plugins (published through ``pytest11``).
 
-- ``lanthorn_config``: a Config on a temporary folder and free ports;
+- ``lanthorn_config``: a Config on a temporary folder and free ports (and, for tests
+  marked ``all_index_backends``, on each index backend in turn: ``lanthorn_index_backend``);
 - ``lanthorn_server``: a Server built from it, without installed entry points (add
   plugins with ``@pytest.mark.lanthorn_plugins(module, ...)``), started and closed;
 - ``lanthorn_client``: an in-process HTTP client for that server's REST API;
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -86,10 +87,48 @@ def require_tool(name: str, package: str | None = None) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} is not installed (apt-get install {package or name})"
+    missing(f"{name} is not installed (apt-get install {package or name})")
+
+
+def missing(message: str) -> NoReturn:
+    """Skip a test that lacks something of this machine; fail it under CI instead."""
     if os.environ.get("LANTHORN_REQUIRE_TOOLS"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@dataclass(frozen=True)
+class IndexBackendUnderTest:
+    """An index backend for the tests: the options that select it (a fresh, empty
+    database) and the plugin objects an in-process server must load for it."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    plugins: tuple[object, ...] = ()
+
+
+#: Index backends that tests marked ``all_index_backends`` run on. A backend other than
+#: SQLite comes from its plugin's fixture ``lanthorn_index_backend_<name>``.
+TESTED_INDEX_BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("all_index_backends") \
+            and "lanthorn_index_backend" in metafunc.fixturenames:
+        metafunc.parametrize("lanthorn_index_backend", TESTED_INDEX_BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def lanthorn_index_backend(request: pytest.FixtureRequest) -> IndexBackendUnderTest:
+    """SQLite, unless the test is parametrized over ``TESTED_INDEX_BACKENDS``."""
+    name = getattr(request, "param", "sqlite")
+    if name == "sqlite":
+        return IndexBackendUnderTest(name)
+    try:
+        return request.getfixturevalue(f"lanthorn_index_backend_{name}")
+    except pytest.FixtureLookupError:
+        missing(f"the {name} index backend is not installed (its plugin provides the "
+                f"fixture lanthorn_index_backend_{name})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -97,15 +136,20 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "lanthorn_plugins(*plugins): plugin objects the lanthorn_server loads")
     config.addinivalue_line(
         "markers", "lanthorn_config(**options): options the lanthorn_config fixture sets")
+    config.addinivalue_line(
+        "markers", "all_index_backends: run the test on every index backend "
+        "(TESTED_INDEX_BACKENDS), each on a throwaway database")
 
 
 @pytest.fixture
-def lanthorn_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+def lanthorn_config(request: pytest.FixtureRequest, tmp_path: Path,
+                    lanthorn_index_backend: IndexBackendUnderTest) -> Config:
     options: dict[str, Any] = {
         "StorageDirectory": str(tmp_path / "storage"),
         "HttpPort": free_port(),
         "DicomPort": free_port(),
         "StableAge": 1,
+        **lanthorn_index_backend.options,
     }
     for marker in request.node.iter_markers("lanthorn_config"):
         options = {**options, **marker.kwargs}
@@ -113,8 +157,10 @@ def lanthorn_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-def lanthorn_server(request: pytest.FixtureRequest, lanthorn_config: Config) -> Iterator[Server]:
-    plugins = [p for m in request.node.iter_markers("lanthorn_plugins") for p in m.args]
+def lanthorn_server(request: pytest.FixtureRequest, lanthorn_config: Config,
+                    lanthorn_index_backend: IndexBackendUnderTest) -> Iterator[Server]:
+    plugins = [*lanthorn_index_backend.plugins,
+               *(p for m in request.node.iter_markers("lanthorn_plugins") for p in m.args)]
     server = Server(lanthorn_config, load_entry_points=False, plugins=plugins)
     server.start()
     try:
