@@ -128,7 +128,11 @@ class Server:
         self.plugins.hook.shutdown(server=self)
 
     def close(self) -> None:
+        """Close the index, and the storage area if it has connections to close."""
         self.index.close()
+        close_storage = getattr(self.storage, "close", None)
+        if close_storage is not None:
+            close_storage()
 
 
 def _by_name(batches: list[list[_Factory]]) -> dict[str, _Factory]:

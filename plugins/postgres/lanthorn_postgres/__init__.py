@@ -75,11 +75,3 @@ def register_commands(parser: argparse.ArgumentParser) -> list[Command]:
 
     return [Command("postgres", "PostgreSQL tools: import-sqlite", run, configure)]
 
-
-@hookimpl
-def shutdown(server: Server) -> None:
-    """Close the storage area's connections (the core closes the index's itself)."""
-    from .storage import PostgresStorage
-
-    if isinstance(server.storage, PostgresStorage):
-        server.storage.engine.dispose()

@@ -34,6 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     importer.add_argument("--sqlite", metavar="FILE",
                           help=f"the SQLite index (default: {INDEX_FILE} in IndexDirectory, "
                                "else StorageDirectory)")
+    # Also after the tool's name (the core gives ``lanthorn postgres --config``).
+    importer.add_argument("--config", metavar="FILE|FOLDER", default=argparse.SUPPRESS,
+                          help="configuration file or folder (default: $LANTHORN_CONFIG)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -64,14 +64,18 @@ class PostgresStorage:
             conn.execute(text(f"SELECT pg_advisory_xact_lock({WRITER_LOCK})"))
             metadata.create_all(conn)
 
+    def close(self) -> None:
+        self.engine.dispose()
+
     def write(self, uuid: str, data: bytes) -> None:
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(files), {"uuid": uuid, "size": len(data),
                                              "written": time.time()})
-                conn.execute(insert(chunks), [
-                    {"uuid": uuid, "number": n, "data": data[start:start + CHUNK]}
-                    for n, start in enumerate(range(0, len(data), CHUNK))])
+                rows = [{"uuid": uuid, "number": n, "data": data[start:start + CHUNK]}
+                        for n, start in enumerate(range(0, len(data), CHUNK))]
+                if rows:  # an empty file has no chunk
+                    conn.execute(insert(chunks), rows)
         except OperationalError as exc:
             if getattr(exc.orig, "sqlstate", None) == DISK_FULL:
                 raise StorageFull(f"the PostgreSQL storage area is full: {exc.orig}") from exc
@@ -94,8 +98,9 @@ class PostgresStorage:
 
     def scan(self) -> Iterator[tuple[str, float]]:
         with self.engine.connect() as conn:
-            yield from conn.execute(select(files.c.uuid, files.c.written)
-                                    .order_by(files.c.uuid)).tuples()
+            for uuid, written in conn.execute(select(files.c.uuid, files.c.written)
+                                              .order_by(files.c.uuid)):
+                yield uuid, written
 
     def temporary(self) -> Iterator[tuple[str, float]]:
         """None: a write is one transaction, so an unfinished one leaves nothing."""
