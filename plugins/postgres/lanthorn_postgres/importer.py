@@ -13,12 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from sqlalchemy import Connection, func, insert, select, text
+
 from lanthorn.builtin.sqlite import INDEX_FILE, sqlite_engine
 from lanthorn.config import load_config
 from lanthorn.errors import LanthornError
 from lanthorn.index import SqlIndex, schema, upgrade
 from lanthorn.storage import FilesystemStorage
-from sqlalchemy import Connection, func, insert, select, text
 
 from . import open_index, open_storage
 from .settings import SECTION, Settings

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lanthorn.config import ConfigError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from lanthorn.config import ConfigError
 
 SECTION = "PostgreSQL"
 DRIVER = "postgresql+psycopg"

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from lanthorn.errors import InexistentItem, StorageFull
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -31,6 +30,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import OperationalError
+
+from lanthorn.errors import InexistentItem, StorageFull
 
 from .engine import WRITER_LOCK
 
@@ -98,9 +99,8 @@ class PostgresStorage:
 
     def scan(self) -> Iterator[tuple[str, float]]:
         with self.engine.connect() as conn:
-            for uuid, written in conn.execute(select(files.c.uuid, files.c.written)
-                                              .order_by(files.c.uuid)):
-                yield uuid, written
+            yield from conn.execute(select(files.c.uuid, files.c.written)
+                                    .order_by(files.c.uuid))
 
     def temporary(self) -> Iterator[tuple[str, float]]:
         """None: a write is one transaction, so an unfinished one leaves nothing."""

@@ -16,13 +16,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lanthorn.testing import IndexBackendUnderTest, missing
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 import lanthorn_postgres
+from lanthorn.testing import IndexBackendUnderTest, missing
 
 from .settings import DRIVER, Settings
 

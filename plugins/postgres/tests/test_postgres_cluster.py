@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx2
 import pytest
+
 from lanthorn.testing import ServerProcess, free_port, make_instance
 
 RECORDER = Path(__file__).with_name("recorder.py")

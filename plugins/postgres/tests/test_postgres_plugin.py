@@ -11,8 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import lanthorn_postgres
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from starlette.testclient import TestClient
+
+import lanthorn_postgres
 from lanthorn import Server
 from lanthorn.config import Config, ConfigError
 from lanthorn.errors import InexistentItem
@@ -22,9 +26,6 @@ from lanthorn.testing import make_instance
 from lanthorn_postgres.engine import TRIGRAM_INDEXES
 from lanthorn_postgres.settings import Settings
 from lanthorn_postgres.storage import CHUNK, PostgresStorage
-from sqlalchemy import text
-from sqlalchemy.engine import URL
-from starlette.testclient import TestClient
 
 
 @pytest.fixture
