@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+from psycopg import IsolationLevel
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 
@@ -37,10 +38,11 @@ TRIGRAM_INDEXES = {
 
 
 def postgres_engine(settings: Settings) -> Engine:
-    """A pooled engine; ``pool_pre_ping`` replaces connections the server dropped."""
+    """A connection pool. No ping before each use (a round trip per transaction): when
+    the server drops connections (a restart), the statement that finds out fails and
+    SQLAlchemy replaces every pooled connection."""
     return create_engine(settings.url, pool_size=settings.maximum_connections // 2,
-                         max_overflow=settings.maximum_connections // 2,
-                         pool_pre_ping=True, pool_recycle=3600)
+                         max_overflow=settings.maximum_connections // 2, pool_recycle=3600)
 
 
 def index_engine(settings: Settings) -> Engine:
@@ -49,11 +51,15 @@ def index_engine(settings: Settings) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        if connection.get_execution_options().get("lanthorn_write"):
+        # psycopg opens the transaction with the next statement, as one
+        # "BEGIN ISOLATION LEVEL ..." command: no extra round trip for the settings.
+        dbapi = connection.connection.dbapi_connection
+        write = bool(connection.get_execution_options().get("lanthorn_write"))
+        dbapi.isolation_level = IsolationLevel.READ_COMMITTED if write \
+            else IsolationLevel.REPEATABLE_READ
+        dbapi.read_only = not write
+        if write:
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITER_LOCK})")
-        else:
-            connection.exec_driver_sql(
-                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
     return engine
 
