@@ -262,11 +262,8 @@ def test_metadata_can_be_set_read_and_deleted(lanthorn_client: Any,
 
 @pytest.mark.parametrize("compressed", [False, True])
 def test_file_byte_ranges(compressed: bool, lanthorn_config: Any,
-                          lanthorn_index_backend: Any) -> None:
-    from lanthorn.server import Server
-
-    config = lanthorn_config.with_overrides(StorageCompression=compressed)
-    server = Server(config, load_entry_points=False, plugins=lanthorn_index_backend.plugins)
+                          lanthorn_make_server: Any) -> None:
+    server = lanthorn_make_server(lanthorn_config.with_overrides(StorageCompression=compressed))
     data = CT_SMALL.read_bytes()
     try:
         with TestClient(server.app, client=("127.0.0.1", 1)) as client:

@@ -4,6 +4,7 @@
   marked ``all_index_backends``, on each index backend in turn: ``lanthorn_index_backend``);
 - ``lanthorn_server``: a Server built from it, without installed entry points (add
   plugins with ``@pytest.mark.lanthorn_plugins(module, ...)``), started and closed;
+- ``lanthorn_make_server``: builds more Servers like it (on another config, say);
 - ``lanthorn_client``: an in-process HTTP client for that server's REST API;
 - ``lanthorn_process``: a real ``lanthorn serve`` subprocess (uvicorn and the DICOM
   listener on loopback), for tests that need real sockets, signals or ``kill -9``;
@@ -23,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -157,11 +158,22 @@ def lanthorn_config(request: pytest.FixtureRequest, tmp_path: Path,
 
 
 @pytest.fixture
+def lanthorn_make_server(lanthorn_index_backend: IndexBackendUnderTest) -> Callable[..., Server]:
+    """``lanthorn_make_server(config, plugins=())``: a Server (not started; close it) without
+    installed entry points, with the plugins the test's index backend needs."""
+
+    def make(config: Config, plugins: Iterable[object] = ()) -> Server:
+        return Server(config, load_entry_points=False,
+                      plugins=[*lanthorn_index_backend.plugins, *plugins])
+
+    return make
+
+
+@pytest.fixture
 def lanthorn_server(request: pytest.FixtureRequest, lanthorn_config: Config,
-                    lanthorn_index_backend: IndexBackendUnderTest) -> Iterator[Server]:
-    plugins = [*lanthorn_index_backend.plugins,
-               *(p for m in request.node.iter_markers("lanthorn_plugins") for p in m.args)]
-    server = Server(lanthorn_config, load_entry_points=False, plugins=plugins)
+                    lanthorn_make_server: Callable[..., Server]) -> Iterator[Server]:
+    server = lanthorn_make_server(
+        lanthorn_config, [p for m in request.node.iter_markers("lanthorn_plugins") for p in m.args])
     server.start()
     try:
         yield server
