@@ -14,6 +14,7 @@ from lanthorn import Command, IndexBackendFactory, StorageAreaFactory, hookimpl
 from lanthorn.index import SqlIndex, upgrade
 
 from .engine import add_trigram_indexes, index_engine, postgres_engine
+from .notify import ChangeListener, notify_on_changes
 from .settings import SECTION, Settings
 
 if TYPE_CHECKING:
@@ -29,6 +30,9 @@ config_sections = (SECTION,)
 
 BACKEND = "postgresql"
 
+#: The LISTEN thread of each started server on this backend, by server identity.
+_listeners: dict[str, ChangeListener] = {}
+
 
 def settings_of(server: Server) -> Settings:
     return Settings.from_section(server.config.section(SECTION))
@@ -37,6 +41,7 @@ def settings_of(server: Server) -> Settings:
 def open_index(settings: Settings, main_tags: MainTags | None = None) -> SqlIndex:
     """The shared SQL index on PostgreSQL, migrated to the newest schema."""
     engine = index_engine(settings)
+    notify_on_changes(engine)
     upgrade(engine)
     add_trigram_indexes(engine)
     return SqlIndex(engine, main_tags)
@@ -75,3 +80,20 @@ def register_commands(parser: argparse.ArgumentParser) -> list[Command]:
 
     return [Command("postgres", "PostgreSQL tools: import-sqlite", run, configure)]
 
+
+
+@hookimpl
+def startup(server: Server) -> None:
+    """Wake this server's event loop when another node logs a change."""
+    if settings_of(server).enable_index:
+        listener = ChangeListener(server.index.engine.url,
+                                  lambda: server.events.wake() if server.events else None)
+        _listeners[server.identity] = listener
+        listener.start()
+
+
+@hookimpl
+def shutdown(server: Server) -> None:
+    listener = _listeners.pop(server.identity, None)
+    if listener is not None:
+        listener.stop()

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
 from lanthorn import Server
 from lanthorn.config import Config, ConfigError
 from lanthorn.errors import InexistentItem
-from lanthorn.index import SqlIndex
+from lanthorn.index import SqlIndex, schema
 from lanthorn.storage import COMPRESSION_NONE, FilesystemStorage, read_chunks
 from lanthorn.testing import make_instance, missing
 
@@ -30,6 +30,7 @@ if importlib.util.find_spec("lanthorn_postgres") is None:  # skipped, or failed 
 
 import lanthorn_postgres
 from lanthorn_postgres.engine import TRIGRAM_INDEXES
+from lanthorn_postgres.notify import ChangeListener
 from lanthorn_postgres.settings import Settings
 from lanthorn_postgres.storage import CHUNK, PostgresStorage
 
@@ -138,6 +139,25 @@ def test_writers_queue_and_readers_see_one_snapshot(postgres_url: URL) -> None:
         with pytest.raises(Exception, match="read-only transaction"), index.read() as reader:
             reader.execute(text("DELETE FROM cursors"))
     finally:
+        index.close()
+
+
+def test_logging_a_change_notifies_the_listeners(postgres_url: URL) -> None:
+    index = lanthorn_postgres.open_index(Settings(postgres_url))
+    woken = threading.Event()
+    listener = ChangeListener(postgres_url, woken.set)
+    listener.start()
+    try:
+        assert listener.listening.wait(10)
+        index.set_cursor("not a change", 1)
+        assert not woken.wait(1)
+        with index.write() as conn:
+            conn.execute(insert(schema.changes), {"change_type": 1, "level": 0,
+                                                  "public_id": "x", "date": "20260101T000000"})
+            assert not woken.wait(1), "notified before the commit"
+        assert woken.wait(10)
+    finally:
+        listener.stop()
         index.close()
 
 
