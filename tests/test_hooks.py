@@ -691,6 +691,47 @@ def test_hook_handle_c_get(lanthorn_server: lanthorn.Server) -> None:
     assert received == [MR_SMALL_UID, study.SOPInstanceUID]
 
 
+# -- jobs -------------------------------------------------------------------------------
+
+class Counting:
+    """A job type that counts up to its parameter, and one that always fails."""
+
+    @lanthorn.hookimpl
+    def register_job_types(self, server: lanthorn.Server) -> list[lanthorn.JobType]:
+        return [lanthorn.JobType("Count", self.count), lanthorn.JobType("Broken", self.broken)]
+
+    @staticmethod
+    def count(context: lanthorn.JobContext) -> None:
+        upto = context.parameters["UpTo"]
+        for number in range(context.checkpoint.get("Done", 0), upto):
+            context.checkpoint["Done"] = number + 1
+            context.progress((number + 1) / upto)
+        context.content = {"Counted": upto}
+        context.save_output("numbers", (f"{n}\n".encode() for n in range(upto)),
+                            media_type="text/plain", filename="numbers.txt")
+
+    @staticmethod
+    def broken(context: lanthorn.JobContext) -> None:
+        raise lanthorn.BadRequest("this job cannot work")
+
+
+@pytest.mark.lanthorn_plugins(Counting())
+def test_hook_register_job_types(lanthorn_server: lanthorn.Server,
+                                 lanthorn_client: TestClient) -> None:
+    counted = lanthorn_server.jobs.submit("Count", {"UpTo": 3})
+    broken = lanthorn_server.jobs.submit("Broken", {})
+    wait_for(lambda: all(lanthorn_client.get(f"/jobs/{j}").json()["State"] in
+                         ("Success", "Failure") for j in (counted, broken)))
+    job = lanthorn_client.get(f"/jobs/{counted}").json()
+    assert (job["Type"], job["State"], job["Content"]) == ("Count", "Success", {"Counted": 3})
+    assert lanthorn_client.get(f"/jobs/{counted}/numbers").text == "0\n1\n2\n"
+    failed = lanthorn_client.get(f"/jobs/{broken}").json()
+    assert (failed["State"], failed["ErrorCode"], failed["ErrorDetails"]) == \
+        ("Failure", 8, "this job cannot work")
+    with pytest.raises(lanthorn.BadRequest, match="unknown job type"):
+        lanthorn_server.jobs.submit("Nobody", {})
+
+
 # -- command line -----------------------------------------------------------------------
 
 COMMAND_PLUGIN = '''

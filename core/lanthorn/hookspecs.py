@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from .dicom import ParsedInstance
     from .index.records import Change
+    from .jobs import JobType
     from .server import Server
     from .types import (
         Command,
@@ -189,6 +190,21 @@ def handle_c_get(server: Server, request: DimseRequest) -> Iterable[str | Datase
     """Choose what a C-GET sends back over the requesting association.
 
     The same contract as ``handle_c_move`` (firstresult, core default ``trylast``).
+    """
+
+
+# -- jobs -------------------------------------------------------------------------------
+
+
+@hookspec
+def register_job_types(server: Server) -> list[JobType]:
+    """Kinds of background jobs this plugin runs (``lanthorn.jobs.JobType``).
+
+    A job type is a name (shown as the job's ``Type``) and a function of a
+    ``JobContext``; submit with ``server.jobs.submit(name, parameters)``. Parameters
+    and the context's ``checkpoint`` and ``content`` must be JSON, because jobs are
+    stored in the index and may resume in another process. On a name clash the first
+    answer wins.
     """
 
 

@@ -153,7 +153,8 @@ def lanthorn_config(request: pytest.FixtureRequest, tmp_path: Path,
         "StableAge": 1,
         **lanthorn_index_backend.options,
     }
-    for marker in request.node.iter_markers("lanthorn_config"):
+    # Farthest first (module, class, function), so the closest marker wins.
+    for marker in reversed(list(request.node.iter_markers("lanthorn_config"))):
         options = {**options, **marker.kwargs}
     return Config.defaults().with_overrides(**options)
 

@@ -28,12 +28,15 @@ from ..dicom import read_header
 from ..errors import BadRequest, UnknownResource
 from ..index.records import Attachment, Resource
 from ..ingest import DICOM_ATTACHMENT
+from ..jobs import JobContext, JobType
 from ..model import Level
-from ..storage import StorageArea, read_chunks
-from .common import flag, json_body, resource_of, server_of
+from ..storage import read_chunks
+from .common import asynchronous, flag, job_answer, json_body, resource_of, server_of
 from .resources import LEVELS
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ..index.sql import SqlIndex
     from ..server import Server
 
@@ -69,6 +72,26 @@ class Options:
     filename: str
     extended: bool
 
+    def parameters(self) -> dict[str, Any]:
+        """The options as a job keeps them (JSON)."""
+        return {"Resources": [r.public_id for r in self.resources],
+                "Filename": self.filename, "Extended": self.extended}
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A ZIP ready to stream, and what Orthanc's job content says about it."""
+
+    stream: ZipStream
+    instances: int
+    uncompressed: int
+
+    def content(self) -> dict[str, Any]:
+        size, archive = self.uncompressed, len(self.stream)
+        return {"ArchiveSize": str(archive), "ArchiveSizeMB": archive >> 20,
+                "Description": "REST API", "InstancesCount": self.instances,
+                "UncompressedSize": str(size), "UncompressedSizeMB": size >> 20}
+
 
 def endpoint(*, media: bool, extended: bool = False):  # noqa: ANN201 - a Starlette endpoint
     """One handler for every level and for ``/tools/create-*``: GET or POST, ZIP or media."""
@@ -99,39 +122,39 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _respond(request: Request, body: dict[str, Any], media: bool, extended: bool) -> Response:
-    options = _options(request, body, extended)
     server = server_of(request)
-    selection = _selection(server.index, options.resources)
-    if media:
-        members, dicomdir = _media_members(server, selection, options.extended)
-    else:
-        members, dicomdir = _archive_members(server.index, selection), None
-    return _zip_response(server.storage, members, dicomdir, options.filename)
+    default_name = "Archive.zip"
+    if "id" in request.path_params:
+        resource = resource_of(request)
+        body = {**body, "Resources": [resource.public_id]}
+        default_name = f"{resource.public_id}.zip"
+    options = _options(server.index, body, default_name, extended)
+    if asynchronous(body):
+        job_type = MEDIA_JOB_TYPE if media else ARCHIVE_JOB_TYPE
+        return job_answer(server.jobs.submit(job_type.name, options.parameters(),
+                                             priority=int(body.get("Priority", 0))))
+    packed = _pack(server, options, media)
+    headers = {"Content-Length": str(len(packed.stream)),
+               "Content-Disposition": f'attachment; filename="{options.filename}"'}
+    return StreamingResponse(packed.stream, media_type="application/zip", headers=headers)
 
 
-def _options(request: Request, body: dict[str, Any], extended: bool) -> Options:
-    if body.get("Asynchronous") is True or body.get("Synchronous") is False:
-        raise BadRequest("Asynchronous archives need jobs, which are not available yet: "
-                         "ask for a synchronous answer")
+def _options(index: SqlIndex, body: dict[str, Any], default_name: str,
+             extended: bool) -> Options:
     if body.get("Transcode"):
         raise BadRequest("Transcoding archives is not available yet")
     filename = body.get("Filename")
     extended = body.get("Extended", extended)
     if not isinstance(filename, str | None) or not isinstance(extended, bool):
         raise BadRequest('"Filename" must be a string and "Extended" a boolean')
-    if "id" in request.path_params:
-        resource = resource_of(request)
-        return Options([resource], _safe_filename(filename, f"{resource.public_id}.zip"),
-                       extended)
     public_ids = body.get("Resources")
     if not isinstance(public_ids, list) or not all(isinstance(p, str) for p in public_ids):
         raise BadRequest('"Resources" must be a list of resource IDs')
-    return Options(_lookup_all(request, public_ids),
-                   _safe_filename(filename, "Archive.zip"), extended)
+    return Options(_lookup_all(index, public_ids), _safe_filename(filename, default_name),
+                   extended)
 
 
-def _lookup_all(request: Request, public_ids: list[str]) -> list[Resource]:
-    index = server_of(request).index
+def _lookup_all(index: SqlIndex, public_ids: list[str]) -> list[Resource]:
     resources = []
     for public_id in public_ids:
         found = index.lookup(public_id)
@@ -286,17 +309,48 @@ def _record(record_type: str, dataset: Dataset, extended: bool) -> Dataset:
 
 # -- streaming -------------------------------------------------------------------------
 
-def _zip_response(storage: StorageArea, members: list[tuple[str, Attachment]],
-                  dicomdir: bytes | None, filename: str) -> Response:
+def _pack(server: Server, options: Options, media: bool) -> Packed:
+    """The ZIP of the selected instances: planned now, read from storage as it streams."""
+    selection = _selection(server.index, options.resources)
+    if media:
+        members, dicomdir = _media_members(server, selection, options.extended)
+    else:
+        members, dicomdir = _archive_members(server.index, selection), None
     stream = ZipStream(sized=True)
     for name, attachment in members:
-        stream.add(read_chunks(storage, attachment.uuid, attachment.compression), name,
+        stream.add(read_chunks(server.storage, attachment.uuid, attachment.compression), name,
                    size=attachment.uncompressed_size)
     if dicomdir is not None:
         stream.add(dicomdir, "DICOMDIR")
-    headers = {"Content-Length": str(len(stream)),
-               "Content-Disposition": f'attachment; filename="{filename}"'}
-    return StreamingResponse(stream, media_type="application/zip", headers=headers)
+    return Packed(stream, len(members), sum(a.uncompressed_size for _, a in members))
+
+
+# -- asynchronous archives ----------------------------------------------------------------
+
+def _job(media: bool):  # noqa: ANN202 - a job's run function
+    """Pack the archive into the storage area, where ``GET /jobs/{id}/archive`` finds it."""
+
+    def run(context: JobContext) -> None:
+        options = _options(context.server.index, context.parameters, "Archive.zip", False)
+        packed = _pack(context.server, options, media)
+        context.content = packed.content()
+        total = max(len(packed.stream), 1)
+
+        def reported() -> Iterator[bytes]:
+            written = 0
+            for chunk in packed.stream:
+                written += len(chunk)
+                context.progress(written / total)
+                yield chunk
+
+        context.save_output("archive", reported(), media_type="application/zip",
+                            filename=options.filename)
+
+    return run
+
+
+ARCHIVE_JOB_TYPE = JobType("Archive", _job(media=False))
+MEDIA_JOB_TYPE = JobType("Media", _job(media=True))
 
 
 def routes() -> list[Route]:

@@ -5,11 +5,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..plugins import hookimpl
-from . import archives, find, instances, labels, modalities, resources, system, tools
+from . import (
+    archives,
+    commitment,
+    find,
+    instances,
+    jobs,
+    labels,
+    modalities,
+    modify,
+    queries,
+    resources,
+    system,
+    tools,
+)
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
+    from ..jobs import JobType
     from ..server import Server
 
 
@@ -19,4 +33,14 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *archives.routes(),
             *labels.routes(),
             *modalities.routes(),
+            *jobs.routes(),
+            *queries.routes(),
+            *commitment.routes(),
+            *modify.routes(),
             *tools.routes()]
+
+
+@hookimpl
+def register_job_types(server: Server) -> list[JobType]:
+    return [archives.ARCHIVE_JOB_TYPE, archives.MEDIA_JOB_TYPE, modalities.STORE_JOB_TYPE,
+            *queries.RETRIEVE_JOB_TYPES, modify.JOB_TYPE]
