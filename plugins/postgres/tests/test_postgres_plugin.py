@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import insert, text
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
@@ -21,7 +24,7 @@ from starlette.testclient import TestClient
 from lanthorn import Server
 from lanthorn.config import Config, ConfigError
 from lanthorn.errors import InexistentItem
-from lanthorn.index import SqlIndex, schema
+from lanthorn.index import SqlIndex, migrate, schema
 from lanthorn.storage import COMPRESSION_NONE, FilesystemStorage, read_chunks
 from lanthorn.testing import make_instance, missing
 
@@ -29,10 +32,11 @@ if importlib.util.find_spec("lanthorn_postgres") is None:  # skipped, or failed 
     missing("lanthorn-postgres is not installed (pip install -e plugins/postgres)")
 
 import lanthorn_postgres
-from lanthorn_postgres.engine import TRIGRAM_INDEXES
+from lanthorn_postgres.engine import TRIGRAM_INDEXES, index_engine
 from lanthorn_postgres.notify import ChangeListener
 from lanthorn_postgres.settings import Settings
 from lanthorn_postgres.storage import CHUNK, PostgresStorage
+from lanthorn_postgres.testing import Databases
 
 
 @pytest.fixture
@@ -104,6 +108,23 @@ def test_connection_keys_and_uri_give_the_same_url() -> None:
                                              "pacs")
     # Environment overrides spell keys in upper snake case (LANTHORN__POSTGRESQL__...).
     assert Settings.from_section({"enable_index": True}).enable_index
+
+
+def test_migrations_build_the_declared_schema_on_postgresql(
+        postgres_databases: Databases) -> None:
+    """Down to nothing and up again, then no difference with ``schema.metadata``."""
+    url = postgres_databases.create()
+    engine = index_engine(Settings(url))
+    try:
+        config = migrate.alembic_config(engine)
+        command.upgrade(config, "head")
+        command.downgrade(config, "base")
+        command.upgrade(config, "head")
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), schema.metadata) == []
+    finally:
+        engine.dispose()
+        postgres_databases.drop(url)
 
 
 # -- isolation -------------------------------------------------------------------------------
