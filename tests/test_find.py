@@ -13,6 +13,8 @@ from lanthorn.model import Level
 
 MakeInstance = Callable[..., bytes]
 
+pytestmark = pytest.mark.all_index_backends
+
 
 @dataclass(frozen=True)
 class Stored:

@@ -277,6 +277,29 @@ def test_hook_register_storage_areas(lanthorn_server: lanthorn.Server,
                         load_entry_points=False, plugins=[ElsewhereStorage()])
 
 
+class RequestedStorage:
+    """Chosen by its own section's ``EnableStorage``, whatever ``StorageArea`` says."""
+
+    config_sections = ("Elsewhere",)
+
+    @lanthorn.hookimpl
+    def register_storage_areas(self, server: lanthorn.Server) -> list[Any]:
+        return [lanthorn.StorageAreaFactory(
+            "elsewhere", ElsewhereStorage.create,
+            requested=lambda s: bool(s.config.section("Elsewhere").get("EnableStorage")))]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_storage_area_requested_by_its_section_is_chosen(enabled: bool,
+                                                           lanthorn_config: Config) -> None:
+    config = lanthorn_config.with_overrides(Elsewhere={"EnableStorage": enabled})
+    server = lanthorn.Server(config, load_entry_points=False, plugins=[RequestedStorage()])
+    server.close()
+    chosen = beside_storage(server, "elsewhere") if enabled \
+        else Path(config["StorageDirectory"])
+    assert server.storage.root == chosen
+
+
 class ReplacedFilesystem:
     @lanthorn.hookimpl
     def register_storage_areas(self, server: lanthorn.Server) -> list[Any]:

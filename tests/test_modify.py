@@ -25,6 +25,8 @@ from lanthorn.model import Level, public_id
 from lanthorn.server import Server
 from lanthorn.testing import ServerProcess, make_instance
 
+pytestmark = pytest.mark.all_index_backends
+
 STUDY = generate_uid()
 SERIES = [generate_uid(), generate_uid()]
 SOPS = [generate_uid() for _ in range(3)]

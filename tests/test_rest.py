@@ -16,6 +16,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.uid import generate_uid
 from starlette.testclient import TestClient
 
+pytestmark = pytest.mark.all_index_backends
+
 SHAPES = json.loads((Path(__file__).parent / "fixtures" / "orthanc_shapes.json").read_text())
 ORTHANC_IDS = json.loads((Path(__file__).parent / "fixtures" / "orthanc_ids.json").read_text())
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
@@ -260,11 +262,9 @@ def test_metadata_can_be_set_read_and_deleted(lanthorn_client: Any,
 
 
 @pytest.mark.parametrize("compressed", [False, True])
-def test_file_byte_ranges(compressed: bool, lanthorn_config: Any, tmp_path: Path) -> None:
-    from lanthorn.server import Server
-
-    config = lanthorn_config.with_overrides(StorageCompression=compressed)
-    server = Server(config, load_entry_points=False)
+def test_file_byte_ranges(compressed: bool, lanthorn_config: Any,
+                          lanthorn_make_server: Any) -> None:
+    server = lanthorn_make_server(lanthorn_config.with_overrides(StorageCompression=compressed))
     data = CT_SMALL.read_bytes()
     try:
         with TestClient(server.app, client=("127.0.0.1", 1)) as client:

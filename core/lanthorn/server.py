@@ -87,18 +87,12 @@ class Server:
             log.warning(warning)
 
     def _open_storage(self) -> StorageArea:
-        factories = _by_name(self.plugins.hook.register_storage_areas(server=self))
-        return _choose(factories, self.config["StorageArea"], "StorageArea").create(self)
+        return _requested_or_named(self, self.plugins.hook.register_storage_areas(server=self),
+                                   "StorageArea", "storage areas").create(self)
 
     def _open_index(self) -> SqlIndex:
-        factories = _by_name(self.plugins.hook.register_index_backends(server=self))
-        requested = [f for f in factories.values() if f.requested(self)]
-        if len(requested) > 1:
-            raise ConfigError("several index backends are enabled: "
-                              + ", ".join(f.name for f in requested))
-        chosen = requested[0] if requested else \
-            _choose(factories, self.config["IndexBackend"], "IndexBackend")
-        return chosen.create(self)
+        return _requested_or_named(self, self.plugins.hook.register_index_backends(server=self),
+                                   "IndexBackend", "index backends").create(self)
 
     # -- operations shared by several entry points --------------------------------------
 
@@ -138,13 +132,28 @@ class Server:
         self.plugins.hook.shutdown(server=self)
 
     def close(self) -> None:
+        """Close the index, and the storage area if it has connections to close."""
         self.index.close()
+        close_storage = getattr(self.storage, "close", None)
+        if close_storage is not None:
+            close_storage()
 
 
 def _by_name(batches: list[list[_Factory]]) -> dict[str, _Factory]:
     """Factories by name; on a clash the first answer (a plugin over a ``trylast``
     built-in) wins, so a plugin can replace a default backend."""
     return {f.name: f for batch in reversed(batches) for f in batch}
+
+
+def _requested_or_named(server: Server, batches: list[list[_Factory]], option: str,
+                        kind: str) -> _Factory:
+    """The factory a plugin section enables (``"EnableIndex": true``), else the one the
+    option names; two enabled at once are a ConfigError."""
+    factories = _by_name(batches)
+    requested = [f for f in factories.values() if f.requested(server)]
+    if len(requested) > 1:
+        raise ConfigError(f"several {kind} are enabled: " + ", ".join(f.name for f in requested))
+    return requested[0] if requested else _choose(factories, server.config[option], option)
 
 
 def _choose(factories: dict, name: str, option: str):  # noqa: ANN001, ANN202

@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 
 from pydicom.datadict import tag_for_keyword
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
     and_,
     bindparam,
+    cast,
     delete,
     exists,
     func,
@@ -628,9 +630,10 @@ def _log_many(conn: Connection, entries: list[tuple[ChangeType, Level, str]],
 
 _IDS_BY_PUBLIC_ID = select(s.resources.c.public_id, s.resources.c.id).where(
     s.resources.c.public_id.in_(bindparam("ids", expanding=True)))
-#: Disk and uncompressed sizes of attachments (restrict it with ``.where``).
-_SIZES = select(func.coalesce(func.sum(s.attachments.c.compressed_size), 0),
-                func.coalesce(func.sum(s.attachments.c.uncompressed_size), 0))
+#: Disk and uncompressed sizes of attachments (restrict it with ``.where``); cast, as
+#: PostgreSQL sums BIGINTs to NUMERIC (a Decimal in Python).
+_SIZES = select(*(cast(func.coalesce(func.sum(column), 0), BigInteger) for column in (
+    s.attachments.c.compressed_size, s.attachments.c.uncompressed_size)))
 _TOUCH = update(s.resources).where(s.resources.c.id == bindparam("key")).values(
     last_update=bindparam("now"), is_stable=False)
 
