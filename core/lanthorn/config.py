@@ -250,7 +250,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("KeepAlive", True, bool, "Keep HTTP connections open between requests."),
     Option("TcpNoDelay", True, bool, "Disable Nagle's algorithm on HTTP connections."),
     Option("HttpTimeout", 60, int, "Seconds before an outgoing HTTP request to a peer times out."),
-    Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name."),
+    Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name: "
+           "[url, username, password] or an object (Url, Username, Password, HttpHeaders, "
+           "Timeout...)."),
+    Option("OrthancPeersInDatabase", False, bool, "Keep the peers defined or deleted over REST "
+           "(PUT/DELETE /peers/{id}) across restarts."),
     # Jobs and miscellaneous
     Option("StorageCommitmentReportsSize", 100, int, "Storage commitment transactions "
            "kept (/storage-commitment); the oldest are forgotten first."),
@@ -625,7 +629,7 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "IngestTranscodingOfCompressed", "IngestTranscodingOfUncompressed",
     "LoadPrivateDictionary", "LogExportedResources", "LuaScripts", "MallocArenaMax",
     "MaximumStorageCacheSize", "MediaArchiveSize",
-    "OrthancExplorerEnabled", "OrthancPeersInDatabase", "SslCertificate",
+    "OrthancExplorerEnabled", "SslCertificate",
     "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",
     "StoreDicom", "StoreMD5ForAttachments",
     "SynchronousZipStream", "TranscodeDicomProtocol", "WebDavDeleteAllowed", "WebDavEnabled",

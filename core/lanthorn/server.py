@@ -19,6 +19,7 @@ from .errors import PluginError
 from .ingest import Ingester
 from .jobs import JobEngine
 from .model import MainTags
+from .peers import check_configuration as check_peers
 from .plugins import PluginHost, make_plugin_host
 from .types import IndexBackendFactory, StorageAreaFactory
 
@@ -64,6 +65,7 @@ class Server:
             load_entry_points=load_entry_points, base_dir=base_dir, objects=plugins,
         )
         self._check_sections()
+        check_peers(self.config)
         self.main_tags = MainTags(self.config["ExtraMainDicomTags"])
         self.storage: StorageArea = self._open_storage()
         self.index: SqlIndex = self._open_index()
@@ -126,6 +128,9 @@ class Server:
         if background:
             from .changes import EventDispatcher
 
+            if not self.config["OrthancPeersInDatabase"] \
+                    and not self.index.live_lease_holders():
+                self.index.clear_peers()  # a fresh start forgets peers set over REST
             self.events = EventDispatcher(self)
             self.events.start()
             self.jobs.start()

@@ -571,6 +571,22 @@ class SqlIndex:
             conn.execute(insert(s.global_properties).values(name=name, value=str(value)))
             return value
 
+    # -- peers defined over REST ------------------------------------------------------
+
+    def peer_overrides(self) -> dict[str, str | None]:
+        """Peers set (JSON) or deleted (None) over REST, by name."""
+        with self.read() as conn:
+            return dict(conn.execute(select(s.peers.c.name, s.peers.c.config)).all())
+
+    def set_peer(self, name: str, config: str | None) -> None:
+        with self.write() as conn:
+            conn.execute(delete(s.peers).where(s.peers.c.name == name))
+            conn.execute(insert(s.peers).values(name=name, config=config))
+
+    def clear_peers(self) -> None:
+        with self.write() as conn:
+            conn.execute(delete(s.peers))
+
     # -- statistics and maintenance ------------------------------------------------------
 
     def statistics(self, resource_id: int | None = None) -> Statistics:

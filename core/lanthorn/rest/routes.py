@@ -14,6 +14,7 @@ from . import (
     labels,
     modalities,
     modify,
+    peers,
     queries,
     resources,
     system,
@@ -33,6 +34,7 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *archives.routes(),
             *labels.routes(),
             *modalities.routes(),
+            *peers.routes(),
             *jobs.routes(),
             *queries.routes(),
             *commitment.routes(),
@@ -43,4 +45,4 @@ def register_routes(server: Server) -> list[BaseRoute]:
 @hookimpl
 def register_job_types(server: Server) -> list[JobType]:
     return [archives.ARCHIVE_JOB_TYPE, archives.MEDIA_JOB_TYPE, modalities.STORE_JOB_TYPE,
-            *queries.RETRIEVE_JOB_TYPES, modify.JOB_TYPE]
+            *queries.RETRIEVE_JOB_TYPES, modify.JOB_TYPE, peers.STORE_JOB_TYPE]
