@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..dicom import header_value
+from ..errors import StorageFull
 from ..model import (
     IDENTIFIER_KEYWORDS,
     NEW_RESOURCE_CHANGE,
@@ -53,6 +54,7 @@ from .records import (
     Resource,
     ResourceInfo,
     Statistics,
+    StorageLimits,
     StoreOutcome,
 )
 
@@ -98,9 +100,12 @@ class SqlIndex:
 
     # -- ingest ---------------------------------------------------------------------
 
-    def store_instance(self, new: NewInstance, *, overwrite: bool) -> StoreOutcome:
+    def store_instance(self, new: NewInstance, *, overwrite: bool,
+                       limits: StorageLimits | None = None) -> StoreOutcome:
         """Create an instance and any missing parent in one transaction.
 
+        With ``limits``, the oldest unprotected patients are recycled (in the same
+        transaction) to make room, or the instance is refused with StorageFull.
         Statements are few and prebuilt: this is the hot path of every ingest.
         """
         with self.write() as conn:
@@ -112,6 +117,8 @@ class SqlIndex:
                 old = known.pop(new.public_ids[Level.INSTANCE])
                 replaced = _attachment_uuids(conn, [old])
                 conn.execute(delete(s.resources).where(s.resources.c.id == old))
+            if limits is not None and limits.active:
+                replaced += _make_room(conn, limits, new, new.public_ids[Level.PATIENT] in known)
             ancestors: list[int] = []
             created: list[Level] = []
             for level in (Level.PATIENT, Level.STUDY, Level.SERIES):
@@ -353,28 +360,13 @@ class SqlIndex:
     def delete_resource(self, resource: Resource) -> DeleteOutcome:
         """Delete a resource, its descendants, and the ancestors it leaves empty."""
         with self.write() as conn:
-            now = time.time()
-            subtree = [resource.id] + [
-                i for level in Level if level > resource.level
-                for i in _descendants(conn, [resource.id], level)
-            ]
-            uuids = _attachment_uuids(conn, subtree)
-            deleted = [(resource.level, resource.public_id)]
-            conn.execute(delete(s.resources).where(s.resources.c.id == resource.id))
-            remaining: tuple[Level, str] | None = None
-            parent_id = resource.parent_id
-            while parent_id is not None:
-                parent = _resource(conn.execute(
-                    select(s.resources).where(s.resources.c.id == parent_id)).one())
-                if conn.scalar(select(func.count()).where(s.resources.c.parent_id == parent_id)):
-                    remaining = (parent.level, parent.public_id)
-                    break
-                conn.execute(delete(s.resources).where(s.resources.c.id == parent_id))
-                deleted.append((parent.level, parent.public_id))
-                parent_id = parent.parent_id
-            for level, public_id in deleted:
-                _log(conn, ChangeType.Deleted, level, public_id, now)
-            return DeleteOutcome(uuids, deleted, remaining)
+            return _delete(conn, resource, time.time())
+
+    def set_protected(self, resource: Resource, protected: bool) -> None:
+        """Protect a patient from recycling, or give it back to it."""
+        with self.write() as conn:
+            conn.execute(update(s.resources).where(s.resources.c.id == resource.id)
+                         .values(protected=protected))
 
     # -- find ----------------------------------------------------------------------------
 
@@ -683,6 +675,58 @@ def _copy_labels(conn: Connection, source: int, target: int) -> None:
         ["resource_id", "label"],
         select(literal(target), source_labels.c.label)
         .where(source_labels.c.resource_id == source, not_(present))))
+
+
+def _delete(conn: Connection, resource: Resource, now: float) -> DeleteOutcome:
+    subtree = [resource.id] + [
+        i for level in Level if level > resource.level
+        for i in _descendants(conn, [resource.id], level)
+    ]
+    uuids = _attachment_uuids(conn, subtree)
+    deleted = [(resource.level, resource.public_id)]
+    conn.execute(delete(s.resources).where(s.resources.c.id == resource.id))
+    remaining: tuple[Level, str] | None = None
+    parent_id = resource.parent_id
+    while parent_id is not None:
+        parent = _resource(conn.execute(
+            select(s.resources).where(s.resources.c.id == parent_id)).one())
+        if conn.scalar(select(func.count()).where(s.resources.c.parent_id == parent_id)):
+            remaining = (parent.level, parent.public_id)
+            break
+        conn.execute(delete(s.resources).where(s.resources.c.id == parent_id))
+        deleted.append((parent.level, parent.public_id))
+        parent_id = parent.parent_id
+    for level, public_id in deleted:
+        _log(conn, ChangeType.Deleted, level, public_id, now)
+    return DeleteOutcome(uuids, deleted, remaining)
+
+
+def _make_room(conn: Connection, limits: StorageLimits, new: NewInstance,
+               known_patient: bool) -> list[str]:
+    """Recycle the least recently updated unprotected patients (never the one being
+    stored to) until the new instance fits; their files' UUIDs, to remove after commit.
+    """
+    freed: list[str] = []
+    while True:
+        patients = conn.scalar(select(func.count()).where(s.resources.c.level == Level.PATIENT))
+        over_count = bool(limits.max_patients) and \
+            patients + (not known_patient) > limits.max_patients
+        over_size = bool(limits.max_size) and \
+            conn.execute(_SIZES).one()[0] + new.attachment.compressed_size > limits.max_size
+        if not (over_count or over_size):
+            return freed
+        what = "patients" if over_count else "storage size"
+        if limits.reject:
+            raise StorageFull(f"the maximum {what} is reached (MaximumStorageMode is Reject)")
+        oldest = conn.execute(
+            select(s.resources).where(s.resources.c.level == Level.PATIENT,
+                                      s.resources.c.protected == False,  # noqa: E712
+                                      s.resources.c.public_id != new.public_ids[Level.PATIENT])
+            .order_by(s.resources.c.last_update, s.resources.c.id).limit(1)).first()
+        if oldest is None:
+            raise StorageFull(f"the maximum {what} is reached and no unprotected patient "
+                              "is left to recycle")
+        freed += _delete(conn, _resource(oldest), new.timestamp).removed_uuids
 
 
 def _attachment_uuids(conn: Connection, resource_ids: list[int]) -> list[str]:

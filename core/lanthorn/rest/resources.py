@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..dicom import dataset_json, read_header
-from ..errors import InexistentItem
+from ..errors import BadFileFormat, InexistentItem
 from ..model import Level
 from .common import (
     answer,
@@ -160,6 +160,16 @@ def protected(request: Request) -> Response:
     return text("1" if resource_of(request, Level.PATIENT).protected else "0")
 
 
+async def put_protected(request: Request) -> Response:
+    """Protect a patient from recycling (``1``/``true``) or not (``0``/``false``)."""
+    value = (await request.body()).decode(errors="replace").strip().lower()
+    if value not in ("0", "1", "true", "false"):
+        raise BadFileFormat("Boolean value expected")
+    await run_in_threadpool(server_of(request).index.set_protected,
+                            resource_of(request, Level.PATIENT), value in ("1", "true"))
+    return text("")
+
+
 def routes() -> list[Route]:
     nav = [
         Route(f"/{level.plural}/{{id}}/{target.plural if target > level else target.name.lower()}",
@@ -177,5 +187,6 @@ def routes() -> list[Route]:
         Route(f"/{LEVELS}/{{id}}/metadata/{{name}}", put_metadata, methods=["PUT"]),
         Route(f"/{LEVELS}/{{id}}/metadata/{{name}}", delete_metadata, methods=["DELETE"]),
         Route("/patients/{id}/protected", protected, methods=["GET"]),
+        Route("/patients/{id}/protected", put_protected, methods=["PUT"]),
         *nav,
     ]
