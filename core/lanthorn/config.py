@@ -288,6 +288,8 @@ OPTIONS: tuple[Option, ...] = (
         dict,
         "Names of user-defined metadata, mapped to numbers from 1024 to 65535.",
     ),
+    Option("CheckRevisions", False, bool, "Require If-Match with the current revision to change "
+           "or delete an existing metadata or attachment (409 Conflict otherwise)."),
     Option(
         "UserContentType",
         {},
@@ -619,7 +621,7 @@ def default_config_text() -> str:
 #: Orthanc's own options that Lanthorn does not implement (yet): an Orthanc file that
 #: sets them loads with one notice instead of a warning per key.
 ORTHANC_ONLY_OPTIONS = frozenset({
-    "BuiltinDecoderTranscoderOrder", "CheckRevisions",
+    "BuiltinDecoderTranscoderOrder",
     "DeidentifyLogsDicomVersion",
     "DicomAssociationCloseDelay", "DicomEchoChecksFind", "DicomLossyTranscodingQuality",
     "DicomModalitiesInDatabase", "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",

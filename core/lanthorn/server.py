@@ -22,6 +22,7 @@ from .model import MainTags
 from .peers import check_configuration as check_peers
 from .plugins import PluginHost, make_plugin_host
 from .types import IndexBackendFactory, StorageAreaFactory
+from .userdata import check_configuration as check_user_types
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -66,6 +67,7 @@ class Server:
         )
         self._check_sections()
         check_peers(self.config)
+        check_user_types(self.config)
         self.main_tags = MainTags(self.config["ExtraMainDicomTags"])
         self.storage: StorageArea = self._open_storage()
         self.index: SqlIndex = self._open_index()

@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..dicom import header_value
-from ..errors import StorageFull
+from ..errors import RevisionConflict, StorageFull
 from ..model import (
     IDENTIFIER_KEYWORDS,
     NEW_RESOURCE_CHANGE,
@@ -295,22 +295,94 @@ class SqlIndex:
                 .where(s.metadata_table.c.resource_id == resource_id)
             ).all())
 
-    def set_metadata(self, resource: Resource, name: str, value: str) -> None:
-        with self.write() as conn:
-            conn.execute(delete(s.metadata_table).where(
-                s.metadata_table.c.resource_id == resource.id, s.metadata_table.c.name == name))
-            _insert_metadata(conn, resource.id, {name: value})
-            _log(conn, ChangeType.UpdatedMetadata, resource.level, resource.public_id, time.time())
+    def metadata_entry(self, resource_id: int, name: str) -> tuple[str, int] | None:
+        """A metadata value with its revision."""
+        m = s.metadata_table.c
+        with self.read() as conn:
+            row = conn.execute(select(m.value, m.revision).where(
+                m.resource_id == resource_id, m.name == name)).one_or_none()
+        return (row.value, row.revision) if row else None
 
-    def delete_metadata(self, resource: Resource, name: str) -> bool:
+    def set_metadata(self, resource: Resource, name: str, value: str, *,
+                     revision: int | None = None, require: bool = False) -> int:
+        """Set a metadata value; its new revision.
+
+        When the value exists, ``revision`` (``If-Match``) must be its revision, and
+        ``require`` (``CheckRevisions``) makes giving one mandatory: RevisionConflict.
+        """
+        m = s.metadata_table.c
         with self.write() as conn:
-            deleted = conn.execute(delete(s.metadata_table).where(
-                s.metadata_table.c.resource_id == resource.id,
-                s.metadata_table.c.name == name)).rowcount
-            if deleted:
-                _log(conn, ChangeType.UpdatedMetadata, resource.level, resource.public_id,
-                     time.time())
-            return bool(deleted)
+            current = conn.scalar(select(m.revision).where(m.resource_id == resource.id,
+                                                           m.name == name))
+            new = _next_revision(current, revision, require)
+            conn.execute(delete(s.metadata_table).where(m.resource_id == resource.id,
+                                                        m.name == name))
+            conn.execute(insert(s.metadata_table), {"resource_id": resource.id, "name": name,
+                                                    "value": value, "revision": new})
+            _log(conn, ChangeType.UpdatedMetadata, resource.level, resource.public_id, time.time())
+            return new
+
+    def delete_metadata(self, resource: Resource, name: str, *, revision: int | None = None,
+                        require: bool = False) -> bool:
+        m = s.metadata_table.c
+        with self.write() as conn:
+            current = conn.scalar(select(m.revision).where(m.resource_id == resource.id,
+                                                           m.name == name))
+            if current is None:
+                return False
+            _next_revision(current, revision, require)
+            conn.execute(delete(s.metadata_table).where(m.resource_id == resource.id,
+                                                        m.name == name))
+            _log(conn, ChangeType.UpdatedMetadata, resource.level, resource.public_id,
+                 time.time())
+            return True
+
+    # -- attachments -------------------------------------------------------------------
+
+    def set_attachment(self, resource: Resource, attachment: Attachment, *,
+                       revision: int | None = None,
+                       require: bool = False) -> tuple[int, str | None]:
+        """Add or replace an attachment (revisions as for metadata); its new revision
+        and the UUID of the file it replaced, to remove after the commit."""
+        a = s.attachments.c
+        with self.write() as conn:
+            old = conn.execute(select(a.uuid, a.revision).where(
+                a.resource_id == resource.id,
+                a.content_type == attachment.content_type)).one_or_none()
+            new = _next_revision(old.revision if old else None, revision, require)
+            if old:
+                conn.execute(delete(s.attachments).where(
+                    a.resource_id == resource.id, a.content_type == attachment.content_type))
+            conn.execute(insert(s.attachments), {**vars(attachment), "resource_id": resource.id,
+                                                 "revision": new})
+            _log(conn, ChangeType.UpdatedAttachment, resource.level, resource.public_id,
+                 time.time())
+            return new, old.uuid if old else None
+
+    def delete_attachment(self, resource: Resource, content_type: int, *,
+                          revision: int | None = None, require: bool = False) -> str | None:
+        """Remove an attachment; the UUID of its file (None if there was none)."""
+        a = s.attachments.c
+        where = (a.resource_id == resource.id, a.content_type == content_type)
+        with self.write() as conn:
+            old = conn.execute(select(a.uuid, a.revision).where(*where)).one_or_none()
+            if old is None:
+                return None
+            _next_revision(old.revision, revision, require)
+            conn.execute(delete(s.attachments).where(*where))
+            _log(conn, ChangeType.UpdatedAttachment, resource.level, resource.public_id,
+                 time.time())
+            return old.uuid
+
+    def replace_attachment_file(self, resource_id: int, old_uuid: str,
+                                new: Attachment) -> bool:
+        """Point an attachment at a re-encoded file (same content, other compression),
+        unless it changed meanwhile; the revision stays, as the content is the same."""
+        a = s.attachments.c
+        values = {k: v for k, v in vars(new).items() if k not in ("content_type", "revision")}
+        with self.write() as conn:
+            return bool(conn.execute(update(s.attachments).where(
+                a.resource_id == resource_id, a.uuid == old_uuid).values(**values)).rowcount)
 
     # -- labels and batched reads (archives) ---------------------------------------------
 
@@ -675,6 +747,18 @@ def _copy_labels(conn: Connection, source: int, target: int) -> None:
         ["resource_id", "label"],
         select(literal(target), source_labels.c.label)
         .where(source_labels.c.resource_id == source, not_(present))))
+
+
+def _next_revision(current: int | None, expected: int | None, require: bool) -> int:
+    """The revision after ``current`` (0 for a new item), checking ``If-Match``."""
+    if current is None:
+        return 0
+    if expected is None and require:
+        raise RevisionConflict('HTTP header "If-Match" is missing, as "CheckRevisions" is '
+                               '"true"')
+    if expected is not None and expected != current:
+        raise RevisionConflict(f"the current revision is {current}, not {expected}")
+    return current + 1
 
 
 def _delete(conn: Connection, resource: Resource, now: float) -> DeleteOutcome:

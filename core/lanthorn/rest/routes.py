@@ -19,6 +19,7 @@ from . import (
     resources,
     system,
     tools,
+    userdata,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *labels.routes(),
             *modalities.routes(),
             *peers.routes(),
+            *userdata.routes(),
             *jobs.routes(),
             *queries.routes(),
             *commitment.routes(),

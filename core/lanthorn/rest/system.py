@@ -22,7 +22,7 @@ def system(request: Request) -> Response:
     config = server.config
     return answer({
         "ApiVersion": ORTHANC_API_NUMBER,
-        "CheckRevisions": False,
+        "CheckRevisions": bool(server.config["CheckRevisions"]),
         "DatabaseBackendPlugin": None,
         "DatabaseVersion": DATABASE_VERSION,
         "DicomAet": config["DicomAet"],
