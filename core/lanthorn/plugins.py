@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     "lanthorn.builtin.sqlite",
     "lanthorn.builtin.errors",
     "lanthorn.builtin.dimse",
+    "lanthorn.builtin.metrics",
     "lanthorn.rest.routes",
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -18,6 +19,7 @@ from .config import Config, ConfigError
 from .errors import PluginError
 from .ingest import Ingester
 from .jobs import JobEngine
+from .metrics import Metrics
 from .model import MainTags
 from .peers import check_configuration as check_peers
 from .plugins import PluginHost, make_plugin_host
@@ -60,6 +62,7 @@ class Server:
     ) -> None:
         self.config = config or Config.defaults()
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.started = time.time()
         base_dir = self.config.sources[0].parent if self.config.sources else Path.cwd()
         self.plugins: PluginHost = make_plugin_host(
             extra=self.config["Plugins"], disabled=self.config["DisabledPlugins"],
@@ -73,6 +76,7 @@ class Server:
         self.index: SqlIndex = self._open_index()
         self.ingest = Ingester(self)
         self.jobs = JobEngine(self)
+        self.metrics = Metrics(bool(self.config["MetricsEnabled"]))
         self.events: EventDispatcher | None = None
         self._app: Starlette | None = None
 
