@@ -27,6 +27,8 @@ from .types import IndexBackendFactory, StorageAreaFactory
 from .userdata import check_configuration as check_user_types
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from starlette.applications import Starlette
 
     from .changes import EventDispatcher
@@ -78,6 +80,8 @@ class Server:
         self.jobs = JobEngine(self)
         self.metrics = Metrics(bool(self.config["MetricsEnabled"]))
         self.events: EventDispatcher | None = None
+        #: Set by ``lanthorn serve``: stops this server and starts it again (/tools/reset).
+        self.request_restart: Callable[[], None] | None = None
         self._app: Starlette | None = None
 
     # -- configuration checks ------------------------------------------------------------
