@@ -2,15 +2,16 @@
 ``/{level}/{id}/attachments[/{name}[/...]]``, with Orthanc's revisions.
 
 Both are named as ``lanthorn.userdata`` says; users write only their own (1024 to
-65535). Every value has a revision:
-answers carry it in an ``ETag`` (``"revision-md5"``), ``If-Match`` makes a change
-conditional (a mismatch is a 409), and ``CheckRevisions`` makes ``If-Match``
-mandatory for changing an existing value. ``If-None-Match`` answers 304 when unchanged.
+65535). Every value has a revision: answers carry it in an ``ETag``
+(``"revision-md5"``), ``If-Match`` makes a change conditional (a mismatch is a 409),
+and ``CheckRevisions`` makes ``If-Match`` mandatory for changing an existing value.
+``If-None-Match`` answers 304 when unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,16 +50,12 @@ def etag(revision: int, md5: str) -> str:
 
 def if_match(request: Request) -> int | None:
     """The revision an ``If-Match`` header names (``"3-<md5>"``, or just ``3``)."""
-    return _revision_header(request, "If-Match")
-
-
-def _revision_header(request: Request, header: str) -> int | None:
-    value = request.headers.get(header)
+    value = request.headers.get("If-Match")
     if value is None:
         return None
     revision = value.strip().strip('"').partition("-")[0]
     if not revision.isdigit():
-        raise BadRequest(f'The "{header}" HTTP header should contain the ETag (revision '
+        raise BadRequest('The "If-Match" HTTP header should contain the ETag (revision '
                          f"followed by MD5 hash), but found: {value}")
     return int(revision)
 
@@ -69,7 +66,8 @@ def unchanged(request: Request, tag: str) -> bool:
     return value is not None and value.strip() == tag
 
 
-def _conditional(request: Request, tag: str, make: Any) -> Response:
+def _conditional(request: Request, tag: str, make: Callable[[], Response]) -> Response:
+    """The answer ``make`` gives, with its ETag; a bare 304 when the client has it."""
     if unchanged(request, tag):
         return Response(status_code=304, headers={"ETag": tag})
     response = make()
