@@ -74,6 +74,10 @@ def test_user_attachments_at_any_level(lanthorn_server: lanthorn.Server,
     assert lanthorn_client.get(f"{url}/notes/data").status_code == 404
     assert lanthorn_client.delete(f"{url}/notes").status_code == 404
     assert files_match_index(lanthorn_server)
+    # Deleting the last instance takes its emptied study along, with its attachments.
+    assert lanthorn_client.delete(f"/instances/{ids['ID']}").status_code == 200
+    assert lanthorn_client.get(study).status_code == 404
+    assert files_match_index(lanthorn_server)
 
 
 @USER_TYPES

@@ -777,6 +777,7 @@ def _delete(conn: Connection, resource: Resource, now: float) -> DeleteOutcome:
         if conn.scalar(select(func.count()).where(s.resources.c.parent_id == parent_id)):
             remaining = (parent.level, parent.public_id)
             break
+        uuids += _attachment_uuids(conn, [parent_id])  # e.g. a user attachment of a study
         conn.execute(delete(s.resources).where(s.resources.c.id == parent_id))
         deleted.append((parent.level, parent.public_id))
         parent_id = parent.parent_id
