@@ -741,6 +741,37 @@ def test_hook_register_job_types(lanthorn_server: lanthorn.Server,
         lanthorn_server.jobs.submit("Nobody", {})
 
 
+# -- monitoring -------------------------------------------------------------------------
+
+class Gauges:
+    """Publishes how many times it was asked, to show the hook runs per scrape."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @lanthorn.hookimpl
+    def refresh_metrics(self, server: lanthorn.Server, metrics: Any) -> None:
+        self.calls += 1
+        metrics.set("test_plugin_calls", self.calls)
+        metrics.set("test_plugin_ratio", 0.25)
+
+
+@pytest.mark.lanthorn_plugins(Gauges())
+def test_hook_refresh_metrics(lanthorn_server: lanthorn.Server,
+                              lanthorn_client: TestClient) -> None:
+    gauges = registered(lanthorn_server, Gauges)
+
+    def scrape() -> dict[str, str]:
+        lines = lanthorn_client.get("/tools/metrics-prometheus").text.splitlines()
+        return {line.split()[0]: line.split()[1] for line in lines}
+
+    assert (scrape()["test_plugin_calls"], scrape()["test_plugin_calls"]) == ("1", "2")
+    assert scrape()["test_plugin_ratio"] == "0.25"
+    assert lanthorn_client.put("/tools/metrics", content="0").status_code == 200
+    assert lanthorn_client.get("/tools/metrics-prometheus").text == ""
+    assert gauges.calls == 3  # not asked while metrics are disabled
+
+
 # -- command line -----------------------------------------------------------------------
 
 COMMAND_PLUGIN = '''

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -18,11 +19,16 @@ from .config import Config, ConfigError
 from .errors import PluginError
 from .ingest import Ingester
 from .jobs import JobEngine
+from .metrics import Metrics
 from .model import MainTags
+from .peers import check_configuration as check_peers
 from .plugins import PluginHost, make_plugin_host
 from .types import IndexBackendFactory, StorageAreaFactory
+from .userdata import check_configuration as check_user_types
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from starlette.applications import Starlette
 
     from .changes import EventDispatcher
@@ -58,18 +64,24 @@ class Server:
     ) -> None:
         self.config = config or Config.defaults()
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.started = time.time()
         base_dir = self.config.sources[0].parent if self.config.sources else Path.cwd()
         self.plugins: PluginHost = make_plugin_host(
             extra=self.config["Plugins"], disabled=self.config["DisabledPlugins"],
             load_entry_points=load_entry_points, base_dir=base_dir, objects=plugins,
         )
         self._check_sections()
+        check_peers(self.config)
+        check_user_types(self.config)
         self.main_tags = MainTags(self.config["ExtraMainDicomTags"])
         self.storage: StorageArea = self._open_storage()
         self.index: SqlIndex = self._open_index()
         self.ingest = Ingester(self)
         self.jobs = JobEngine(self)
+        self.metrics = Metrics(bool(self.config["MetricsEnabled"]))
         self.events: EventDispatcher | None = None
+        #: Set by ``lanthorn serve``: stops this server and starts it again (/tools/reset).
+        self.request_restart: Callable[[], None] | None = None
         self._app: Starlette | None = None
 
     # -- configuration checks ------------------------------------------------------------
@@ -120,6 +132,9 @@ class Server:
         if background:
             from .changes import EventDispatcher
 
+            if not self.config["OrthancPeersInDatabase"] \
+                    and not self.index.live_lease_holders():
+                self.index.clear_peers()  # a fresh start forgets peers set over REST
             self.events = EventDispatcher(self)
             self.events.start()
             self.jobs.start()
