@@ -234,7 +234,7 @@ def test_import_sqlite_moves_index_and_files(
         ids = [client.post("/instances", content=d).json()["ID"] for d in uploads]
         patient = client.get(f"/instances/{ids[0]}/patient").json()["ID"]
         assert client.put(f"/patients/{patient}/labels/moved").status_code == 200
-        client.put(f"/instances/{ids[1]}/metadata/Note", content=b"kept")
+        assert client.put(f"/instances/{ids[1]}/metadata/1024", content=b"kept").status_code == 200
         before = [client.get(url).json() for url in
                   ("/patients?expand", "/changes?limit=1000", "/statistics")]
     sqlite_server.close()
@@ -256,7 +256,7 @@ def test_import_sqlite_moves_index_and_files(
                      ("/patients?expand", "/changes?limit=1000", "/statistics")]
             assert after == before
             assert client.get(f"/instances/{ids[2]}/file").content == uploads[2]
-            assert client.get(f"/instances/{ids[1]}/metadata/Note").text == "kept"
+            assert client.get(f"/instances/{ids[1]}/metadata/1024").text == "kept"
             # Sequences continue after the copied rows.
             client.post("/instances", content=make_instance())
             last = client.get("/changes?limit=1000").json()
