@@ -112,6 +112,10 @@ def test_history_keeps_the_most_recent_finished_jobs_and_drops_older_outputs(
                                          json={"Asynchronous": True}).json()["ID"])
         wait_job(lanthorn_client.get, jobs[-1])
         outputs.append(lanthorn_server.index.jobs.get(jobs[-1]).outputs["archive"]["uuid"])
+    # The history is pruned right after the third job finishes: rows first, then files.
+    deadline = time.monotonic() + 10
+    while lanthorn_server.storage.exists(outputs[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert sorted(lanthorn_client.get("/jobs").json()) == sorted(jobs[1:])
     assert [lanthorn_server.storage.exists(uuid) for uuid in outputs] == [False, True, True]
 
