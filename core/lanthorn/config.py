@@ -277,6 +277,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name: "
            "[url, username, password] or an object (Url, Username, Password, HttpHeaders, "
            "Timeout...)."),
+    Option("DicomModalitiesInDatabase", False, bool, "Keep the modalities defined or "
+           "deleted over REST (PUT/DELETE /modalities/{id}) across restarts."),
     Option("OrthancPeersInDatabase", False, bool, "Keep the peers defined or deleted over REST "
            "(PUT/DELETE /peers/{id}) across restarts."),
     # Jobs and miscellaneous
@@ -648,7 +650,7 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "BuiltinDecoderTranscoderOrder",
     "DeidentifyLogsDicomVersion",
     "DicomAssociationCloseDelay", "DicomEchoChecksFind",
-    "DicomModalitiesInDatabase", "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
+    "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
     "DicomTlsRemoteCertificateRequired", "Dictionary", "ExecuteLuaEnabled",
     "HttpCompressionEnabled", "HttpProxy", "HttpRequestTimeout", "HttpVerbose",
     "HttpsCACertificates", "HttpsVerifyPeers",

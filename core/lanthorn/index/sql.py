@@ -7,10 +7,12 @@ engine). Write transactions are short and take the write lock up front
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from pydicom.datadict import tag_for_keyword
 from sqlalchemy import (
@@ -60,6 +62,7 @@ from .records import (
     StoreOutcome,
 )
 
+Node = TypeVar("Node")
 
 def orthanc_date(timestamp: float) -> str:
     """Orthanc's compact UTC timestamp, as in ``LastUpdate`` and ``/changes``."""
@@ -637,21 +640,34 @@ class SqlIndex:
             conn.execute(insert(s.global_properties).values(name=name, value=str(value)))
             return value
 
-    # -- peers defined over REST ------------------------------------------------------
+    # -- remote nodes defined over REST --------------------------------------------------
 
-    def peer_overrides(self) -> dict[str, str | None]:
-        """Peers set (JSON) or deleted (None) over REST, by name."""
+    def overlaid(self, kind: str, configured: dict[str, Node],
+                 parse: Callable[[str, Any], Node]) -> dict[str, Node]:
+        """The configured nodes of a kind ("peer", "modality") with the REST changes
+        (stored as JSON, or None for a deletion) applied, by name."""
+        found = dict(configured)
         with self.read() as conn:
-            return dict(conn.execute(select(s.peers.c.name, s.peers.c.config)).all())
+            rows = conn.execute(select(s.remote_nodes.c.name, s.remote_nodes.c.config)
+                                .where(s.remote_nodes.c.kind == kind)).all()
+        for name, stored in rows:
+            if stored is None:
+                found.pop(name, None)
+            else:
+                found[name] = parse(name, json.loads(stored))
+        return found
 
-    def set_peer(self, name: str, config: str | None) -> None:
+    def set_remote_node(self, kind: str, name: str, config: Any) -> None:
+        """Define (JSON-able ``config``) or hide (None) a node of the configuration."""
+        table = s.remote_nodes
         with self.write() as conn:
-            conn.execute(delete(s.peers).where(s.peers.c.name == name))
-            conn.execute(insert(s.peers).values(name=name, config=config))
+            conn.execute(delete(table).where(table.c.kind == kind, table.c.name == name))
+            conn.execute(insert(table).values(
+                kind=kind, name=name, config=None if config is None else json.dumps(config)))
 
-    def clear_peers(self) -> None:
+    def clear_remote_nodes(self, kind: str) -> None:
         with self.write() as conn:
-            conn.execute(delete(s.peers))
+            conn.execute(delete(s.remote_nodes).where(s.remote_nodes.c.kind == kind))
 
     # -- statistics and maintenance ------------------------------------------------------
 
