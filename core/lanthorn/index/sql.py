@@ -198,6 +198,16 @@ class SqlIndex:
         with self.read() as conn:
             return [(row.id, row.public_id) for row in conn.execute(statement)]
 
+    def instances_under(self, public_ids: Sequence[str]) -> list[str]:
+        """The instances under resources of any level, in index order (public IDs; the
+        resources that do not exist, deleted meanwhile, are skipped)."""
+        ids: list[int] = []
+        for public_id in public_ids:
+            resource = self.lookup(public_id)
+            if resource is not None:
+                ids += self.descendants(resource.id, Level.INSTANCE)
+        return self.public_ids_of(ids)
+
     def public_ids_of(self, ids: Sequence[int]) -> list[str]:
         with self.read() as conn:
             found = dict(conn.execute(

@@ -17,7 +17,6 @@ from starlette.responses import Response
 
 from ..errors import BadRequest, UnknownResource
 from ..jobs import JobContext, JobType
-from ..model import Level
 from .common import answer, asynchronous, job_answer
 
 if TYPE_CHECKING:
@@ -46,7 +45,7 @@ class Destination:
             if server.index.lookup(public_id) is None:
                 raise UnknownResource(f"resource {public_id} does not exist")
         parameters = {**options, **target, "Resources": resources,
-                      "Instances": instances_under(server, resources)}
+                      "Instances": server.index.instances_under(resources)}
         if asynchronous(options):
             job_id = server.jobs.submit(self.job_type, parameters,
                                         content=self.report(server, parameters, {}),
@@ -101,13 +100,3 @@ def store_request(body: bytes) -> tuple[list[str], dict[str, Any]]:
     if not isinstance(resources, list) or not all(isinstance(r, str) and r for r in resources):
         raise BadRequest('"Resources" must be a list of Orthanc identifiers')
     return resources, options
-
-
-def instances_under(server: Server, public_ids: list[str]) -> list[str]:
-    """The instances under the given resources, in index order (deleted ones skipped)."""
-    ids: list[int] = []
-    for public_id in public_ids:
-        resource = server.index.lookup(public_id)
-        if resource is not None:
-            ids += server.index.descendants(resource.id, Level.INSTANCE)
-    return server.index.public_ids_of(ids)
