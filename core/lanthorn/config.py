@@ -216,7 +216,7 @@ OPTIONS: tuple[Option, ...] = (
         "SynchronousCMove",
         True,
         bool,
-        "Send C-MOVE sub-operations during the request (false is not supported yet).",
+        "Send C-MOVE sub-operations during the request; false queues a store job.",
     ),
     Option(
         "DefaultEncoding",
