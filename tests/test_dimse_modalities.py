@@ -204,3 +204,22 @@ def test_rest_modalities_outlive_a_restart_only_when_kept_in_the_database(
     finally:
         second.stop()
         second.close()
+
+
+@pytest.mark.lanthorn_config(LogExportedResources=True)
+def test_exports_record_what_was_sent(lanthorn_server: lanthorn.Server,
+                                      lanthorn_client: TestClient, remote: StoreSCP) -> None:
+    uids = [store(lanthorn_server, PatientID="P1", StudyInstanceUID="1.2.3",
+                  SeriesInstanceUID="1.2.3.1").SOPInstanceUID for _ in range(2)]
+    [study] = lanthorn_client.get("/studies").json()
+    lanthorn_client.post("/modalities/peer/store", json={"Resources": [study]})
+    first = lanthorn_client.get("/exports?limit=1").json()
+    assert (len(first["Exports"]), first["Done"]) == (1, False)
+    rest = lanthorn_client.get(f"/exports?since={first['Last']}").json()
+    exported = first["Exports"] + rest["Exports"]
+    assert rest["Done"] and sorted(e["SOPInstanceUID"] for e in exported) == sorted(uids)
+    assert {(e["RemoteModality"], e["ResourceType"], e["StudyInstanceUID"], e["PatientID"])
+            for e in exported} == {(PEER_AET, "Instance", "1.2.3", "P1")}
+    assert exported[0]["Path"] == f"/instances/{exported[0]['ID']}"
+    assert lanthorn_client.delete("/exports").json() == {}
+    assert lanthorn_client.get("/exports").json() == {"Exports": [], "Done": True, "Last": 0}

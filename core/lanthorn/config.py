@@ -277,6 +277,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name: "
            "[url, username, password] or an object (Url, Username, Password, HttpHeaders, "
            "Timeout...)."),
+    Option("LogExportedResources", False, bool, "Record each instance sent to a modality or "
+           "a peer in /exports (an audit trail of what left the server)."),
     Option("DicomModalitiesInDatabase", False, bool, "Keep the modalities defined or "
            "deleted over REST (PUT/DELETE /modalities/{id}) across restarts."),
     Option("OrthancPeersInDatabase", False, bool, "Keep the peers defined or deleted over REST "
@@ -654,7 +656,7 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "DicomTlsRemoteCertificateRequired", "Dictionary", "ExecuteLuaEnabled",
     "HttpCompressionEnabled", "HttpProxy", "HttpRequestTimeout", "HttpVerbose",
     "HttpsCACertificates", "HttpsVerifyPeers",
-    "LoadPrivateDictionary", "LogExportedResources", "LuaScripts", "MallocArenaMax",
+    "LoadPrivateDictionary", "LuaScripts", "MallocArenaMax",
     "MaximumStorageCacheSize", "MediaArchiveSize",
     "OrthancExplorerEnabled", "SslCertificate",
     "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",

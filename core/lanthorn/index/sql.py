@@ -650,6 +650,39 @@ class SqlIndex:
             conn.execute(insert(s.global_properties).values(name=name, value=str(value)))
             return value
 
+    # -- exported resources (LogExportedResources) ---------------------------------------
+
+    def log_export(self, public_id: str, remote: str) -> None:
+        """Record that an instance was sent to ``remote`` (a modality's AET, a peer)."""
+        instance = self.lookup(public_id)
+        if instance is None:
+            return
+        tags: dict[int, str] = {}
+        for resource in (instance, *self.ancestors(instance.id)):
+            tags |= self.main_tags_of(resource.id)
+        uids = [tags.get(tag_for_keyword(IDENTIFIER_KEYWORDS[level]), "") for level in Level]
+        with self.write() as conn:
+            conn.execute(insert(s.exported_resources).values(
+                level=int(Level.INSTANCE), public_id=public_id, remote_modality=remote,
+                patient_id=uids[0], study_uid=uids[1], series_uid=uids[2], sop_uid=uids[3],
+                date=orthanc_date(time.time())))
+
+    def exports(self, since: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Orthanc's ``/exports`` entries after ``since``."""
+        table = s.exported_resources
+        with self.read() as conn:
+            rows = conn.execute(select(table).where(table.c.seq > since)
+                                .order_by(table.c.seq).limit(limit)).all()
+        return [{"Date": r.date, "ID": r.public_id, "Path": f"/instances/{r.public_id}",
+                 "PatientID": r.patient_id, "RemoteModality": r.remote_modality,
+                 "ResourceType": "Instance", "SOPInstanceUID": r.sop_uid, "Seq": r.seq,
+                 "SeriesInstanceUID": r.series_uid, "StudyInstanceUID": r.study_uid}
+                for r in rows]
+
+    def clear_exports(self) -> None:
+        with self.write() as conn:
+            conn.execute(delete(s.exported_resources))
+
     # -- remote nodes defined over REST --------------------------------------------------
 
     def overlaid(self, kind: str, configured: dict[str, Node],

@@ -64,7 +64,8 @@ def send_to_modality(server: Server, parameters: dict[str, Any], checkpoint: dic
                   parameters.get("MoveOriginatorID"))
     scu.store(server, modality, scu.plan(server, instances[checkpoint.get("Next", 0):]),
               originator=originator, permissive=bool(parameters.get("Permissive", False)),
-              after_each=lambda stored: advance(checkpoint, len(instances), stored, progress))
+              after_each=lambda stored: advance(server, parameters, checkpoint, stored, progress,
+                                                remote=modality.aet))
 
 
 def store_report(server: Server, parameters: dict[str, Any],
