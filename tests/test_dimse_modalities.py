@@ -72,6 +72,17 @@ def test_echo(lanthorn_client: TestClient, remote: StoreSCP) -> None:
     assert 'cannot reach modality "down"' in down.json()["Details"]
 
 
+def test_echo_to_a_modality_given_in_the_body(lanthorn_client: TestClient,
+                                               remote: StoreSCP) -> None:
+    answer = lanthorn_client.post("/tools/dicom-echo", json={
+        "AET": PEER_AET, "Host": "127.0.0.1", "Port": remote.port})
+    assert (answer.status_code, answer.json()) == (200, {})
+    down = lanthorn_client.post("/tools/dicom-echo", json={
+        "AET": "DOWN", "Host": "127.0.0.1", "Port": free_port()})
+    assert down.json()["OrthancStatus"] == 9
+    assert lanthorn_client.post("/tools/dicom-echo", json={"AET": "X"}).status_code == 400
+
+
 def test_store_a_study_synchronously(lanthorn_server: lanthorn.Server,
                                      lanthorn_client: TestClient, remote: StoreSCP) -> None:
     uids = [store(lanthorn_server, PatientID="P1", StudyInstanceUID="1.2.3",

@@ -48,6 +48,17 @@ async def echo(request: Request) -> Response:
     return answer({})
 
 
+async def echo_anywhere(request: Request) -> Response:
+    """``POST /tools/dicom-echo``: C-ECHO to a modality given in the body, configured or
+    not (Orthanc's object form: AET, Host, Port, Timeout...)."""
+    try:
+        modality = parse_modality("(dicom-echo)", json_body(await request.body()))
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from None
+    await run_in_threadpool(scu.echo, server_of(request), modality)
+    return answer({})
+
+
 async def store(request: Request) -> Response:
     modality = modality_of(request)
     body = await request.body()
@@ -138,5 +149,6 @@ def routes() -> list[Route]:
         Route("/modalities/{id}/store-straight", store_straight, methods=["POST"]),
         Route("/modalities/{id}/configuration", configuration, methods=["GET"]),
         Route("/modalities/{id}/echo", echo, methods=["POST"]),
+        Route("/tools/dicom-echo", echo_anywhere, methods=["POST"]),
         Route("/modalities/{id}/store", store, methods=["POST"]),
     ]
