@@ -11,7 +11,7 @@ from ..dimse.access import parse_modalities
 from ..dimse.commitment import SCP_JOB_TYPE
 from ..dimse.find import core_find
 from ..dimse.retrieve import core_retrieve
-from ..dimse.scp import accepted_syntaxes
+from ..dimse.scp import RUNTIME_SETTINGS, accepted_syntaxes, set_listener_setting
 from ..plugins import hookimpl
 
 if TYPE_CHECKING:
@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 @hookimpl
 def startup(server: Server) -> None:
     parse_modalities(server.config)  # a malformed DicomModalities entry stops start-up
-    accepted_syntaxes(server.config)  # so does an AcceptedTransferSyntaxes matching nothing
+    accepted_syntaxes(server)  # so does an AcceptedTransferSyntaxes matching nothing
+    if not server.index.live_lease_holders():  # a fresh start forgets the REST changes
+        for name in RUNTIME_SETTINGS:
+            set_listener_setting(server, name, None)
 
 
 @hookimpl

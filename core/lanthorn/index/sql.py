@@ -641,6 +641,19 @@ class SqlIndex:
             return conn.execute(delete(s.pseudonyms).where(
                 s.pseudonyms.c.scope == scope, s.pseudonyms.c.patient == patient)).rowcount
 
+    def global_property(self, name: str) -> str | None:
+        with self.read() as conn:
+            return conn.scalar(select(s.global_properties.c.value)
+                               .where(s.global_properties.c.name == name))
+
+    def set_global_property(self, name: str, value: str | None) -> None:
+        """Set a global property, or forget it (``None``)."""
+        g = s.global_properties.c
+        with self.write() as conn:
+            conn.execute(delete(s.global_properties).where(g.name == name))
+            if value is not None:
+                conn.execute(insert(s.global_properties).values(name=name, value=value))
+
     def next_counter(self, name: str) -> int:
         """Increment and return a counter kept in the global properties."""
         g = s.global_properties.c

@@ -19,18 +19,34 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 from pynetdicom.sop_class import uid_to_service_class
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
+from ..config import ConfigError
 from ..dicom import dataset_json
-from ..dimse.scp import make_application_entity
+from ..dimse.scp import (
+    listener_setting,
+    make_application_entity,
+    matching_syntaxes,
+    set_listener_setting,
+)
 from ..errors import BadRequest, UnknownResource
 from ..index.records import Resource, ResourceInfo
 from ..model import Level, parse_tag
 from ..requested import first_header
-from .common import answer, dicom_form, integer, level_of, resource_of, server_of, text
+from .common import (
+    answer,
+    dicom_form,
+    integer,
+    json_body,
+    level_of,
+    resource_of,
+    server_of,
+    text,
+)
 from .resources import LEVELS
 
 if TYPE_CHECKING:
@@ -127,7 +143,34 @@ def default_encoding(request: Request) -> Response:
 
 
 def unknown_sop_class_accepted(request: Request) -> Response:
-    return text("1" if server_of(request).config["UnknownSopClassAccepted"] else "0")
+    accepted = listener_setting(server_of(request), "UnknownSopClassAccepted")
+    return text("1" if accepted else "0")
+
+
+async def set_unknown_sop_class_accepted(request: Request) -> Response:
+    """Orthanc's body: "1"/"0" or "true"/"false"; every process applies it at once."""
+    value = (await request.body()).decode(errors="replace").strip().lower()
+    if value not in ("1", "0", "true", "false"):
+        raise BadRequest('the body must be "1", "0", "true" or "false"')
+    await run_in_threadpool(set_listener_setting, server_of(request),
+                            "UnknownSopClassAccepted", value in ("1", "true"))
+    return text("")
+
+
+async def set_accepted_transfer_syntaxes(request: Request) -> Response:
+    """A list of transfer syntax UIDs (``*``/``?`` wildcards) or one; the answer is
+    the syntaxes accepted from now on."""
+    patterns = json_body(await request.body())
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise BadRequest("the body must be a list of transfer syntax UIDs")
+    try:
+        matching_syntaxes(patterns)
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from None
+    server = server_of(request)
+    await run_in_threadpool(set_listener_setting, server, "AcceptedTransferSyntaxes", patterns)
+    return accepted_transfer_syntaxes(request)
 
 
 def accepted_transfer_syntaxes(request: Request) -> Response:
@@ -334,6 +377,10 @@ def routes() -> list[Route]:
         Route("/tools/accepted-transfer-syntaxes", accepted_transfer_syntaxes, methods=["GET"]),
         Route("/tools/accepted-sop-classes", accepted_sop_classes, methods=["GET"]),
         Route("/tools/unknown-sop-class-accepted", unknown_sop_class_accepted, methods=["GET"]),
+        Route("/tools/unknown-sop-class-accepted", set_unknown_sop_class_accepted,
+              methods=["PUT"]),
+        Route("/tools/accepted-transfer-syntaxes", set_accepted_transfer_syntaxes,
+              methods=["PUT"]),
         Route("/tools/dicom-conformance", dicom_conformance, methods=["GET"]),
         *(Route(path, get_log_level, methods=["GET"]) for path in log_paths),
         *(Route(path, put_log_level, methods=["PUT"]) for path in log_paths),
