@@ -74,7 +74,8 @@ def dataset_of(values: dict[str, object]) -> Dataset:
             vr = dictionary_VR(tag)
         except KeyError:
             vr = "LO"
-        dataset.add_new(tag, vr if vr != "SQ" else "LO", value)
+        # An empty value is a return key; None fits every VR (numbers too).
+        dataset.add_new(tag, vr if vr != "SQ" else "LO", value or None)
     return dataset
 
 
