@@ -197,6 +197,15 @@ OPTIONS: tuple[Option, ...] = (
         int,
         "Seconds to wait for a remote modality to answer an outgoing request.",
     ),
+    Option("DicomTlsEnabled", False, bool, "The DICOM listener accepts only TLS "
+           "associations (DICOM TLS, PS3.15 B.1)."),
+    Option("DicomTlsCertificate", None, str, "PEM certificate of this server for DICOM TLS "
+           "(listener, and client certificate of the associations it requests)."),
+    Option("DicomTlsPrivateKey", None, str, "PEM private key of DicomTlsCertificate."),
+    Option("DicomTlsTrustedCertificates", None, str, "PEM file of the certificates (or CAs) "
+           "of the modalities trusted over DICOM TLS, both ways."),
+    Option("DicomTlsRemoteCertificateRequired", True, bool, "The listener refuses TLS "
+           "clients without a trusted certificate."),
     Option("DicomDefaultRetrieveMethod", "C-MOVE", str, "How /queries retrieves answers "
            "when the request does not say: C-MOVE or C-GET."),
     Option("DicomThreadsCount", 4, int, "Threads serving incoming DICOM associations."),
@@ -652,8 +661,7 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "BuiltinDecoderTranscoderOrder",
     "DeidentifyLogsDicomVersion",
     "DicomAssociationCloseDelay", "DicomEchoChecksFind",
-    "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
-    "DicomTlsRemoteCertificateRequired", "Dictionary", "ExecuteLuaEnabled",
+    "DicomScuPreferredTransferSyntax", "Dictionary", "ExecuteLuaEnabled",
     "HttpCompressionEnabled", "HttpProxy", "HttpRequestTimeout", "HttpVerbose",
     "HttpsCACertificates", "HttpsVerifyPeers",
     "LoadPrivateDictionary", "LuaScripts", "MallocArenaMax",

@@ -24,6 +24,7 @@ from ..model import IDENTIFIER_KEYWORDS, format_tag, parse_tag
 from ..query import build_query
 from .request import dimse_request, keys, matching
 from .scu import SubOperation, load, plan, store_contexts
+from .tls import client_context
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -62,9 +63,11 @@ def serve_move(event: Event, server: Server, rules: AccessRules) -> Iterator[Any
         yield 0  # pynetdicom answers success without associating
         return
     operations = _planned(server, request, "C-MOVE", items)
-    yield destination.host, destination.port, {
-        "ae_title": destination.aet, "contexts": store_contexts(operations),
-        "max_pdu": int(server.config["MaximumPduLength"])}
+    options = {"ae_title": destination.aet, "contexts": store_contexts(operations),
+               "max_pdu": int(server.config["MaximumPduLength"])}
+    if destination.use_tls:
+        options["tls_args"] = (client_context(server.config), None)
+    yield destination.host, destination.port, options
     yield len(operations)
     yield from _each(server, request, operations)
 

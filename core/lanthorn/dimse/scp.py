@@ -34,6 +34,7 @@ from .find import serve_find
 from .request import PATIENT_ROOT, STUDY_ROOT, WORKLIST, origin_of
 from .retrieve import serve_get, serve_move
 from .scu import LanthornAE
+from .tls import listener_context
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -126,9 +127,17 @@ class SharedPortServer(ThreadedAssociationServer):
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        """Accept with Nagle's algorithm off, as ``LanthornAE`` does for its requests."""
-        client, address = super().get_request()
+        """Accept with Nagle's algorithm off, as ``LanthornAE`` does for its requests.
+
+        With DICOM TLS the handshake happens in the association's own thread, on its first
+        read: pynetdicom does it here, in the accept loop, where one client that never
+        completes it stalls every other connection.
+        """
+        client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
         return client, address
 
 
@@ -146,7 +155,8 @@ def start_listener(server: Server) -> ThreadedAssociationServer:
                 (evt.EVT_C_GET, serve_get, [server]),
                 (evt.EVT_N_ACTION, serve_n_action, [server, rules]),
                 (evt.EVT_N_EVENT_REPORT, serve_n_event_report, [server, rules])]
-    listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer)
+    listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer,
+                              ssl_context=listener_context(server.config))
     # A short poll interval: stopping waits for one poll.
     threading.Thread(target=listener.serve_forever, args=(0.1,), name="lanthorn-dicom",
                      daemon=True).start()
