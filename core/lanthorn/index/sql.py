@@ -251,6 +251,17 @@ class SqlIndex:
             return conn.scalar(select(s.instance_headers.c.header)
                                .where(s.instance_headers.c.resource_id == instance_id)) or b""
 
+    def headers(self, instance_ids: Sequence[int]) -> dict[int, bytes]:
+        """The saved headers of several instances (DICOMweb series metadata), batched."""
+        found: dict[int, bytes] = {}
+        column = s.instance_headers.c
+        with self.read() as conn:
+            for start in range(0, len(instance_ids), self.ID_BATCH):
+                batch = instance_ids[start:start + self.ID_BATCH]
+                found.update(conn.execute(select(column.resource_id, column.header)
+                                          .where(column.resource_id.in_(batch))).all())
+        return found
+
     def attachment(self, resource_id: int, content_type: int) -> Attachment | None:
         with self.read() as conn:
             row = conn.execute(select(s.attachments).where(
