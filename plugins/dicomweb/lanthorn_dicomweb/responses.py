@@ -1,0 +1,105 @@
+"""Content negotiation and the shapes of DICOMweb answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from python_multipart.multipart import parse_options_header
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from lanthorn import BadRequest
+
+DICOM_JSON = "application/dicom+json"
+JSON_TYPES = (DICOM_JSON, "application/json", "*/*", "application/*")
+ANY_SYNTAX = "*"
+
+
+class NotAcceptable(BadRequest):
+    """Nothing the client accepts can be produced (PS3.18: 406)."""
+
+    http_status = 406
+    orthanc_error = "Not acceptable"
+
+
+def dicom_json(data: Any, status: int = 200) -> Response:
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(body, status_code=status, media_type=DICOM_JSON)
+
+
+def json_array(items: Iterable[dict[str, Any]]) -> StreamingResponse:
+    """A JSON array written item by item (series metadata streams as it is rendered)."""
+    def body() -> Iterator[bytes]:
+        separator = b"["
+        for item in items:
+            yield separator + json.dumps(item, ensure_ascii=False,
+                                         separators=(",", ":")).encode()
+            separator = b","
+        yield b"]" if separator == b"," else b"[]"
+
+    return StreamingResponse(body(), media_type=DICOM_JSON)
+
+
+def require_json(request: Request) -> None:
+    """QIDO and metadata answer DICOM JSON only (no XML)."""
+    accept = request.headers.get("accept", "")
+    if not accept:
+        return
+    types = [item.split(";")[0].strip().lower() for item in accept.split(",")]
+    if not any(t in JSON_TYPES for t in types):
+        raise NotAcceptable(f'only {DICOM_JSON} is available here, not "{accept}"')
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One acceptable multipart answer: the part media type and transfer syntax."""
+
+    media_type: str  # "*/*" for anything
+    transfer_syntax: str  # "*" for any syntax
+
+
+def wanted(request: Request, default_type: str) -> list[Wanted]:
+    """The multipart/related media types the Accept header allows, in order.
+
+    No Accept (or ``*/*``) means the stored form. A transfer syntax left unspecified is
+    read as ``*`` (the stored one), as Orthanc does, rather than PS3.18's default of
+    Explicit VR Little Endian, which would require transcoding every stored file.
+    """
+    accept = request.headers.get("accept", "").strip()
+    if not accept:
+        return [Wanted("*/*", ANY_SYNTAX)]
+    result = []
+    for item in accept.split(","):
+        media, parameters = parse_options_header(item.strip())
+        media_type = media.decode("latin-1").lower()
+        syntax = parameters.get(b"transfer-syntax", b"*").decode("latin-1")
+        if media_type == "multipart/related":
+            part = parameters.get(b"type", default_type.encode()).decode("latin-1").lower()
+            result.append(Wanted(part, syntax))
+        elif media_type in ("*/*", "multipart/*"):
+            result.append(Wanted("*/*", syntax))
+        elif media_type == default_type:
+            result.append(Wanted(media_type, syntax))
+    if not result:
+        raise NotAcceptable(f'the answer is multipart/related; type="{default_type}", which '
+                            f'"Accept: {accept}" does not allow')
+    return result
+
+
+def choose(wants: list[Wanted], media_type: str, stored_syntax: str) -> None:
+    """Check that the stored form may be sent; 406 naming the difference otherwise.
+
+    Transcoding is a core service still to come: until then a request for another
+    transfer syntax than the stored one is refused rather than answered wrongly.
+    """
+    for want in wants:
+        type_ok = want.media_type in ("*/*", media_type) or (
+            want.media_type.endswith("/*") and media_type.startswith(want.media_type[:-1]))
+        if type_ok and want.transfer_syntax in (ANY_SYNTAX, stored_syntax):
+            return
+    asked = ", ".join(f"{w.media_type} ({w.transfer_syntax})" for w in wants)
+    raise NotAcceptable(f"stored as {media_type} in transfer syntax {stored_syntax}; "
+                        f"asked for {asked}; transcoding is not available yet")
