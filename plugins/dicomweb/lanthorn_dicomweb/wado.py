@@ -27,7 +27,7 @@ from lanthorn.ingest import DICOM_ATTACHMENT
 from lanthorn.rest.common import byte_range
 from lanthorn.storage import read_chunks
 
-from .json_model import PIXEL_DATA, dataset_json
+from .json_model import BINARY_VRS, PIXEL_DATA, dataset_json
 from .multipart import new_boundary, related_type, write_parts
 from .options import Options
 from .resources import base_url, instances, path_level, path_uids, retrieve_url
@@ -191,11 +191,10 @@ def _element_bytes(dataset: Dataset, path: str) -> bytes:
         if tag not in node:
             raise InexistentItem(f'no element "{path}" in this instance')
         if position + 1 == len(steps):
-            raw = node.get_item(tag)
-            value = raw.value if isinstance(raw, RawDataElement) else node[tag].value
-            if not isinstance(value, bytes):
+            raw, element = node.get_item(tag), node[tag]
+            if element.VR not in BINARY_VRS or not isinstance(element.value, bytes):
                 raise InexistentItem(f'"{path}" is not bulk data')
-            return value
+            return raw.value if isinstance(raw, RawDataElement) else element.value
         items = node[tag].value
         index = steps[position + 1]
         if not index.isdigit() or int(index) >= len(items or []):
