@@ -14,9 +14,10 @@ import httpx2
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
-from lanthorn.testing import ServerProcess, make_instance
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+
+from lanthorn.testing import ServerProcess, make_instance
 
 CT = Path(get_testdata_file("CT_small.dcm")).read_bytes()
 RLE_2_FRAMES = Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes()

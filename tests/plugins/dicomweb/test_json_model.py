@@ -11,9 +11,10 @@ from typing import Any
 
 import pydicom
 import pytest
+from lanthorn_dicomweb.json_model import dataset_json
+
 from lanthorn.dicom import pack_header, parse_instance, read_header
 from lanthorn.errors import BadFileFormat
-from lanthorn_dicomweb.json_model import dataset_json
 
 FILES = sorted((Path(pydicom.__file__).parent / "data" / "test_files").glob("*.dcm"))
 
