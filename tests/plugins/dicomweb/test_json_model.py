@@ -16,7 +16,19 @@ from lanthorn_dicomweb.json_model import dataset_json
 from lanthorn.dicom import pack_header, parse_instance, read_header
 from lanthorn.errors import BadFileFormat
 
-FILES = sorted((Path(pydicom.__file__).parent / "data" / "test_files").glob("*.dcm"))
+
+
+def _storable(path: Path) -> bool:
+    try:
+        parse_instance(path.read_bytes())
+    except BadFileFormat:
+        return False
+    return True
+
+
+#: pydicom's test files that Lanthorn stores (the others are refused at ingest).
+FILES = [p for p in sorted((Path(pydicom.__file__).parent / "data" / "test_files")
+                           .glob("*.dcm")) if _storable(p)]
 
 
 def _standard(element: dict[str, Any]) -> dict[str, Any]:
@@ -43,10 +55,7 @@ def _dataset(item: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_same_json_as_pydicom(path: Path) -> None:
-    try:
-        parsed = parse_instance(path.read_bytes())
-    except BadFileFormat:
-        pytest.skip("not a file Lanthorn stores")
+    parsed = parse_instance(path.read_bytes())
     header = read_header(pack_header(parsed.header))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's own warnings on odd test files
