@@ -9,13 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 import lanthorn
-from lanthorn import Level, PluginRoute, Server
+from lanthorn import BadRequest, Level, PluginRoute, Server
+from lanthorn.rest.common import json_body
 
 from . import qido, stow, wado, wado_uri
+from .client import Servers
 from .options import read_options
 
 __version__ = "0.1.0"
@@ -65,7 +69,24 @@ def register_routes(server: Server) -> list[PluginRoute]:
     ]
     writes = [Route("/studies", store, methods=["POST"]),
               Route(STUDY, store, methods=["POST"])]
-    routes = [PluginRoute(Mount(options.root, routes=[*reads, *writes]), permission="write")]
+    servers = Servers(server, options)
+
+    def remote(operation: Callable[[Request, dict[str, Any]], Response]) -> Any:
+        async def endpoint(request: Request) -> Response:
+            body = json_body(await request.body())
+            if not isinstance(body, dict):
+                raise BadRequest("The body must contain a JSON object")
+            return await run_in_threadpool(operation, request, body)
+        return endpoint
+
+    client = [
+        Route("/servers", servers.list, methods=["GET"]),
+        Route("/servers/{name}", servers.operations, methods=["GET"]),
+        *(Route(f"/servers/{{name}}/{name}", remote(getattr(servers, name)), methods=["POST"])
+          for name in ("qido", "get", "retrieve", "stow")),
+    ]
+    routes = [PluginRoute(Mount(options.root, routes=[*reads, *writes, *client]),
+                          permission="write")]
     if options.enable_wado:
         routes.append(PluginRoute(Route(options.wado_root,
                                         lambda r: wado_uri.wado_uri(r, server),

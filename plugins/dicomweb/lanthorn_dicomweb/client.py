@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
 from lanthorn import BadRequest, Level, Origin, Server
 from lanthorn.config import ConfigError
 from lanthorn.errors import InexistentItem, NetworkError
 from lanthorn.ingest import DICOM_ATTACHMENT
 from lanthorn.storage import read_chunks
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from .multipart import PartReader, new_boundary, related_type, write_parts
 from .options import Options

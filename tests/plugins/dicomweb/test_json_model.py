@@ -17,7 +17,6 @@ from lanthorn.dicom import pack_header, parse_instance, read_header
 from lanthorn.errors import BadFileFormat
 
 
-
 def _storable(path: Path) -> bool:
     try:
         parse_instance(path.read_bytes())
