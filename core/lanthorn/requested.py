@@ -46,20 +46,24 @@ def index_values(server: Server, resource_id: int, level: Level,
     chain = {r.level: r.id for r in index.ancestors(resource_id)}
     values: dict[int, str] = {}
     left = []
+    tags_of: dict[int, dict[int, str]] = {}  # one query per resource, not one per tag
     for tag in tags:
         owner = server.main_tags.level_of(tag)
         if tag in COUNT_TAGS and COUNT_TAGS[tag][0] == level:
             values[tag] = str(len(index.descendants(resource_id, COUNT_TAGS[tag][1])))
         elif tag == MODALITIES_IN_STUDY and level == Level.STUDY:
-            series = index.describe(index.descendants(resource_id, Level.SERIES))
-            values[tag] = "\\".join(sorted({s.main_tags.get(MODALITY, "") for s in series}
-                                           - {""}))
+            series = index.descendants(resource_id, Level.SERIES)
+            values[tag] = "\\".join(sorted({index.main_tags_of(s).get(MODALITY, "")
+                                            for s in series} - {""}))
         elif tag == SOP_CLASSES_IN_STUDY and level == Level.STUDY:
             instances = index.describe(index.descendants(resource_id, Level.INSTANCE))
             values[tag] = "\\".join(sorted({i.metadata.get("SopClassUid", "")
                                             for i in instances} - {""}))
         elif owner is not None and owner <= level:
-            found = index.main_tags_of(chain[owner]).get(tag)
+            owner_id = chain[owner]
+            if owner_id not in tags_of:
+                tags_of[owner_id] = index.main_tags_of(owner_id)
+            found = tags_of[owner_id].get(tag)
             if found is not None:
                 values[tag] = found
         else:

@@ -7,6 +7,7 @@ A thin adapter: query parameters become a ``lanthorn.query`` query (the one engi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
@@ -68,8 +69,12 @@ def search(request: Request, level: Level, server: Server, options: Options) -> 
     matches = server.index.find(engine_query)
     asked = _asked(level, [parse_tag(k) for k in query], include)
     base = base_url(request, options)
-    return dicom_json([_result(server, resource, level, asked, base, include == "all")
-                       for resource in matches])
+    if level == Level.INSTANCE:
+        datasets = _from_headers(server, matches, asked, include == "all")
+    else:
+        elements = [DataElement(t, _vr(t), None) for t in asked]
+        datasets = (requested_dataset(server, resource, level, elements) for resource in matches)
+    return dicom_json([_json(dataset, level, base) for dataset in datasets])
 
 
 def _parameters(request: Request) -> tuple[dict[str, str], list[int] | str, int, int, bool]:
@@ -126,25 +131,32 @@ def _asked(level: Level, matched: list[int], include: list[int] | str) -> list[i
     return sorted(set(tags) - {RETRIEVE_URL})
 
 
-def _result(server: Server, resource: int, level: Level, asked: list[int], base: str,
-            whole_header: bool) -> dict[str, Any]:
-    elements = [DataElement(t, _vr(t), None) for t in asked]
-    dataset = requested_dataset(server, resource, level, elements)
-    if whole_header and level == Level.INSTANCE:
-        header = _own_header(server, resource)
-        for element in header:
-            if element.tag not in dataset and element.tag != PIXEL_DATA:
-                dataset.add(element)
+def _from_headers(server: Server, instances: list[int], asked: list[int],
+                  whole: bool) -> Iterator[Dataset]:
+    """Instance results straight from their saved headers (read in batches): an
+    instance's own header is the truth about it, and one read answers every field."""
+    for start in range(0, len(instances), server.index.ID_BATCH):
+        batch = instances[start:start + server.index.ID_BATCH]
+        headers = server.index.headers(batch)
+        for instance in batch:
+            header = read_header(headers[instance])
+            header.file_meta = None
+            dataset = Dataset()
+            for tag in asked:
+                dataset.add(header[tag] if tag in header else DataElement(tag, _vr(tag), None))
+            if whole:
+                for element in header:
+                    if element.tag not in dataset and element.tag != PIXEL_DATA:
+                        dataset.add(element)
+            yield dataset
+
+
+def _json(dataset: Dataset, level: Level, base: str) -> dict[str, Any]:
+    """A result with its RetrieveURL, as DICOM JSON."""
     uids = [str(dataset.get(UID_KEYWORDS[lv], "") or "") for lv in UID_KEYWORDS if lv <= level]
     url = retrieve_url(base, *uids)
     dataset.add_new(RETRIEVE_URL, "UR", url)
     return dataset_json(dataset, lambda path: f"{url}/bulk/{path}")
-
-
-def _own_header(server: Server, instance: int) -> Dataset:
-    header = read_header(server.index.header(instance))
-    header.file_meta = None
-    return header
 
 
 def _vr(tag: int) -> str:
