@@ -12,7 +12,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 import lanthorn
 from lanthorn import BadRequest, Level, PluginRoute, Server
@@ -51,24 +51,21 @@ def register_routes(server: Server) -> list[PluginRoute]:
         return await stow.store(request, server, options)
 
     reads = [
-        Route("/studies", search(Level.STUDY), methods=["GET"]),
-        Route("/series", search(Level.SERIES), methods=["GET"]),
-        Route("/instances", search(Level.INSTANCE), methods=["GET"]),
-        Route(STUDY, retrieve, methods=["GET"]),
-        Route(STUDY + "/series", search(Level.SERIES), methods=["GET"]),
-        Route(STUDY + "/instances", search(Level.INSTANCE), methods=["GET"]),
-        Route(STUDY + "/metadata", metadata, methods=["GET"]),
-        Route(SERIES, retrieve, methods=["GET"]),
-        Route(SERIES + "/instances", search(Level.INSTANCE), methods=["GET"]),
-        Route(SERIES + "/metadata", metadata, methods=["GET"]),
-        Route(INSTANCE, retrieve, methods=["GET"]),
-        Route(INSTANCE + "/metadata", metadata, methods=["GET"]),
-        Route(INSTANCE + "/bulk/{path:path}", lambda r: wado.bulk(r, server), methods=["GET"]),
-        Route(INSTANCE + "/frames/{frames}", lambda r: wado.frames(r, server),
-              methods=["GET"]),
+        ("/studies", search(Level.STUDY)),
+        ("/series", search(Level.SERIES)),
+        ("/instances", search(Level.INSTANCE)),
+        (STUDY, retrieve),
+        (STUDY + "/series", search(Level.SERIES)),
+        (STUDY + "/instances", search(Level.INSTANCE)),
+        (STUDY + "/metadata", metadata),
+        (SERIES, retrieve),
+        (SERIES + "/instances", search(Level.INSTANCE)),
+        (SERIES + "/metadata", metadata),
+        (INSTANCE, retrieve),
+        (INSTANCE + "/metadata", metadata),
+        (INSTANCE + "/bulk/{path:path}", lambda r: wado.bulk(r, server)),
+        (INSTANCE + "/frames/{frames}", lambda r: wado.frames(r, server)),
     ]
-    writes = [Route("/studies", store, methods=["POST"]),
-              Route(STUDY, store, methods=["POST"])]
     servers = Servers(server, options)
 
     def remote(operation: Callable[[Request, dict[str, Any]], Response]) -> Any:
@@ -79,14 +76,16 @@ def register_routes(server: Server) -> list[PluginRoute]:
             return await run_in_threadpool(operation, request, body)
         return endpoint
 
-    client = [
-        Route("/servers", servers.list, methods=["GET"]),
-        Route("/servers/{name}", servers.operations, methods=["GET"]),
-        *(Route(f"/servers/{{name}}/{name}", remote(getattr(servers, name)), methods=["POST"])
-          for name in ("qido", "get", "retrieve", "stow")),
-    ]
-    routes = [PluginRoute(Mount(options.root, routes=[*reads, *writes, *client]),
-                          permission="write")]
+    root = options.root
+    routes = [PluginRoute(Route(root + path, endpoint, methods=["GET"]), permission="read")
+              for path, endpoint in reads]
+    routes += [PluginRoute(Route(root + path, store, methods=["POST"]), permission="write")
+               for path in ("/studies", STUDY)]
+    routes += [PluginRoute(Route(root + "/servers", servers.list, methods=["GET"])),
+               PluginRoute(Route(root + "/servers/{name}", servers.operations, methods=["GET"]))]
+    routes += [PluginRoute(Route(f"{root}/servers/{{name}}/{name}", remote(getattr(servers, name)),
+                                 methods=["POST"]), permission="admin")
+               for name in ("qido", "get", "retrieve", "stow")]
     if options.enable_wado:
         routes.append(PluginRoute(Route(options.wado_root,
                                         lambda r: wado_uri.wado_uri(r, server),
