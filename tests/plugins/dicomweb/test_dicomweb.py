@@ -4,6 +4,7 @@ and raw HTTP for the standard's corner cases (status codes, media types, bad inp
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from collections.abc import Iterator
@@ -213,6 +214,21 @@ def test_metadata_from_the_saved_headers(client: DICOMwebClient, server: ServerP
     assert instance["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "TEST^PATIENT"}]}
     assert http.get(f"/dicom-web/studies/{study}/metadata").headers["content-type"] == \
         "application/dicom+json"
+
+
+def test_metadata_of_a_large_series_streams_in_blocks(client: DICOMwebClient) -> None:
+    """More than one 64 KB block of JSON: the blocks join into one valid array."""
+    ct = _dataset(CT)
+    series = pydicom.uid.generate_uid()
+    copies = []
+    for number in range(12):
+        ct.SeriesInstanceUID, ct.SOPInstanceUID = series, pydicom.uid.generate_uid()
+        ct.InstanceNumber = number + 1
+        copies.append(copy.deepcopy(ct))
+    client.store_instances(copies)
+    metadata = client.retrieve_series_metadata(CT_STUDY, series)
+    assert sorted(m["00200013"]["Value"][0] for m in metadata) == list(range(1, 13))
+    assert len(json.dumps(metadata)) > 2 * (1 << 16)
 
 
 def test_bulk_data_with_ranges(client: DICOMwebClient) -> None:
