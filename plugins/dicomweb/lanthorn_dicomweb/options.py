@@ -21,6 +21,7 @@ OPTIONS: dict[str, tuple[type, Any]] = {
     "Host": (str, ""),
     "Ssl": (bool, False),
     "QidoCaseSensitive": (bool, True),
+    "EnableMetadataCache": (bool, True),
     "Servers": (dict, {}),
 }
 
@@ -34,6 +35,7 @@ class Options:
     host: str  # "" : the Host the client used
     ssl: bool
     qido_case_sensitive: bool
+    metadata_cache: bool  # keep rendered DICOM JSON in the index
     servers: dict[str, Any]
 
 
@@ -54,4 +56,5 @@ def read_options(server: Server) -> Options:
             raise ConfigError(f'"{SECTION}.{key}" must start with "/", got {values[key]!r}')
     return Options(values["Enable"], values["Root"].rstrip("/"), values["EnableWado"],
                    values["WadoRoot"].rstrip("/") or "/wado", values["Host"], values["Ssl"],
-                   values["QidoCaseSensitive"], values["Servers"])
+                   values["QidoCaseSensitive"], values["EnableMetadataCache"],
+                   values["Servers"])

@@ -34,14 +34,14 @@ def dicom_json(data: Any, status: int = 200) -> Response:
 BLOCK = 1 << 16
 
 
-def json_array(items: Iterable[dict[str, Any]]) -> StreamingResponse:
-    """A JSON array written as it is rendered (series metadata), in blocks of ~64 KB."""
+def json_array(items: Iterable[bytes]) -> StreamingResponse:
+    """A JSON array of encoded items, sent as they come (series metadata) in ~64 KB blocks."""
     def body() -> Iterator[bytes]:
         block = bytearray(b"[")
         for position, item in enumerate(items):
             if position:
                 block += b","
-            block += json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+            block += item
             if len(block) >= BLOCK:
                 yield bytes(block)
                 block.clear()

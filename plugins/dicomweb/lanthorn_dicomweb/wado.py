@@ -8,7 +8,9 @@ only the byte ranges they need.
 from __future__ import annotations
 
 import io
+import json
 import struct
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -85,21 +87,42 @@ def stored_files(server: Server, ids: Sequence[int]) -> list[tuple[Attachment, s
 
 
 def metadata(request: Request, server: Server, options: Options) -> Response:
-    """The DICOM JSON of every instance, from the saved headers, streamed."""
+    """The DICOM JSON of every instance, streamed: kept JSON where there is some, else
+    rendered from the saved header (and kept, with ``EnableMetadataCache``)."""
     require_json(request)
     ids = instances(server, path_level(request), path_uids(request))
-    base = base_url(request, options)
+    base = json.dumps(base_url(request, options))[1:-1].encode()
 
-    def items() -> Iterator[dict[str, Any]]:
+    def items() -> Iterator[bytes]:
         for start in range(0, len(ids), server.index.ID_BATCH):
             batch = ids[start:start + server.index.ID_BATCH]
-            headers = server.index.headers(batch)
-            infos = server.index.describe(batch)
-            for info in infos:
-                yield instance_json(read_header(headers[info.resource.id]),
-                                    info.metadata, base)
+            kept = server.index.instance_json(batch) if options.metadata_cache else {}
+            rendered = _render(server, [i for i in batch if i not in kept])
+            if options.metadata_cache:
+                server.index.keep_json({i: zlib.compress(j, 1) for i, j in rendered.items()})
+            for instance in batch:
+                text = zlib.decompress(kept[instance]) if instance in kept \
+                    else rendered.get(instance)
+                if text is not None:  # None: deleted since the look-up
+                    yield text.replace(BASE_MARKER, base)
 
     return json_array(items())
+
+
+#: Stands for the base URL in kept JSON (clients reach the server under several names).
+BASE_MARKER = b"\\u0000lanthorn-base\\u0000"
+
+
+def _render(server: Server, ids: list[int]) -> dict[int, bytes]:
+    """DICOM JSON of instances from their saved headers, with BASE_MARKER as base URL."""
+    if not ids:
+        return {}
+    headers = server.index.headers(ids)
+    marker = json.loads(b'"' + BASE_MARKER + b'"')
+    return {info.resource.id: json.dumps(
+                instance_json(read_header(headers[info.resource.id]), info.metadata, marker),
+                ensure_ascii=False, separators=(",", ":")).encode()
+            for info in server.index.describe(ids) if info.resource.id in headers}
 
 
 def instance_json(header: Dataset, metadata: dict[str, str], base: str) -> dict[str, Any]:

@@ -216,6 +216,30 @@ def test_metadata_from_the_saved_headers(client: DICOMwebClient, server: ServerP
         "application/dicom+json"
 
 
+def test_kept_metadata_is_the_rendered_one_under_any_host(
+        lanthorn_process: ServerProcess) -> None:
+    """Without DicomWeb.Host, URLs follow the Host header, cached JSON included."""
+    http = httpx2.Client(base_url=lanthorn_process.start().url, timeout=60)
+    http.post("/instances", content=CT)
+    path = f"/dicom-web/studies/{CT_STUDY}/metadata"
+    rendered = http.get(path, headers={"Host": "one.example"}).text  # rendered, then kept
+    kept = http.get(path, headers={"Host": "two.example:8080"}).text
+    assert kept == rendered.replace("http://one.example/", "http://two.example:8080/")
+    assert "two.example:8080/dicom-web/studies" in kept
+    http.delete(f"/studies/{http.get('/studies').json()[0]}")
+    assert http.get(path).status_code == 404
+    http.post("/instances", content=CT)  # the kept JSON went with the instance
+    assert http.get(path, headers={"Host": "one.example"}).text == rendered
+    http.close()
+
+
+@pytest.mark.lanthorn_config(DicomWeb={"EnableMetadataCache": False})
+def test_metadata_without_the_cache(client: DICOMwebClient) -> None:
+    client.store_instances([_dataset(CT)])
+    for _ in range(2):
+        assert client.retrieve_study_metadata(CT_STUDY)[0]["00100020"]["Value"] == ["1CT1"]
+
+
 def test_metadata_of_a_large_series_streams_in_blocks(client: DICOMwebClient) -> None:
     """More than one 64 KB block of JSON: the blocks join into one valid array."""
     ct = _dataset(CT)
