@@ -33,6 +33,12 @@ INSTANCE = SERIES + "/instances/{instance}"
 
 
 @lanthorn.hookimpl
+def startup(server: Server) -> None:
+    """Refuse to start on a malformed ``DicomWeb`` section, naming the option."""
+    Servers(server, read_options(server))
+
+
+@lanthorn.hookimpl
 def register_routes(server: Server) -> list[PluginRoute]:
     options = read_options(server)
     if not options.enable:

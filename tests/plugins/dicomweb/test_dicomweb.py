@@ -7,17 +7,21 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import lanthorn_dicomweb
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from lanthorn import Server
+from lanthorn.config import ConfigError
 from lanthorn.testing import ServerProcess, make_instance
 
 CT = Path(get_testdata_file("CT_small.dcm")).read_bytes()
@@ -425,3 +429,19 @@ def test_disabled(http: httpx2.Client) -> None:
 
 def test_the_plugin_is_listed(http: httpx2.Client) -> None:
     assert http.get("/plugins/dicomweb").json()["Status"] == "loaded"
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"Root": 5}, '"DicomWeb.Root" must be a str'),
+    ({"Root": "dicom-web"}, '"DicomWeb.Root" must start with "/"'),
+    ({"Servers": {"peer": 42}}, '"DicomWeb.Servers.peer" must be'),
+])
+def test_a_malformed_section_stops_start_up(lanthorn_config: Any, section: dict[str, Any],
+                                            message: str) -> None:
+    server = Server(lanthorn_config.with_overrides(DicomWeb=section), load_entry_points=False,
+                    plugins=[lanthorn_dicomweb])
+    try:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            server.start(background=False)
+    finally:
+        server.close()
