@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from dimse_peers import SCU_AET, dcmtk, listening, scu
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import build_context
+from pynetdicom import AE, build_context
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
@@ -196,3 +196,62 @@ def test_a_peer_vanishing_mid_store_leaves_nothing_and_the_server_up(
     storage = Path(lanthorn_server.config["StorageDirectory"])
     assert [p for p in storage.rglob("*")
             if p.is_file() and not p.name.startswith("index.")] == []
+
+
+@configured(DicomThreadsCount=2)
+def test_silent_connections_take_no_association_slot(port: int) -> None:
+    """Health checks that connect and say nothing must not lock modalities out; the
+    limit still holds for associations."""
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        time.sleep(0.2)  # the listener has accepted them
+        ae = AE(SCU_AET)
+        ae.add_requested_context(Verification)
+        held = [ae.associate("127.0.0.1", port, ae_title="LANTHORN") for _ in range(3)]
+        assert [a.is_established for a in held] == [True, True, False]
+        assert held[2].is_rejected
+        for association in held[:2]:
+            association.release()
+    finally:
+        for connection in silent:
+            connection.close()
+
+
+PRIVATE_SOP_CLASS = "1.3.6.1.4.1.99999.1.1"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def private_instance() -> Any:
+    dataset = pydicom.dcmread(io.BytesIO(make_instance()))
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = PRIVATE_SOP_CLASS
+    return dataset
+
+
+@pytest.mark.parametrize("accepted", [False, True])
+def test_unknown_sop_classes_are_stored_only_when_accepted(
+        lanthorn_config: Any, accepted: bool) -> None:
+    server = lanthorn.Server(lanthorn_config.with_overrides(
+        UnknownSopClassAccepted=accepted, AcceptedTransferSyntaxes=[ExplicitVRLittleEndian]),
+        load_entry_points=False)
+    dataset = private_instance()
+    try:
+        with listening(server):
+            ae = AE(SCU_AET)
+            ae.add_requested_context(PRIVATE_SOP_CLASS, JPEG_BASELINE)  # a refused syntax
+            ae.add_requested_context(PRIVATE_SOP_CLASS, ExplicitVRLittleEndian)
+            ae.add_requested_context(Verification)
+            association = ae.associate("127.0.0.1", server.config["DicomPort"],
+                                       ae_title="LANTHORN")
+            contexts = [(c.abstract_syntax, c.transfer_syntax[0])
+                        for c in association.accepted_contexts
+                        if c.abstract_syntax == PRIVATE_SOP_CLASS]
+            if accepted:  # AcceptedTransferSyntaxes still hold
+                assert contexts == [(PRIVATE_SOP_CLASS, ExplicitVRLittleEndian)]
+                assert association.send_c_store(dataset).Status == 0x0000
+            else:
+                assert contexts == []
+            association.release()
+        stored = server.index.lookup_identifier(dataset.SOPInstanceUID)
+        assert len(stored) == accepted
+    finally:
+        server.close()

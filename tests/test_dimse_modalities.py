@@ -3,9 +3,11 @@ pynetdicom SCP, and Lanthorn's client sockets."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from typing import Any
 
+import pydicom
 import pytest
 from dimse_peers import PEER_AET, StoreSCP, store, tcp_nodelay
 from pynetdicom import build_context
@@ -15,7 +17,7 @@ from starlette.testclient import TestClient
 import lanthorn
 from lanthorn.dimse import scu
 from lanthorn.dimse.access import parse_modalities
-from lanthorn.testing import free_port
+from lanthorn.testing import free_port, make_instance
 
 
 @pytest.fixture
@@ -91,10 +93,6 @@ def test_store_bodies_and_refusals(lanthorn_server: lanthorn.Server,
         "InstancesCount"] == 1  # a bare ID
     assert lanthorn_client.post("/modalities/peer/store", json=[instance]).json()[
         "InstancesCount"] == 1  # a list of IDs
-    asynchronous = lanthorn_client.post("/modalities/peer/store",
-                                        json={"Resources": [instance], "Asynchronous": True})
-    assert asynchronous.status_code == 400 and "not available yet" in \
-        asynchronous.json()["Details"]
     unknown = lanthorn_client.post("/modalities/peer/store", json={"Resources": ["0" * 8]})
     assert unknown.status_code == 404
     assert lanthorn_client.post("/modalities/peer/store", json={}).status_code == 400
@@ -122,3 +120,18 @@ def test_client_associations_set_tcp_nodelay(lanthorn_server: lanthorn.Server,
     modality = parse_modalities(lanthorn_server.config)["peer"]
     with scu.associate(lanthorn_server, modality, [build_context(Verification)]) as assoc:
         assert tcp_nodelay(assoc)
+
+
+def test_store_straight_sends_without_storing(lanthorn_client: TestClient,
+                                              remote: StoreSCP) -> None:
+    data = make_instance(PatientID="STRAIGHT")
+    answer = lanthorn_client.post("/modalities/peer/store-straight", content=data)
+    sent = pydicom.dcmread(io.BytesIO(data))
+    assert answer.json() == {"SOPClassUID": sent.SOPClassUID,
+                             "SOPInstanceUID": sent.SOPInstanceUID}
+    assert [r.sop_instance for r in remote.received] == [sent.SOPInstanceUID]
+    assert lanthorn_client.get("/instances").json() == []
+    bad = lanthorn_client.post("/modalities/peer/store-straight", content=b"not dicom")
+    assert bad.status_code == 400
+    assert lanthorn_client.get("/modalities/peer").json()[-1] == "store-straight"
+    assert lanthorn_client.get("/modalities/nowhere").status_code == 404

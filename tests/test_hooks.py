@@ -13,17 +13,25 @@ import io
 import logging
 import re
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pluggy
 import pydicom
 import pytest
 from dimse_peers import PEER_AET, SCU_AET, StoreSCP, listening, scu
+from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
 from pynetdicom import build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -46,6 +54,7 @@ from lanthorn.config import Config
 from lanthorn.errors import PluginError
 from lanthorn.index import SqlIndex, upgrade
 from lanthorn.storage import FilesystemStorage
+from lanthorn.testing import make_image
 
 DOC = Path(__file__).parents[1] / "docs" / "plugin-hooks.md"
 HOOKSPECS: dict[str, Callable[..., Any]] = {
@@ -668,6 +677,47 @@ def test_hook_handle_c_get(lanthorn_server: lanthorn.Server) -> None:
     assert received == [MR_SMALL_UID, study.SOPInstanceUID]
 
 
+# -- jobs -------------------------------------------------------------------------------
+
+class Counting:
+    """A job type that counts up to its parameter, and one that always fails."""
+
+    @lanthorn.hookimpl
+    def register_job_types(self, server: lanthorn.Server) -> list[lanthorn.JobType]:
+        return [lanthorn.JobType("Count", self.count), lanthorn.JobType("Broken", self.broken)]
+
+    @staticmethod
+    def count(context: lanthorn.JobContext) -> None:
+        upto = context.parameters["UpTo"]
+        for number in range(context.checkpoint.get("Done", 0), upto):
+            context.checkpoint["Done"] = number + 1
+            context.progress((number + 1) / upto)
+        context.content = {"Counted": upto}
+        context.save_output("numbers", (f"{n}\n".encode() for n in range(upto)),
+                            media_type="text/plain", filename="numbers.txt")
+
+    @staticmethod
+    def broken(context: lanthorn.JobContext) -> None:
+        raise lanthorn.BadRequest("this job cannot work")
+
+
+@pytest.mark.lanthorn_plugins(Counting())
+def test_hook_register_job_types(lanthorn_server: lanthorn.Server,
+                                 lanthorn_client: TestClient) -> None:
+    counted = lanthorn_server.jobs.submit("Count", {"UpTo": 3})
+    broken = lanthorn_server.jobs.submit("Broken", {})
+    wait_for(lambda: all(lanthorn_client.get(f"/jobs/{j}").json()["State"] in
+                         ("Success", "Failure") for j in (counted, broken)))
+    job = lanthorn_client.get(f"/jobs/{counted}").json()
+    assert (job["Type"], job["State"], job["Content"]) == ("Count", "Success", {"Counted": 3})
+    assert lanthorn_client.get(f"/jobs/{counted}/numbers").text == "0\n1\n2\n"
+    failed = lanthorn_client.get(f"/jobs/{broken}").json()
+    assert (failed["State"], failed["ErrorCode"], failed["ErrorDetails"]) == \
+        ("Failure", 8, "this job cannot work")
+    with pytest.raises(lanthorn.BadRequest, match="unknown job type"):
+        lanthorn_server.jobs.submit("Nobody", {})
+
+
 # -- command line -----------------------------------------------------------------------
 
 COMMAND_PLUGIN = '''
@@ -684,6 +734,79 @@ def register_commands(parser):
     return [lanthorn.Command("greet", "greet someone", _greet,
                              lambda sub: sub.add_argument("who"))]
 '''
+
+
+class Inverter:
+    """A codec for instances of patient INVERTED: their pixels are read inverted."""
+
+    @lanthorn.hookimpl
+    def decode_frame(self, instance: Dataset, frame: int) -> Any:
+        if instance.PatientID != "INVERTED":
+            return None
+        return 4095 - instance.pixel_array.astype(np.uint16)
+
+
+@pytest.mark.lanthorn_plugins(Inverter())
+def test_hook_decode_frame(lanthorn_client: TestClient) -> None:
+    pixels = (np.arange(32 * 40).reshape(32, 40) % 4096).astype(np.uint16)
+    plain = lanthorn_client.post("/instances", content=make_image(pixels)).json()["ID"]
+    inverted = lanthorn_client.post(
+        "/instances", content=make_image(pixels, PatientID="INVERTED")).json()["ID"]
+
+    def uint16(instance: str) -> np.ndarray:
+        response = lanthorn_client.get(f"/instances/{instance}/image-uint16")
+        return np.asarray(Image.open(io.BytesIO(response.content)))
+
+    assert np.array_equal(uint16(plain), pixels)  # the core's default decodes this one
+    assert np.array_equal(uint16(inverted), 4095 - pixels)
+    # Transcoding decodes through the hook too.
+    archive = lanthorn_client.get(f"/instances/{inverted}/archive?transcode={RLELossless}")
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as members:
+        member = members.read(members.namelist()[0])
+    assert np.array_equal(pydicom.dcmread(io.BytesIO(member)).pixel_array, 4095 - pixels)
+
+
+class BigEndianWriter:
+    """Writes big endian itself, marking what it wrote; leaves other syntaxes alone."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+
+    @lanthorn.hookimpl
+    def transcode(self, instance: Dataset, syntaxes: list[str]) -> bytes | None:
+        self.asked.append(syntaxes)
+        if syntaxes[0] != ExplicitVRBigEndian:
+            return None
+        copy = pydicom.dcmread(io.BytesIO(make_image(instance.pixel_array)))
+        copy.PatientName = "WRITTEN^BY^PLUGIN"
+        copy.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, copy, enforce_file_format=True, little_endian=False,
+                         implicit_vr=False)
+        return buffer.getvalue()
+
+
+@pytest.mark.lanthorn_plugins(BigEndianWriter())
+def test_hook_transcode(lanthorn_server: lanthorn.Server, lanthorn_client: TestClient) -> None:
+    pixels = (np.arange(32 * 40).reshape(32, 40)).astype(np.uint16)
+    data = make_image(pixels)
+    instance = lanthorn_client.post("/instances", content=data).json()["ID"]
+
+    def member(syntax: str) -> Dataset:
+        archive = lanthorn_client.get(f"/instances/{instance}/archive?transcode={syntax}")
+        with zipfile.ZipFile(io.BytesIO(archive.content)) as members:
+            return pydicom.dcmread(io.BytesIO(members.read(members.namelist()[0])))
+
+    written = member(ExplicitVRBigEndian)
+    assert written.PatientName == "WRITTEN^BY^PLUGIN"
+    assert written.file_meta.TransferSyntaxUID == ExplicitVRBigEndian
+    default = member(RLELossless)  # the plugin passes: the core's default writes it
+    assert default.PatientName == "TEST^PATIENT"
+    assert np.array_equal(default.pixel_array, pixels)
+    # Never asked for a syntax the instance is already in.
+    assert member(ExplicitVRLittleEndian).PatientName == "TEST^PATIENT"
+    assert registered(lanthorn_server, BigEndianWriter).asked == [[ExplicitVRBigEndian],
+                                                                  [RLELossless]]
 
 
 def test_hook_register_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -243,6 +243,7 @@ def test_real_http_server(lanthorn_process: Any) -> None:
     assert lanthorn_process.stop(signal.SIGTERM) == 0
 
 
+@pytest.mark.lanthorn_config(StableAge=3600)  # no Stable* change after ours, even when slow
 def test_metadata_can_be_set_read_and_deleted(lanthorn_client: Any,
                                               ct_instance: MakeInstance) -> None:
     study = lanthorn_client.post("/instances", content=ct_instance()).json()["ParentStudy"]

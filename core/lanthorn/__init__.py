@@ -7,6 +7,7 @@ exchange with the core, and the errors they may raise.
 __version__ = "0.1.0"
 
 from .errors import BadFileFormat, BadRequest, LanthornError, Rejected, UnknownResource
+from .jobs import JobContext, JobType
 from .model import ChangeType, Level
 from .plugins import hookimpl
 from .server import Server
@@ -27,6 +28,8 @@ __all__ = [
     "Command",
     "DimseRequest",
     "IndexBackendFactory",
+    "JobContext",
+    "JobType",
     "LanthornError",
     "Level",
     "Origin",

@@ -91,7 +91,7 @@ def check(server: Server, repair: bool) -> CheckReport:
     report = CheckReport(repair, server.index.live_lease_holders())
     # Files newer than the check itself may belong to rows committed after we looked.
     cutoff = started - GRACE_SECONDS if report.live_holders else started
-    referenced = _check_attachments(server, report)
+    referenced = _check_attachments(server, report) | _job_outputs(server)
     _check_orphans(server.storage, referenced, cutoff, report)
     _check_temporary(server.storage, cutoff, report)
     report.elapsed = time.time() - started
@@ -148,6 +148,12 @@ def _forget(server: Server, owner: Resource, report: CheckReport) -> None:
     outcome = server.delete(owner)
     deleted = ", ".join(f"{level.title} {public_id}" for level, public_id in outcome.deleted)
     report.actions.append(f"deleted from the index: {deleted}")
+
+
+def _job_outputs(server: Server) -> set[str]:
+    """Files that jobs produced (archives...): referenced by their job, not orphans."""
+    return {output["uuid"] for job in server.index.jobs.all()
+            for output in job.outputs.values()}
 
 
 def _check_orphans(storage: StorageArea, referenced: set[str], cutoff: float,

@@ -63,6 +63,30 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("StorageCompression", False, bool, "Compress stored DICOM files transparently."),
     Option(
+        "IngestTranscoding",
+        "",
+        str,
+        "Transfer syntax UID that received instances are converted to; empty: as received.",
+    ),
+    Option(
+        "IngestTranscodingOfUncompressed",
+        True,
+        bool,
+        "Whether IngestTranscoding applies to instances received uncompressed.",
+    ),
+    Option(
+        "IngestTranscodingOfCompressed",
+        True,
+        bool,
+        "Whether IngestTranscoding applies to instances received compressed.",
+    ),
+    Option(
+        "DicomLossyTranscodingQuality",
+        90,
+        int,
+        "Quality (1-100) of lossy transcoding: JPEG, JPEG-LS near-lossless, JPEG 2000.",
+    ),
+    Option(
         "SyncStorageArea",
         True,
         bool,
@@ -173,6 +197,8 @@ OPTIONS: tuple[Option, ...] = (
         int,
         "Seconds to wait for a remote modality to answer an outgoing request.",
     ),
+    Option("DicomDefaultRetrieveMethod", "C-MOVE", str, "How /queries retrieves answers "
+           "when the request does not say: C-MOVE or C-GET."),
     Option("DicomThreadsCount", 4, int, "Threads serving incoming DICOM associations."),
     Option(
         "MaximumPduLength",
@@ -250,9 +276,31 @@ OPTIONS: tuple[Option, ...] = (
     Option("HttpTimeout", 60, int, "Seconds before an outgoing HTTP request to a peer times out."),
     Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name."),
     # Jobs and miscellaneous
+    Option("StorageCommitmentReportsSize", 100, int, "Storage commitment transactions "
+           "kept (/storage-commitment); the oldest are forgotten first."),
+    Option("QueryRetrieveSize", 100, int, "Answers of remote queries (/queries) kept; the "
+           "oldest are forgotten first."),
     Option("SaveJobs", True, bool, "Store jobs in the index so they survive a restart."),
-    Option("JobsHistorySize", 10, int, "Completed jobs kept in memory."),
+    Option("JobsHistorySize", 10, int, "Finished jobs kept in the index (older ones are "
+           "deleted with their outputs)."),
+    Option("JobRetryCount", 5, int, "Retries of a job that failed on the network (store "
+           "jobs) before it fails for good (Lanthorn-specific)."),
+    Option("JobRetryDelay", 5.0, float, "Seconds before the first retry of such a job; "
+           "each next retry waits twice as long, at most an hour (Lanthorn-specific)."),
     Option("DeidentifyLogs", True, bool, "Hide patient-identifying values in logs."),
+    Option(
+        "DefaultPrivateCreator",
+        "",
+        str,
+        "Private creator of private tags set by /modify when the request names none.",
+    ),
+    Option(
+        "PersistentPseudonyms",
+        False,
+        (bool, dict),
+        "Anonymization reuses a patient's pseudonyms: false, true or "
+        '{"Scope": name, "Uids": bool} (Lanthorn-specific; see docs/anonymization.md).',
+    ),
     Option("MetricsEnabled", True, bool, "Collect metrics for /tools/metrics-prometheus."),
     Option(
         "UserMetadata",
@@ -357,11 +405,12 @@ def _kind(types: TypeSpec) -> str:
 
 
 def _matches(value: Any, types: TypeSpec) -> bool:
-    """isinstance, except that a bool is not accepted as an int (JSON true is not 1)."""
+    """isinstance, except that a bool is not accepted as an int (JSON true is not 1)
+    and an int is accepted as a number (JSON 60 is 60.0)."""
     listed = types if isinstance(types, tuple) else (types,)
     if isinstance(value, bool):
         return bool in listed
-    return isinstance(value, listed)
+    return isinstance(value, listed) or (float in listed and isinstance(value, int))
 
 
 def _check_types(layer: Mapping[str, Any], source: str) -> None:
@@ -591,18 +640,17 @@ def default_config_text() -> str:
 #: sets them loads with one notice instead of a warning per key.
 ORTHANC_ONLY_OPTIONS = frozenset({
     "BuiltinDecoderTranscoderOrder", "CheckRevisions",
-    "DefaultPrivateCreator", "DeidentifyLogsDicomVersion",
-    "DicomAssociationCloseDelay", "DicomEchoChecksFind", "DicomLossyTranscodingQuality",
+    "DeidentifyLogsDicomVersion",
+    "DicomAssociationCloseDelay", "DicomEchoChecksFind",
     "DicomModalitiesInDatabase", "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
     "DicomTlsRemoteCertificateRequired", "Dictionary", "ExecuteLuaEnabled",
     "HttpCompressionEnabled", "HttpProxy", "HttpRequestTimeout", "HttpVerbose",
-    "HttpsCACertificates", "HttpsVerifyPeers", "IngestTranscoding",
-    "IngestTranscodingOfCompressed", "IngestTranscodingOfUncompressed",
+    "HttpsCACertificates", "HttpsVerifyPeers",
     "LoadPrivateDictionary", "LogExportedResources", "LuaScripts", "MallocArenaMax",
     "MaximumStorageCacheSize", "MediaArchiveSize",
-    "OrthancExplorerEnabled", "OrthancPeersInDatabase", "QueryRetrieveSize", "SslCertificate",
+    "OrthancExplorerEnabled", "OrthancPeersInDatabase", "SslCertificate",
     "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",
-    "StorageCommitmentReportsSize", "StoreDicom", "StoreMD5ForAttachments",
+    "StoreDicom", "StoreMD5ForAttachments",
     "SynchronousZipStream", "TranscodeDicomProtocol", "WebDavDeleteAllowed", "WebDavEnabled",
     "WebDavUploadAllowed", "ZipLoaderThreads",
 })

@@ -54,6 +54,22 @@ class RangeNotSatisfiable(LanthornError):
     orthanc_error = "Bad request"
 
 
+class NotDecodable(LanthornError):
+    """Pixels that no installed codec can decode or encode as asked (Orthanc answers 415)."""
+
+    http_status = 415
+    orthanc_status = 2
+    orthanc_error = "Not implemented yet"
+
+
+class NotAcceptable(LanthornError):
+    """No representation the client accepts (``Accept``) can be produced."""
+
+    http_status = 406
+    orthanc_status = 8
+    orthanc_error = "Bad request"
+
+
 class Forbidden(LanthornError):
     http_status = 403
     orthanc_status = 11
@@ -75,6 +91,14 @@ class NetworkError(LanthornError):
     orthanc_error = "Error in the network protocol"
 
 
+class DimseFailure(LanthornError):
+    """A remote modality answered a DIMSE request with a failure status (not transient:
+    unlike a NetworkError, a job does not retry it)."""
+
+    orthanc_status = 9
+    orthanc_error = "Error in the network protocol"
+
+
 class StorageFull(LanthornError):
     http_status = 507
     orthanc_status = 19
@@ -86,3 +110,24 @@ class PluginError(LanthornError):
 
     orthanc_status = 1
     orthanc_error = "Error encountered within the plugin engine"
+
+
+class CanceledJob(LanthornError):
+    """A job was canceled by a user (its final error code, as in Orthanc)."""
+
+    http_status = 400
+    orthanc_status = 37
+    orthanc_error = "This job was canceled"
+
+
+def orthanc_error_description(code: int) -> str:
+    """Orthanc's description of one of its error codes, as jobs report it."""
+    if code == 0:
+        return "Success"
+    classes = [LanthornError]
+    while classes:
+        cls = classes.pop()
+        if cls.orthanc_status == code:
+            return cls.orthanc_error
+        classes += cls.__subclasses__()
+    return "Internal error"

@@ -15,12 +15,14 @@ import pluggy
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    import numpy as np
     from pydicom.dataset import Dataset
     from starlette.requests import Request
     from starlette.responses import Response
 
     from .dicom import ParsedInstance
     from .index.records import Change
+    from .jobs import JobType
     from .server import Server
     from .types import (
         Command,
@@ -189,6 +191,47 @@ def handle_c_get(server: Server, request: DimseRequest) -> Iterable[str | Datase
     """Choose what a C-GET sends back over the requesting association.
 
     The same contract as ``handle_c_move`` (firstresult, core default ``trylast``).
+    """
+
+
+# -- pixels ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def decode_frame(server: Server, instance: Dataset, frame: int) -> np.ndarray | None:
+    """Decode one frame (numbered from 0) of a parsed instance, pixel data included.
+
+    Return the stored values (no rescale, no windowing) as a numpy array of shape
+    (rows, columns), or (rows, columns, 3) in RGB for colour; ``None`` to let the next
+    plugin try. firstresult; the core's default (pydicom's decoders, with pylibjpeg,
+    pyjpegls and python-gdcm) is ``trylast``. Rendering, ``/numpy`` and transcoding all
+    decode through this hook, so a codec added here serves them all.
+    """
+
+
+@hookspec(firstresult=True)
+def transcode(server: Server, instance: Dataset, syntaxes: list[str]) -> bytes | None:
+    """Write a parsed instance in the first of ``syntaxes`` (transfer syntax UIDs) you can.
+
+    Return the new DICOM file's bytes, or ``None`` to pass. Only called when the
+    instance is in none of ``syntaxes``. Do not modify ``instance``. firstresult; the
+    core's default (``trylast``) decodes through ``decode_frame`` and encodes with
+    pydicom and Pillow (see ``docs/transcoding.md``).
+    """
+
+
+# -- jobs -------------------------------------------------------------------------------
+
+
+@hookspec
+def register_job_types(server: Server) -> list[JobType]:
+    """Kinds of background jobs this plugin runs (``lanthorn.jobs.JobType``).
+
+    A job type is a name (shown as the job's ``Type``) and a function of a
+    ``JobContext``; submit with ``server.jobs.submit(name, parameters)``. Parameters
+    and the context's ``checkpoint`` and ``content`` must be JSON, because jobs are
+    stored in the index and may resume in another process. On a name clash the first
+    answer wins.
     """
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import time
 import zipfile
 import zlib
@@ -16,16 +17,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydicom.uid import UID
+
 from .dicom import ParsedInstance, main_tag_values, pack_header, parse_instance
 from .errors import BadFileFormat, LanthornError, Rejected
 from .index.records import Attachment, NewInstance
 from .index.sql import orthanc_date
 from .model import public_ids
 from .storage import COMPRESSION_NONE, COMPRESSION_ZLIB, compress, new_uuid
+from .transcode import transcode
 from .types import Origin, StoredInstance
 
 if TYPE_CHECKING:
     from .server import Server
+
+log = logging.getLogger(__name__)
 
 #: Orthanc's content type of the DICOM file attachment.
 DICOM_ATTACHMENT = 1
@@ -54,6 +60,7 @@ class Ingester:
         replacement = hook.receive_instance(server=self.server, instance=parsed, origin=origin)
         if replacement is not None:
             parsed = parse_instance(replacement)
+        parsed = self._transcoded(parsed)
         if False in hook.filter_incoming_instance(server=self.server, instance=parsed,
                                                   origin=origin):
             raise Rejected("A plugin refused this instance")
@@ -62,6 +69,25 @@ class Ingester:
             self.server.plugins.notify("on_stored_instance", server=self.server,
                                        instance=stored, dataset=parsed.dataset)
         return stored
+
+    def _transcoded(self, parsed: ParsedInstance) -> ParsedInstance:
+        """``IngestTranscoding``: the instance in that syntax, or as received when it
+        cannot be converted (with a warning, as Orthanc)."""
+        config = self.server.config
+        syntax = config["IngestTranscoding"]
+        if not syntax or parsed.transfer_syntax == syntax:
+            return parsed
+        received = UID(parsed.transfer_syntax)  # one pydicom does not know: compressed
+        compressed = not received.is_transfer_syntax or received.is_encapsulated
+        if not config["IngestTranscodingOfCompressed" if compressed
+                      else "IngestTranscodingOfUncompressed"]:
+            return parsed
+        try:
+            data = transcode(self.server, parsed.dataset, [syntax])
+        except LanthornError as exc:
+            log.warning("instance %s is stored as received: %s", parsed.uids[3], exc.message)
+            return parsed
+        return parse_instance(data)
 
     def _commit(self, parsed: ParsedInstance, origin: Origin) -> StoredInstance:
         server = self.server

@@ -146,6 +146,12 @@ class ChangeType(IntEnum):
     JobSubmitted = 15
     JobSuccess = 16
     JobFailure = 17
+    AnonymizedStudy = 18
+    AnonymizedSeries = 19
+    ModifiedStudy = 20
+    ModifiedSeries = 21
+    AnonymizedPatient = 22
+    ModifiedPatient = 23
 
 
 NEW_RESOURCE_CHANGE = {

@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     "lanthorn.builtin.sqlite",
     "lanthorn.builtin.errors",
     "lanthorn.builtin.dimse",
+    "lanthorn.builtin.codecs",
     "lanthorn.rest.routes",
 )
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from .config import Config, ConfigError
 from .errors import PluginError
 from .ingest import Ingester
+from .jobs import JobEngine
 from .model import MainTags
 from .plugins import PluginHost, make_plugin_host
 from .types import IndexBackendFactory, StorageAreaFactory
@@ -67,6 +68,7 @@ class Server:
         self.storage: StorageArea = self._open_storage()
         self.index: SqlIndex = self._open_index()
         self.ingest = Ingester(self)
+        self.jobs = JobEngine(self)
         self.events: EventDispatcher | None = None
         self._app: Starlette | None = None
 
@@ -126,11 +128,13 @@ class Server:
 
             self.events = EventDispatcher(self)
             self.events.start()
+            self.jobs.start()
 
     def stop(self) -> None:
         if self.events is not None:
             self.events.stop()
             self.events = None
+            self.jobs.stop()
         self.plugins.hook.shutdown(server=self)
 
     def close(self) -> None:

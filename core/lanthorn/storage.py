@@ -13,7 +13,7 @@ import os
 import stat
 import uuid as uuidlib
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -24,8 +24,10 @@ from .errors import InexistentItem, StorageFull
 class StorageArea(Protocol):
     """What the core needs from a place that keeps attachment bytes."""
 
-    def write(self, uuid: str, data: bytes) -> None:
-        """Store ``data`` under ``uuid`` durably (per the area's sync policy), atomically."""
+    def write(self, uuid: str, data: bytes | Iterable[bytes]) -> None:
+        """Store ``data`` under ``uuid`` durably (per the area's sync policy), atomically.
+
+        ``data`` is the bytes, or chunks for files too big for memory (job outputs)."""
 
     def open(self, uuid: str) -> BinaryIO:
         """A seekable binary file object at the start (range reads seek); InexistentItem
@@ -66,20 +68,21 @@ class FilesystemStorage:
     def path(self, uuid: str) -> Path:
         return self.root / uuid[0:2] / uuid[2:4] / uuid
 
-    def write(self, uuid: str, data: bytes) -> None:
+    def write(self, uuid: str, data: bytes | Iterable[bytes]) -> None:
         target = self.path(uuid)
         created = self._make_folders(target.parent)
         temporary = self._tmp / f"{uuid}.{os.getpid()}.part"
         try:
             with open(temporary, "wb") as handle:
-                handle.write(data)
+                for chunk in (data,) if isinstance(data, bytes) else data:
+                    handle.write(chunk)
                 if self.sync:
                     handle.flush()
                     os.fsync(handle.fileno())
             os.replace(temporary, target)
-        except OSError as exc:
+        except BaseException as exc:  # a failing chunk producer leaves no part file either
             temporary.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(f"the storage area is full: {exc}") from exc
             raise
         if self.sync:

@@ -7,7 +7,9 @@
 - ``lanthorn_process``: a real ``lanthorn serve`` subprocess (uvicorn and the DICOM
   listener on loopback), for tests that need real sockets, signals or ``kill -9``;
 - ``free_port()``: a free TCP port on loopback;
-- ``make_instance()``: the bytes of a small, valid DICOM file with the tags you ask for.
+- ``make_instance()``: the bytes of a small, valid DICOM file with the tags you ask for;
+- ``make_image()``: the same for an image of the pixels you give (numpy), in any
+  photometric interpretation, bit depth, sign or number of frames.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -51,6 +54,41 @@ def make_instance(*, rows: int = 8, columns: int = 8, seed: int | None = None,
     Keyword arguments set tags by keyword (``PatientName="DOE^JOHN"``); the UIDs are
     new unless given. ``seed`` makes the pixel bytes (and nothing else) repeatable.
     """
+    dataset = _new_dataset(tags)
+    dataset.Rows, dataset.Columns = rows, columns
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = random.Random(seed).randbytes(rows * columns * 2)
+    return _file(dataset)
+
+
+def make_image(pixels: np.ndarray, *, photometric: str = "MONOCHROME2",
+               bits_stored: int | None = None, **tags: Any) -> bytes:
+    """An image of these pixels (explicit VR little endian, native pixel data).
+
+    ``pixels`` is (rows, columns), (rows, columns, 3) for RGB, or either with the frames
+    first; its dtype gives BitsAllocated and the sign. Tags as in ``make_instance``.
+    """
+    color = photometric in ("RGB", "YBR_FULL")
+    frames = pixels.ndim == (4 if color else 3)
+    dataset = _new_dataset(tags)
+    if frames:
+        dataset.NumberOfFrames = pixels.shape[0]
+    dataset.Rows, dataset.Columns = pixels.shape[1:3] if frames else pixels.shape[:2]
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = (3 if color else 1), photometric
+    if color:
+        dataset.PlanarConfiguration = 0
+    bits = pixels.dtype.itemsize * 8
+    dataset.BitsAllocated, dataset.BitsStored = bits, bits_stored or bits
+    dataset.HighBit = dataset.BitsStored - 1
+    dataset.PixelRepresentation = int(pixels.dtype.kind == "i")
+    dataset.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    return _file(dataset)
+
+
+def _new_dataset(tags: dict[str, Any]) -> Dataset:
+    """A CT-like dataset with new UIDs, then ``tags`` set by keyword."""
     dataset = Dataset()
     dataset.SOPClassUID = CT_IMAGE_STORAGE
     dataset.SOPInstanceUID = generate_uid()
@@ -63,11 +101,10 @@ def make_instance(*, rows: int = 8, columns: int = 8, seed: int | None = None,
     dataset.InstanceNumber = 1
     for keyword, value in tags.items():
         setattr(dataset, keyword, value)
-    dataset.Rows, dataset.Columns = rows, columns
-    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = random.Random(seed).randbytes(rows * columns * 2)
+    return dataset
+
+
+def _file(dataset: Dataset) -> bytes:
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
@@ -107,7 +144,8 @@ def lanthorn_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
         "DicomPort": free_port(),
         "StableAge": 1,
     }
-    for marker in request.node.iter_markers("lanthorn_config"):
+    # Farthest first (module, class, function), so the closest marker wins.
+    for marker in reversed(list(request.node.iter_markers("lanthorn_config"))):
         options = {**options, **marker.kwargs}
     return Config.defaults().with_overrides(**options)
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..dimse.access import parse_modalities
+from ..dimse.commitment import SCP_JOB_TYPE
 from ..dimse.find import core_find
 from ..dimse.retrieve import core_retrieve
 from ..dimse.scp import accepted_syntaxes
@@ -16,6 +17,7 @@ from ..plugins import hookimpl
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from ..jobs import JobType
     from ..server import Server
     from ..types import DimseRequest
 
@@ -29,6 +31,11 @@ def startup(server: Server) -> None:
     if not server.config["SynchronousCMove"]:
         log.warning("SynchronousCMove is false, which is not supported yet: C-MOVE "
                     "sub-operations are sent during the request")
+
+
+@hookimpl
+def register_job_types(server: Server) -> list[JobType]:
+    return [SCP_JOB_TYPE]
 
 
 @hookimpl(trylast=True)

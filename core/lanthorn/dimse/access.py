@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config, ConfigError
+from ..errors import InexistentItem
 
 #: The services that the access options name (``DicomAlwaysAllow<name>``, ``Allow<name>``).
 SERVICES = ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")
-#: Orthanc's other per-modality permissions: kept and shown, not used yet.
+#: Orthanc's other per-modality permissions: storage commitment requests (NAction) and
+#: reports (EventReport); Transcoding is kept and shown, not used yet.
 OTHER_PERMISSIONS = ("EventReport", "NAction", "Transcoding")
 
 
@@ -44,6 +46,14 @@ class Modality:
         return {"AET": self.aet, **allow, "Host": self.host, "LocalAet": self.local_aet,
                 "Manufacturer": self.manufacturer, "Port": self.port,
                 "Timeout": self.timeout, "UseDicomTls": False}
+
+
+def modality_named(config: Config, name: str) -> Modality:
+    """The modality ``name`` of ``DicomModalities``; InexistentItem when there is none."""
+    found = parse_modalities(config).get(name)
+    if found is None:
+        raise InexistentItem(f"No modality with symbolic name: {name}")
+    return found
 
 
 def parse_modalities(config: Config) -> dict[str, Modality]:

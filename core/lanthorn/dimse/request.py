@@ -33,10 +33,13 @@ NOT_MATCHED_VRS = frozenset({"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 
 
 def origin_of(event: Event) -> Origin:
-    requestor = event.assoc.requestor
-    return Origin("DicomProtocol", remote_ip=requestor.address,
-                  remote_aet=requestor.ae_title.strip(),
-                  called_aet=event.assoc.acceptor.ae_title.strip())
+    """Who sent a request: the peer of the association, whichever side opened it (C-GET
+    sub-operations come from the modality that Lanthorn asked)."""
+    association = event.assoc
+    peer, us = (association.acceptor, association.requestor) if association.is_requestor \
+        else (association.requestor, association.acceptor)
+    return Origin("DicomProtocol", remote_ip=peer.address, remote_aet=peer.ae_title.strip(),
+                  called_aet=us.ae_title.strip())
 
 
 def dimse_request(event: Event, *, limits: tuple[int, int] = (0, 0)) -> DimseRequest:

@@ -19,19 +19,23 @@ import threading
 from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pydicom.uid import UID
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
 from pynetdicom import sop_class as sop
+from pynetdicom.sop_class import _STORAGE_CLASSES
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..config import Config, ConfigError
 from ..errors import BadFileFormat, LanthornError, Rejected, StorageFull
 from .access import AccessRules
+from .commitment import PUSH_MODEL, serve_n_action, serve_n_event_report
 from .find import serve_find
 from .request import PATIENT_ROOT, STUDY_ROOT, WORKLIST, origin_of
 from .retrieve import serve_get, serve_move
 from .scu import LanthornAE
 
 if TYPE_CHECKING:
+    from pynetdicom.association import Association
     from pynetdicom.events import Event
 
     from ..server import Server
@@ -69,6 +73,8 @@ def make_application_entity(server: Server) -> LanthornAE:
     for uid in (*PATIENT_ROOT, *STUDY_ROOT, WORKLIST):
         ae.add_supported_context(uid)  # uncompressed syntaxes
     syntaxes = accepted_syntaxes(server.config)
+    # Storage commitment: requests from modalities (SCP) and their reports to us (SCU).
+    ae.add_supported_context(PUSH_MODEL, scu_role=True, scp_role=True)
     for context in AllStoragePresentationContexts:
         # Both roles: a C-GET requestor asks to be the storage SCP of the sub-operations.
         ae.add_supported_context(context.abstract_syntax, syntaxes, scu_role=True,
@@ -109,13 +115,17 @@ def start_listener(server: Server) -> ThreadedAssociationServer:
     ae = make_application_entity(server)
     rules = AccessRules(server.config)
     address = (server.config["DicomBindAddress"] or "0.0.0.0", int(server.config["DicomPort"]))
-    handlers = [(evt.EVT_REQUESTED, _on_requested, [rules]),
+    unknown = accepted_syntaxes(server.config) if server.config["UnknownSopClassAccepted"] \
+        else None
+    handlers = [(evt.EVT_REQUESTED, _on_requested, [rules, unknown]),
                 (evt.EVT_ABORTED, _on_aborted),
                 (evt.EVT_C_ECHO, _on_echo),
                 (evt.EVT_C_STORE, _on_store, [server, rules]),
                 (evt.EVT_C_FIND, serve_find, [server]),
                 (evt.EVT_C_MOVE, serve_move, [server, rules]),
-                (evt.EVT_C_GET, serve_get, [server])]
+                (evt.EVT_C_GET, serve_get, [server]),
+                (evt.EVT_N_ACTION, serve_n_action, [server, rules]),
+                (evt.EVT_N_EVENT_REPORT, serve_n_event_report, [server, rules])]
     listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer)
     # A short poll interval: stopping waits for one poll.
     threading.Thread(target=listener.serve_forever, args=(0.1,), name="lanthorn-dicom",
@@ -124,8 +134,10 @@ def start_listener(server: Server) -> ThreadedAssociationServer:
     return listener
 
 
-def _on_requested(event: Event, rules: AccessRules) -> None:
-    """Reject the association, or accept only the contexts of the services allowed."""
+def _on_requested(event: Event, rules: AccessRules, unknown_syntaxes: list[str] | None
+                  ) -> None:
+    """Reject the association, or accept only the contexts of the services allowed, and
+    those of unknown SOP classes when ``unknown_syntaxes`` (UnknownSopClassAccepted)."""
     association = event.assoc
     request = association.requestor.primitive
     calling, called = request.calling_ae_title.strip(), request.called_ae_title.strip()
@@ -138,6 +150,8 @@ def _on_requested(event: Event, rules: AccessRules) -> None:
         association.kill()  # as pynetdicom does after its own rejections
         return
     proposed = {c.abstract_syntax for c in request.presentation_context_definition_list}
+    if unknown_syntaxes:
+        _accept_unknown_classes(association, proposed, unknown_syntaxes)
     refused: set[str] = set()
     for service, uids in SERVICE_CONTEXTS.items():
         why = rules.refusal(service, calling, address) if proposed & set(uids) else None
@@ -149,6 +163,23 @@ def _on_requested(event: Event, rules: AccessRules) -> None:
         association.acceptor.supported_contexts = [
             c for c in association.acceptor.supported_contexts
             if c.abstract_syntax not in refused]
+
+
+def _accept_unknown_classes(association: Association, proposed: set[str],
+                            syntaxes: list[str]) -> None:
+    """Accept SOP classes that pynetdicom does not know as storage, in this association.
+
+    pynetdicom dispatches a C-STORE by SOP class, so each such class is also registered
+    among its storage classes (only negotiated contexts ever reach the dispatch).
+    """
+    supported = {c.abstract_syntax for c in association.acceptor.supported_contexts}
+    unknown = sorted(uid for uid in proposed - supported
+                     if UID(uid).is_private or not hasattr(sop, UID(uid).keyword or "_"))
+    for uid in unknown:
+        _STORAGE_CLASSES.setdefault(f"Unknown_{uid}", UID(uid))
+    association.acceptor.supported_contexts = [
+        *association.acceptor.supported_contexts,
+        *(build_context(uid, syntaxes) for uid in unknown)]
 
 
 def _on_aborted(event: Event) -> None:
@@ -169,6 +200,12 @@ def _on_store(event: Event, server: Server, rules: AccessRules) -> int | Dataset
     if refusal is not None:
         log.warning("C-STORE from %s refused: %s", origin.remote_aet, refusal)
         return _failure(NOT_AUTHORIZED, Rejected(refusal))
+    return store_received(event, server)
+
+
+def store_received(event: Event, server: Server) -> int | Dataset:
+    """Ingest the instance of a C-STORE request; its status (failures say why)."""
+    origin = origin_of(event)
     try:
         server.ingest.store(event.encoded_dataset(include_meta=True), origin)
     except BadFileFormat as exc:

@@ -11,10 +11,10 @@ import io
 import logging
 import socket
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -76,7 +76,19 @@ class ClientSocket(AssociationSocket):
 
 
 class LanthornAE(AE):
-    """pynetdicom's AE, requesting associations over a :class:`ClientSocket`."""
+    """pynetdicom's AE, requesting associations over a :class:`ClientSocket`, and
+    counting towards ``maximum_associations`` only peers that asked for one."""
+
+    @property
+    def active_associations(self) -> list[Association]:
+        """Without the accepted connections that sent no A-ASSOCIATE-RQ yet.
+
+        pynetdicom counts every accepted TCP connection against the limit, so a health
+        check or port probe that connects and says nothing (until ``DicomScpTimeout``)
+        made real modalities get "local limit exceeded" rejections.
+        """
+        return [association for association in super().active_associations
+                if association.is_requestor or association.requestor.primitive is not None]
 
     def _create_socket(self, assoc: Association, address: AddressInformation,
                        tls_args: tuple[SSLContext, str] | None) -> ClientSocket:
@@ -86,14 +98,20 @@ class LanthornAE(AE):
 
 
 @contextmanager
-def associate(server: Server, modality: Modality,
-              contexts: list[PresentationContext]) -> Iterator[Association]:
-    """An association with a modality, released on leaving; NetworkError without one."""
+def associate(server: Server, modality: Modality, contexts: list[PresentationContext],
+              timeout: float | None = None, **options: Any) -> Iterator[Association]:
+    """An association with a modality, released on leaving; NetworkError without one.
+
+    ``timeout`` (seconds, as a request's ``Timeout``) overrides the modality's and
+    ``DicomScuTimeout``; 0 means none. ``options`` go to pynetdicom's ``associate``
+    (role selection and handlers of a C-GET)."""
     ae = LanthornAE(ae_title=modality.local_aet or server.config["DicomAet"])
-    timeout = float(modality.timeout or server.config["DicomScuTimeout"]) or None
+    if timeout is None:
+        timeout = float(modality.timeout or server.config["DicomScuTimeout"])
+    timeout = timeout or None
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     association = ae.associate(modality.host, modality.port, contexts, modality.aet,
-                               max_pdu=int(server.config["MaximumPduLength"]))
+                               max_pdu=int(server.config["MaximumPduLength"]), **options)
     if not association.is_established:
         why = "the association was rejected" if association.is_rejected \
             else "no association (connection refused, or no answer)"
@@ -216,10 +234,12 @@ def send(association: Association, dataset: Dataset, originator: tuple[str, int 
 
 
 def store(server: Server, modality: Modality, operations: list[SubOperation], *,
-          originator: tuple[str, int | None] = ("", None), permissive: bool = False) -> int:
+          originator: tuple[str, int | None] = ("", None), permissive: bool = False,
+          after_each: Callable[[bool], None] | None = None) -> int:
     """Send instances over one association; the number that failed.
 
     Unless ``permissive``, the first failure stops the transfer with a NetworkError.
+    ``after_each(stored)`` follows every instance (a job records its progress there).
     """
     if not operations:
         return 0
@@ -227,11 +247,13 @@ def store(server: Server, modality: Modality, operations: list[SubOperation], *,
     with associate(server, modality, store_contexts(operations)) as association:
         for op in operations:
             why = send(association, load(server, op), originator)
-            if why is None:
-                continue
-            message = f'C-STORE of {op.sop_instance} to modality "{modality.name}" failed: {why}'
-            if not permissive:
-                raise NetworkError(message)
-            log.warning(message)
-            failed += 1
+            if why is not None:
+                message = (f'C-STORE of {op.sop_instance} to modality "{modality.name}" '
+                           f"failed: {why}")
+                if not permissive:
+                    raise NetworkError(message)
+                log.warning(message)
+                failed += 1
+            if after_each is not None:
+                after_each(why is None)
     return failed

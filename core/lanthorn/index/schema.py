@@ -162,3 +162,73 @@ leases = Table(
     Column("holder", String(128), nullable=False),
     Column("expires", Float, nullable=False),
 )
+
+#: Jobs live in the index so that any process can report on and control them, and the
+#: holder of the "jobs" lease runs them (see ``lanthorn.jobs``). JSON columns are text.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("job_type", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("parameters", Text, nullable=False),  # what was asked: immutable
+    Column("checkpoint", Text, nullable=False),  # how far it got: resumes from here
+    Column("content", Text, nullable=False),  # the public "Content"
+    Column("outputs", Text, nullable=False),  # {key: output} stored in the storage area
+    Column("error_code", Integer, nullable=False, default=0),
+    Column("error_details", Text, nullable=False, default=""),
+    Column("request", String(16)),  # "cancel" or "pause", asked of the runner
+    Column("owner", String(128)),  # the process running it (the lease holder)
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt", Float),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("completed", Float),
+    Column("runtime", Float, nullable=False, default=0.0),
+    Index("ix_jobs_state", "state", "priority", "created"),
+)
+
+#: Answers of C-FIND requests sent to remote modalities (``/queries``), kept in the
+#: index so that any process serves them; datasets are stored as DICOM JSON.
+queries = Table(
+    "queries",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("modality", String(128), nullable=False),
+    Column("level", SmallInteger, nullable=False),
+    Column("query", Text, nullable=False),
+    Column("answers", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    Index("ix_queries_created", "created"),
+)
+
+#: Storage commitment requests Lanthorn sent, and the reports that answered them.
+storage_commitments = Table(
+    "storage_commitments",
+    metadata,
+    Column("transaction_uid", String(64), primary_key=True),
+    Column("remote_aet", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # Pending, Success or Failure
+    Column("success", Text, nullable=False),  # JSON [[SOP class, SOP instance], ...]
+    Column("failures", Text, nullable=False),  # JSON [[SOP class, SOP instance, reason]]
+    Column("created", Float, nullable=False),
+    Index("ix_storage_commitments_created", "created"),
+)
+
+#: Persistent pseudonyms of anonymization (PHI: they link to real identities). ``kind``
+#: is PatientID, PatientName or UID; ``patient`` is the original PatientID each row
+#: belongs to, so that a patient's mapping can be looked up or forgotten at once.
+pseudonyms = Table(
+    "pseudonyms",
+    metadata,
+    Column("scope", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("original", String(256), primary_key=True),
+    Column("pseudonym", String(256), nullable=False),
+    Column("patient", String(256), nullable=False),
+    Column("created", Float, nullable=False),
+    Index("ix_pseudonyms_patient", "scope", "patient"),
+    Index("ix_pseudonyms_pseudonym", "scope", "kind", "pseudonym"),
+)

@@ -42,6 +42,9 @@ from ..model import (
 )
 from ..query import Constraint, Match, Query, normalize
 from . import schema as s
+from .commitments import CommitmentTable
+from .jobs import JobTable
+from .queries import QueryTable
 from .records import (
     Attachment,
     Change,
@@ -67,6 +70,9 @@ class SqlIndex:
         self.engine = engine
         self.main_tags = main_tags or MainTags()
         self._write_lock = write_lock
+        self.jobs = JobTable(self)
+        self.queries = QueryTable(self)
+        self.commitments = CommitmentTable(self)
 
     # -- transactions -------------------------------------------------------------
 
@@ -525,6 +531,82 @@ class SqlIndex:
             return list(conn.scalars(select(s.leases.c.holder).distinct()
                                      .where(s.leases.c.expires > time.time())))
 
+    # -- modification: derived resources, pseudonyms ------------------------------------
+
+    def record_derivation(self, origins: dict[str, str], name: str,
+                          changes: list[tuple[ChangeType, Level, str]], *,
+                          copy_labels: bool = False) -> None:
+        """Metadata ``name`` (ModifiedFrom...) = the original's public ID on each new
+        resource, its labels too if asked, and the change-log entries; one transaction."""
+        if not origins:
+            return
+        with self.write() as conn:
+            ids = dict(conn.execute(_IDS_BY_PUBLIC_ID,
+                                    {"ids": [*origins, *origins.values()]}).all())
+            derived = [(ids[new], ids.get(old), old) for new, old in origins.items()]
+            conn.execute(delete(s.metadata_table).where(
+                s.metadata_table.c.resource_id.in_([new for new, _, _ in derived]),
+                s.metadata_table.c.name == name))
+            conn.execute(insert(s.metadata_table), [
+                {"resource_id": new, "name": name, "value": old} for new, _, old in derived])
+            if copy_labels:
+                for new, original, _ in derived:
+                    if original is not None:
+                        _copy_labels(conn, original, new)
+            if changes:
+                _log_many(conn, changes, time.time())
+
+    def pseudonym(self, scope: str, kind: str, original: str, patient: str,
+                  make: Callable[[], str]) -> str:
+        """The pseudonym of ``original``; made with ``make`` and stored on first use."""
+        p = s.pseudonyms.c
+        key = (p.scope == scope, p.kind == kind, p.original == original)
+        with self.read() as conn:
+            found = conn.scalar(select(p.pseudonym).where(*key))
+        if found is not None:
+            return found
+        candidate = make()  # outside the transaction: ``make`` may write (a counter)
+        try:
+            with self.write() as conn:  # look again: another request may have made one
+                found = conn.scalar(select(p.pseudonym).where(*key))
+                if found is None:
+                    conn.execute(insert(s.pseudonyms).values(
+                        scope=scope, kind=kind, original=original, pseudonym=candidate,
+                        patient=patient, created=time.time()))
+                return found or candidate
+        except IntegrityError:  # PostgreSQL: a concurrent transaction inserted it first
+            with self.read() as conn:
+                return conn.scalar(select(p.pseudonym).where(*key))
+
+    def pseudonyms_of(self, scope: str, *, patient: str | None = None,
+                      pseudonym: str | None = None) -> list[dict[str, str]]:
+        """The rows of one patient, found by its original PatientID or its pseudonym."""
+        p = s.pseudonyms.c
+        with self.read() as conn:
+            if pseudonym is not None:
+                patient = conn.scalar(select(p.patient).where(
+                    p.scope == scope, p.kind == "PatientID", p.pseudonym == pseudonym))
+                if patient is None:
+                    return []
+            rows = conn.execute(select(p.kind, p.original, p.pseudonym).where(
+                p.scope == scope, p.patient == patient).order_by(p.kind, p.created))
+            return [{"Kind": r.kind, "Original": r.original, "Pseudonym": r.pseudonym}
+                    for r in rows]
+
+    def delete_pseudonyms(self, scope: str, patient: str) -> int:
+        with self.write() as conn:
+            return conn.execute(delete(s.pseudonyms).where(
+                s.pseudonyms.c.scope == scope, s.pseudonyms.c.patient == patient)).rowcount
+
+    def next_counter(self, name: str) -> int:
+        """Increment and return a counter kept in the global properties."""
+        g = s.global_properties.c
+        with self.write() as conn:
+            value = int(conn.scalar(select(g.value).where(g.name == name)) or 0) + 1
+            conn.execute(delete(s.global_properties).where(g.name == name))
+            conn.execute(insert(s.global_properties).values(name=name, value=str(value)))
+            return value
+
     # -- statistics and maintenance ------------------------------------------------------
 
     def statistics(self, resource_id: int | None = None) -> Statistics:
@@ -611,6 +693,16 @@ def _descendants(conn: Connection, ids: list[int], level: Level, limit: int = 0)
         current_level = Level(current_level + 1)
     return ids
 
+
+
+def _copy_labels(conn: Connection, source: int, target: int) -> None:
+    source_labels = s.labels.alias("source")
+    present = exists().where(s.labels.c.resource_id == target,
+                             s.labels.c.label == source_labels.c.label)
+    conn.execute(insert(s.labels).from_select(
+        ["resource_id", "label"],
+        select(literal(target), source_labels.c.label)
+        .where(source_labels.c.resource_id == source, not_(present))))
 
 
 def _attachment_uuids(conn: Connection, resource_ids: list[int]) -> list[str]:

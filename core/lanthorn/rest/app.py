@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HTTP_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-                405: "Method Not Allowed", 415: "Unsupported Media Type",
+                405: "Method Not Allowed", 406: "Not Acceptable", 415: "Unsupported Media Type",
                 416: "Range Not Satisfiable",
                 500: "Internal Server Error", 507: "Insufficient Storage"}
 

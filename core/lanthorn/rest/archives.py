@@ -5,12 +5,18 @@ headers) and then streamed: each stored file is read a block at a time while the
 is written, so memory does not grow with the size of a study. Members are stored
 without compression (DICOM pixel data rarely shrinks, and deflating would cap the speed),
 byte-identical to the stored files; sizes are known up front, hence a Content-Length.
+With ``Transcode``, each file is read and transcoded when its turn comes (one instance
+in memory at a time), sizes are not known, and the DICOMDIR, last, names the syntax
+each file was really written in (an instance that cannot be transcoded goes as stored,
+as in Orthanc).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
@@ -25,15 +31,19 @@ from starlette.routing import Route
 from zipstream import ZipStream
 
 from ..dicom import read_header
-from ..errors import BadRequest, UnknownResource
+from ..errors import BadRequest, LanthornError, UnknownResource
 from ..index.records import Attachment, Resource
 from ..ingest import DICOM_ATTACHMENT
+from ..jobs import JobContext, JobType
 from ..model import Level
-from ..storage import StorageArea, read_chunks
-from .common import flag, json_body, resource_of, server_of
+from ..storage import read_all, read_chunks
+from ..transcode import check_syntax, transcode
+from .common import asynchronous, flag, job_answer, json_body, resource_of, server_of
 from .resources import LEVELS
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ..index.sql import SqlIndex
     from ..server import Server
 
@@ -58,7 +68,11 @@ RECORD_KEYS = {
 }
 MEDIA_ID = "LANTHORN_MEDIA"
 
+log = logging.getLogger(__name__)
+
 Selection = dict[tuple[int, int, int], list[int]]
+#: One file of the ZIP: its name, the instance and its DICOM attachment.
+Member = tuple[str, int, Attachment]
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,33 @@ class Options:
     resources: list[Resource]
     filename: str
     extended: bool
+    transcode: str | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        """The options as a job keeps them (JSON)."""
+        return {"Resources": [r.public_id for r in self.resources],
+                "Filename": self.filename, "Extended": self.extended,
+                "Transcode": self.transcode}
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A ZIP ready to stream, and what Orthanc's job content says about it."""
+
+    stream: ZipStream
+    instances: int
+    uncompressed: int
+
+    @property
+    def size(self) -> int | None:
+        """The ZIP's size, known before it streams unless its members are transcoded."""
+        return len(self.stream) if self.stream.sized else None
+
+    def content(self, archive: int) -> dict[str, Any]:
+        size = self.uncompressed
+        return {"ArchiveSize": str(archive), "ArchiveSizeMB": archive >> 20,
+                "Description": "REST API", "InstancesCount": self.instances,
+                "UncompressedSize": str(size), "UncompressedSizeMB": size >> 20}
 
 
 def endpoint(*, media: bool, extended: bool = False):  # noqa: ANN201 - a Starlette endpoint
@@ -99,39 +140,41 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _respond(request: Request, body: dict[str, Any], media: bool, extended: bool) -> Response:
-    options = _options(request, body, extended)
     server = server_of(request)
-    selection = _selection(server.index, options.resources)
-    if media:
-        members, dicomdir = _media_members(server, selection, options.extended)
-    else:
-        members, dicomdir = _archive_members(server.index, selection), None
-    return _zip_response(server.storage, members, dicomdir, options.filename)
+    default_name = "Archive.zip"
+    if "id" in request.path_params:
+        resource = resource_of(request)
+        body = {**body, "Resources": [resource.public_id]}
+        default_name = f"{resource.public_id}.zip"
+    options = _options(server.index, body, default_name, extended)
+    if asynchronous(body):
+        job_type = MEDIA_JOB_TYPE if media else ARCHIVE_JOB_TYPE
+        return job_answer(server.jobs.submit(job_type.name, options.parameters(),
+                                             priority=int(body.get("Priority", 0))))
+    packed = _pack(server, options, media)
+    headers = {"Content-Disposition": f'attachment; filename="{options.filename}"'}
+    if packed.size is not None:
+        headers["Content-Length"] = str(packed.size)
+    return StreamingResponse(packed.stream, media_type="application/zip", headers=headers)
 
 
-def _options(request: Request, body: dict[str, Any], extended: bool) -> Options:
-    if body.get("Asynchronous") is True or body.get("Synchronous") is False:
-        raise BadRequest("Asynchronous archives need jobs, which are not available yet: "
-                         "ask for a synchronous answer")
-    if body.get("Transcode"):
-        raise BadRequest("Transcoding archives is not available yet")
+def _options(index: SqlIndex, body: dict[str, Any], default_name: str,
+             extended: bool) -> Options:
+    syntax = body.get("Transcode") or None
+    if not isinstance(syntax, str | None):
+        raise BadRequest('"Transcode" must be a transfer syntax UID')
     filename = body.get("Filename")
     extended = body.get("Extended", extended)
     if not isinstance(filename, str | None) or not isinstance(extended, bool):
         raise BadRequest('"Filename" must be a string and "Extended" a boolean')
-    if "id" in request.path_params:
-        resource = resource_of(request)
-        return Options([resource], _safe_filename(filename, f"{resource.public_id}.zip"),
-                       extended)
     public_ids = body.get("Resources")
     if not isinstance(public_ids, list) or not all(isinstance(p, str) for p in public_ids):
         raise BadRequest('"Resources" must be a list of resource IDs')
-    return Options(_lookup_all(request, public_ids),
-                   _safe_filename(filename, "Archive.zip"), extended)
+    return Options(_lookup_all(index, public_ids), _safe_filename(filename, default_name),
+                   extended, check_syntax(syntax) if syntax else None)
 
 
-def _lookup_all(request: Request, public_ids: list[str]) -> list[Resource]:
-    index = server_of(request).index
+def _lookup_all(index: SqlIndex, public_ids: list[str]) -> list[Resource]:
     resources = []
     for public_id in public_ids:
         found = index.lookup(public_id)
@@ -165,7 +208,7 @@ def _selection(index: SqlIndex, resources: list[Resource]) -> Selection:
     return {key: sorted(chosen[key]) for key in sorted(chosen)}
 
 
-def _archive_members(index: SqlIndex, selection: Selection) -> list[tuple[str, Attachment]]:
+def _archive_members(index: SqlIndex, selection: Selection) -> list[Member]:
     """``Patient/Study/Series/MR000000.dcm`` names, as in Orthanc's archives."""
     folders = _Folders(index)
     members = []
@@ -177,7 +220,7 @@ def _archive_members(index: SqlIndex, selection: Selection) -> list[tuple[str, A
         files = index.attachments_of(instances, DICOM_ATTACHMENT)
         for number, instance in enumerate(instances):
             name = f"{modality[:2]}{number:06d}" if modality else f"{number:08d}"
-            members.append((f"{path}/{name}.dcm", files[instance]))
+            members.append((f"{path}/{name}.dcm", instance, files[instance]))
     return members
 
 
@@ -220,21 +263,28 @@ def _tag(keyword: str) -> int:
 
 # -- DICOM media ------------------------------------------------------------------------
 
-def _media_members(server: Server, selection: Selection,
-                   extended: bool) -> tuple[list[tuple[str, Attachment]], bytes]:
-    """Files named by the DICOMDIR's File IDs, and the DICOMDIR (from stored headers)."""
+def _media_members(server: Server, selection: Selection, extended: bool,
+                   transcoder: _Transcoder | None,
+                   ) -> tuple[list[Member], Callable[[], bytes]]:
+    """Files named by the DICOMDIR's File IDs, and how to make the DICOMDIR (from stored
+    headers) once they are written."""
     instances = [i for group in selection.values() for i in group]
     dicomdir, file_ids = _dicomdir(server.index, instances, extended)
     files = server.index.attachments_of(list(file_ids), DICOM_ATTACHMENT)
-    return [(file_ids[i], files[i]) for i in instances if i in file_ids], dicomdir
+    members = [(file_ids[i], i, files[i]) for i in instances if i in file_ids]
+    if transcoder is None:
+        return members, lambda: dicomdir
+    return members, lambda: _dicomdir(server.index, list(file_ids), extended,
+                                      transcoder.written)[0]
 
 
-def _dicomdir(index: SqlIndex, instances: list[int],
-                   extended: bool) -> tuple[bytes, dict[int, str]]:
+def _dicomdir(index: SqlIndex, instances: list[int], extended: bool,
+              syntaxes: dict[int, str] | None = None) -> tuple[bytes, dict[int, str]]:
     """The DICOMDIR of the instances (pydicom's FileSet) and each instance's File ID.
 
     A SOP Instance UID appears once on a medium: a second instance with the same UID
-    (possible under another patient) is left out.
+    (possible under another patient) is left out. ``syntaxes`` are those the files were
+    written in, when not as stored.
     """
     file_set = FileSet()
     try:
@@ -242,6 +292,8 @@ def _dicomdir(index: SqlIndex, instances: list[int],
         by_uid: dict[str, int] = {}
         for instance in instances:
             dataset = read_header(index.header(instance))
+            if syntaxes and instance in syntaxes:
+                dataset.file_meta.TransferSyntaxUID = syntaxes[instance]
             if dataset.SOPInstanceUID not in by_uid:
                 by_uid[dataset.SOPInstanceUID] = instance
                 file_set.add_custom(dataset, _records(dataset, extended))
@@ -286,17 +338,78 @@ def _record(record_type: str, dataset: Dataset, extended: bool) -> Dataset:
 
 # -- streaming -------------------------------------------------------------------------
 
-def _zip_response(storage: StorageArea, members: list[tuple[str, Attachment]],
-                  dicomdir: bytes | None, filename: str) -> Response:
-    stream = ZipStream(sized=True)
-    for name, attachment in members:
-        stream.add(read_chunks(storage, attachment.uuid, attachment.compression), name,
-                   size=attachment.uncompressed_size)
+@dataclass
+class _Transcoder:
+    """Transcodes members as they are streamed, remembering the syntax of each."""
+
+    server: Server
+    syntax: str
+    written: dict[int, str] = field(default_factory=dict)
+
+    def member(self, instance: int, attachment: Attachment) -> Iterator[bytes]:
+        data = read_all(self.server.storage, attachment.uuid, attachment.compression)
+        try:
+            data = transcode(self.server, data, [self.syntax])
+        except LanthornError as exc:
+            log.warning("an archived instance is sent as stored: %s", exc.message)
+        else:
+            self.written[instance] = self.syntax
+        yield data
+
+
+def _pack(server: Server, options: Options, media: bool) -> Packed:
+    """The ZIP of the selected instances: planned now, read from storage as it streams."""
+    selection = _selection(server.index, options.resources)
+    transcoder = _Transcoder(server, options.transcode) if options.transcode else None
+    if media:
+        members, dicomdir = _media_members(server, selection, options.extended, transcoder)
+    else:
+        members, dicomdir = _archive_members(server.index, selection), None
+    stream = ZipStream(sized=transcoder is None)
+    for name, instance, attachment in members:
+        if transcoder is None:
+            stream.add(read_chunks(server.storage, attachment.uuid, attachment.compression),
+                       name, size=attachment.uncompressed_size)
+        else:
+            stream.add(transcoder.member(instance, attachment), name)
     if dicomdir is not None:
-        stream.add(dicomdir, "DICOMDIR")
-    headers = {"Content-Length": str(len(stream)),
-               "Content-Disposition": f'attachment; filename="{filename}"'}
-    return StreamingResponse(stream, media_type="application/zip", headers=headers)
+        stream.add(dicomdir() if transcoder is None else _later(dicomdir), "DICOMDIR")
+    return Packed(stream, len(members), sum(a.uncompressed_size for _, _, a in members))
+
+
+# -- asynchronous archives ----------------------------------------------------------------
+
+def _job(media: bool):  # noqa: ANN202 - a job's run function
+    """Pack the archive into the storage area, where ``GET /jobs/{id}/archive`` finds it."""
+
+    def run(context: JobContext) -> None:
+        options = _options(context.server.index, context.parameters, "Archive.zip", False)
+        packed = _pack(context.server, options, media)
+        # Transcoded members have no size until written: the stored sizes stand in.
+        total = max(packed.size or packed.uncompressed, 1)
+        written = 0
+
+        def reported() -> Iterator[bytes]:
+            nonlocal written
+            for chunk in packed.stream:
+                written += len(chunk)
+                context.progress(min(written / total, 1.0))
+                yield chunk
+
+        context.save_output("archive", reported(), media_type="application/zip",
+                            filename=options.filename)
+        context.content = packed.content(written)
+
+    return run
+
+
+ARCHIVE_JOB_TYPE = JobType("Archive", _job(media=False))
+MEDIA_JOB_TYPE = JobType("Media", _job(media=True))
+
+
+def _later(make: Callable[[], bytes]) -> Iterator[bytes]:
+    """The bytes of ``make()``, computed when the stream reaches them."""
+    yield make()
 
 
 def routes() -> list[Route]:

@@ -76,6 +76,15 @@ def text(value: str, media_type: str = "text/plain") -> Response:
     return Response(value, media_type=media_type)
 
 
+def asynchronous(options: dict[str, Any]) -> bool:
+    """Orthanc's two ways of asking for a job instead of an answer."""
+    return options.get("Asynchronous") is True or options.get("Synchronous") is False
+
+
+def job_answer(job_id: str) -> JSONResponse:
+    return answer({"ID": job_id, "Path": f"/jobs/{job_id}"})
+
+
 def byte_range(header: str | None, size: int) -> tuple[int, int]:
     """``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` as a half-open interval."""
     if header is None:

@@ -5,18 +5,44 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..plugins import hookimpl
-from . import archives, find, instances, labels, modalities, resources, system, tools
+from . import (
+    archives,
+    commitment,
+    create,
+    find,
+    images,
+    instances,
+    jobs,
+    labels,
+    modalities,
+    modify,
+    queries,
+    resources,
+    system,
+    tools,
+)
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
+    from ..jobs import JobType
     from ..server import Server
 
 
 @hookimpl
 def register_routes(server: Server) -> list[BaseRoute]:
     return [*system.routes(), *instances.routes(), *find.routes(), *resources.routes(),
-            *archives.routes(),
+            *archives.routes(), *images.routes(), *create.routes(),
             *labels.routes(),
             *modalities.routes(),
+            *jobs.routes(),
+            *queries.routes(),
+            *commitment.routes(),
+            *modify.routes(),
             *tools.routes()]
+
+
+@hookimpl
+def register_job_types(server: Server) -> list[JobType]:
+    return [archives.ARCHIVE_JOB_TYPE, archives.MEDIA_JOB_TYPE, modalities.STORE_JOB_TYPE,
+            *queries.RETRIEVE_JOB_TYPES, modify.JOB_TYPE]

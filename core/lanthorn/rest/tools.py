@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
@@ -26,11 +27,14 @@ from .. import __version__
 from ..dicom import dataset_json
 from ..dimse.scp import make_application_entity
 from ..errors import BadRequest, UnknownResource
-from ..index.records import ResourceInfo
+from ..index.records import Resource, ResourceInfo
 from ..model import Level, parse_tag
 from ..requested import first_header
 from .common import answer, dicom_form, level_of, resource_of, server_of, text
 from .resources import LEVELS
+
+if TYPE_CHECKING:
+    from ..index.sql import SqlIndex
 
 #: The attributes of the DICOM module of each level (PS3.3): Patient (C.7.1.1), General
 #: Study (C.7.2.1), General Series (C.7.3.1) and SOP Common (C.12.1).
@@ -231,7 +235,7 @@ def frames(request: Request) -> Response:
 
 @dataclass(frozen=True)
 class Slice:
-    public_id: str
+    resource: Resource
     frames: int
     number: float  # InstanceNumber; +inf when missing
     position: tuple[float, ...] | None
@@ -241,19 +245,28 @@ class Slice:
 def ordered_slices(request: Request) -> Response:
     """The instances of a series in space (a "Volume": by position along the normal of
     their common orientation) or, failing that, by InstanceNumber (a "Sequence")."""
-    index = server_of(request).index
-    ids = index.descendants(resource_of(request, Level.SERIES).id, Level.INSTANCE)
+    ordered, volume = _ordered(server_of(request).index, resource_of(request, Level.SERIES).id)
+    return answer({
+        "Dicom": [f"/instances/{s.resource.public_id}/file" for s in ordered],
+        "Slices": [f"/instances/{s.resource.public_id}/frames/{f}" for s in ordered
+                   for f in range(s.frames)],
+        "SlicesShort": [[s.resource.public_id, 0, s.frames] for s in ordered],
+        "Type": "Volume" if volume else "Sequence",
+    })
+
+
+def _ordered(index: SqlIndex, series_id: int) -> tuple[list[Slice], bool]:
+    """The slices of a series in order, and whether they make a volume."""
+    ids = index.descendants(series_id, Level.INSTANCE)
     slices = [_slice(info) for start in range(0, len(ids), index.ID_BATCH)
               for info in index.describe(ids[start:start + index.ID_BATCH])]
     volume = _volume(slices)
-    ordered = volume or sorted(slices, key=lambda s: s.number)
-    return answer({
-        "Dicom": [f"/instances/{s.public_id}/file" for s in ordered],
-        "Slices": [f"/instances/{s.public_id}/frames/{f}" for s in ordered
-                   for f in range(s.frames)],
-        "SlicesShort": [[s.public_id, 0, s.frames] for s in ordered],
-        "Type": "Volume" if volume else "Sequence",
-    })
+    return volume or sorted(slices, key=lambda s: s.number), volume is not None
+
+
+def ordered_instances(index: SqlIndex, series_id: int) -> list[Resource]:
+    """The instances of a series in the order of ``ordered-slices`` (``/series/{id}/numpy``)."""
+    return [s.resource for s in _ordered(index, series_id)[0]]
 
 
 def _slice(info: ResourceInfo) -> Slice:
@@ -264,7 +277,7 @@ def _slice(info: ResourceInfo) -> Slice:
         (a, b, c), (d, e, f) = orientation[:3], orientation[3:]
         normal = (b * f - c * e, c * d - a * f, a * e - b * d)
     number = _numbers(tags.get(INSTANCE_NUMBER), 1)
-    return Slice(info.resource.public_id, _frame_count(tags), number[0] if number else math.inf,
+    return Slice(info.resource, _frame_count(tags), number[0] if number else math.inf,
                  position, normal)
 
 

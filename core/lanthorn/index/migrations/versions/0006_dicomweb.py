@@ -1,15 +1,15 @@
 """instance_json: the DICOM JSON of instances, kept once rendered (DICOMweb metadata)
 
-Revision ID: 0002_dicomweb
-Revises: 0001
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-26 15:35:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_dicomweb"
-down_revision = "0001"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
