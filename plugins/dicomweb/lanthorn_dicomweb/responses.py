@@ -97,17 +97,18 @@ def wanted(request: Request, default_type: str) -> list[Wanted]:
     return result
 
 
-def choose(wants: list[Wanted], media_type: str, stored_syntax: str) -> None:
-    """Check that the stored form may be sent; 406 naming the difference otherwise.
-
-    Transcoding is a core service still to come: until then a request for another
-    transfer syntax than the stored one is refused rather than answered wrongly.
-    """
+def choose(wants: list[Wanted], media_type: str, stored_syntax: str) -> str | None:
+    """None to send the stored form, or the transfer syntax to transcode to (the first
+    one asked for); 406 when no acceptable media type is ``media_type``."""
+    targets = []
     for want in wants:
         type_ok = want.media_type in ("*/*", media_type) or (
             want.media_type.endswith("/*") and media_type.startswith(want.media_type[:-1]))
         if type_ok and want.transfer_syntax in (ANY_SYNTAX, stored_syntax):
-            return
-    asked = ", ".join(f"{w.media_type} ({w.transfer_syntax})" for w in wants)
-    raise NotAcceptable(f"stored as {media_type} in transfer syntax {stored_syntax}; "
-                        f"asked for {asked}; transcoding is not available yet")
+            return None
+        if type_ok:
+            targets.append(want.transfer_syntax)
+    if not targets:
+        asked = ", ".join(f"{w.media_type} ({w.transfer_syntax})" for w in wants)
+        raise NotAcceptable(f"the answer is {media_type}; asked for {asked}")
+    return targets[0]

@@ -11,7 +11,7 @@ import io
 import json
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pydicom.encaps
@@ -27,13 +27,14 @@ from lanthorn.errors import InexistentItem
 from lanthorn.index.records import Attachment
 from lanthorn.ingest import DICOM_ATTACHMENT
 from lanthorn.rest.common import byte_range
-from lanthorn.storage import read_chunks
+from lanthorn.storage import read_all, read_chunks
+from lanthorn.transcode import WRITABLE, check_syntax, transcode
 
 from .json_model import BINARY_VRS, PIXEL_DATA, dataset_json
 from .multipart import new_boundary, related_type, write_parts
 from .options import Options
 from .resources import base_url, instances, path_level, path_uids, retrieve_url
-from .responses import choose, json_array, require_json, wanted
+from .responses import NotAcceptable, choose, json_array, require_json, wanted
 
 DICOM = "application/dicom"
 OCTETS = "application/octet-stream"
@@ -56,19 +57,40 @@ LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR"
 
 
 def retrieve(request: Request, server: Server) -> Response:
-    """Every instance of the study, series or instance, as multipart application/dicom."""
+    """Every instance of the study, series or instance, as multipart application/dicom:
+    the stored files, or transcoded one by one when the client asks for another syntax."""
     ids = instances(server, path_level(request), path_uids(request))
     wants = wanted(request, DICOM)
     files = stored_files(server, ids)
-    for _, syntax in files:
-        choose(wants, DICOM, syntax)
-    syntaxes = {syntax for _, syntax in files}
+    targets = [writable(choose(wants, DICOM, syntax)) for _, syntax in files]
+    sent = {target or syntax for (_, syntax), target in zip(files, targets, strict=True)}
     boundary = new_boundary()
-    parts = ((f"{DICOM}; transfer-syntax={syntax}",
-              read_chunks(server.storage, attachment.uuid, attachment.compression))
-             for attachment, syntax in files)
-    media_type = related_type(DICOM, boundary, syntaxes.pop() if len(syntaxes) == 1 else "")
+    parts = (dicom_part(server, attachment, target or syntax, target is not None)
+             for (attachment, syntax), target in zip(files, targets, strict=True))
+    media_type = related_type(DICOM, boundary, sent.pop() if len(sent) == 1 else "")
     return StreamingResponse(write_parts(parts, boundary), media_type=media_type)
+
+
+def writable(syntax: str | None) -> str | None:
+    """A transfer syntax the core's transcoding can write; 406 naming it otherwise."""
+    if syntax is not None and check_syntax(syntax) not in WRITABLE:
+        raise NotAcceptable(f"cannot transcode to {syntax}; possible: {', '.join(WRITABLE)}")
+    return syntax
+
+
+def dicom_part(server: Server, attachment: Attachment, syntax: str,
+                transcoded: bool) -> tuple[str, Iterable[bytes]]:
+    """One instance: its stored bytes streamed, or (lazily) transcoded to ``syntax``."""
+    blocks: Iterable[bytes] = read_chunks(server.storage, attachment.uuid,
+                                          attachment.compression)
+    if transcoded:
+        blocks = _transcoded(server, attachment, syntax)
+    return f"{DICOM}; transfer-syntax={syntax}", blocks
+
+
+def _transcoded(server: Server, attachment: Attachment, syntax: str) -> Iterator[bytes]:
+    yield transcode(server, read_all(server.storage, attachment.uuid, attachment.compression),
+                    [syntax])
 
 
 def stored_files(server: Server, ids: Sequence[int]) -> list[tuple[Attachment, str]]:
@@ -234,7 +256,9 @@ def frames(request: Request, server: Server) -> Response:
     numbers = _frame_numbers(request.path_params["frames"], count)
     encapsulated_syntax = UID(instance.syntax).is_encapsulated
     media_type = FRAME_TYPES.get(instance.syntax, OCTETS) if encapsulated_syntax else OCTETS
-    choose(wanted(request, OCTETS), media_type, instance.syntax)
+    if choose(wanted(request, OCTETS), media_type, instance.syntax) is not None:
+        raise NotAcceptable(f"the frames are stored in {instance.syntax}; transcoding "
+                            "frames is not available yet")
     start, end, encapsulated = instance.pixel_span()
     if encapsulated:
         value = instance.read(start, end)

@@ -1,6 +1,7 @@
 """WADO-URI (PS3.18 9): ``/wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..``.
 
-``contentType=application/dicom`` returns the stored file. JPEG and PNG renderings
+``contentType=application/dicom`` returns the stored file (transcoded when
+``transferSyntax`` names another syntax). JPEG and PNG renderings
 (the default content type) need the core's rendering service, still to come: they are
 refused with 406 and a message instead of being answered wrongly.
 """
@@ -11,11 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from lanthorn import BadRequest, Level, Server
-from lanthorn.storage import read_chunks
 
 from .resources import instances
 from .responses import NotAcceptable
-from .wado import DICOM, stored_files
+from .wado import DICOM, dicom_part, stored_files, writable
 
 PARAMETERS = {"studyUID": "StudyInstanceUID", "seriesUID": "SeriesInstanceUID",
               "objectUID": "SOPInstanceUID"}
@@ -35,10 +35,7 @@ def wado_uri(request: Request, server: Server) -> Response:
     uids = {keyword: params[name] for name, keyword in PARAMETERS.items()}
     (attachment, syntax), *_ = stored_files(server, instances(server, Level.INSTANCE, uids))
     asked = params.get("transferSyntax", syntax)
-    if asked != syntax:
-        raise NotAcceptable(f"the instance is stored in transfer syntax {syntax}, not "
-                            f"{asked}; transcoding is not available yet")
-    return StreamingResponse(read_chunks(server.storage, attachment.uuid,
-                                         attachment.compression),
-                             media_type=DICOM,
-                             headers={"Content-Length": str(attachment.uncompressed_size)})
+    target = writable(asked if asked != syntax else None)
+    _, blocks = dicom_part(server, attachment, target or syntax, target is not None)
+    headers = {} if target else {"Content-Length": str(attachment.uncompressed_size)}
+    return StreamingResponse(blocks, media_type=DICOM, headers=headers)

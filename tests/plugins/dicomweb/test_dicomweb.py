@@ -24,6 +24,7 @@ from lanthorn import Server
 from lanthorn.config import ConfigError
 from lanthorn.testing import ServerProcess, make_instance
 
+DICOM = "application/dicom"
 CT = Path(get_testdata_file("CT_small.dcm")).read_bytes()
 RLE_2_FRAMES = Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes()
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
@@ -185,14 +186,22 @@ def test_retrieve_streams_the_stored_bytes(client: DICOMwebClient, http: httpx2.
     assert CT in response.content  # byte for byte as received
 
 
-def test_another_transfer_syntax_is_406(client: DICOMwebClient, http: httpx2.Client) -> None:
+def test_retrieve_transcodes_to_the_syntax_asked_for(client: DICOMwebClient,
+                                                     http: httpx2.Client) -> None:
     client.store_instances([_dataset(CT)])
-    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90'
-    response = http.get(f"/dicom-web/studies/{CT_STUDY}", headers={"Accept": accept})
-    assert response.status_code == 406
-    assert "transcoding is not available" in response.json()["Details"]
-    same = accept.replace("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.1")
-    assert http.get(f"/dicom-web/studies/{CT_STUDY}", headers={"Accept": same}).status_code == 200
+    j2k = "1.2.840.10008.1.2.4.90"
+    (instance,) = client.retrieve_study(CT_STUDY, media_types=((DICOM, j2k),))
+    assert instance.file_meta.TransferSyntaxUID == j2k
+    assert (instance.pixel_array == _dataset(CT).pixel_array).all()  # lossless
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={j2k}'
+    answer = http.get(f"/dicom-web/studies/{CT_STUDY}", headers={"Accept": accept})
+    assert f"transfer-syntax={j2k}" in answer.headers["content-type"]
+    stored = accept.replace(j2k, "1.2.840.10008.1.2.1")
+    assert CT in http.get(f"/dicom-web/studies/{CT_STUDY}", headers={"Accept": stored}).content
+    mpeg2 = accept.replace(j2k, "1.2.840.10008.1.2.4.100")
+    refused = http.get(f"/dicom-web/studies/{CT_STUDY}", headers={"Accept": mpeg2})
+    assert refused.status_code == 406
+    assert "cannot transcode to 1.2.840.10008.1.2.4.100" in refused.json()["Details"]
 
 
 def test_metadata_from_the_saved_headers(client: DICOMwebClient, server: ServerProcess,
@@ -298,6 +307,11 @@ def test_native_frames(client: DICOMwebClient, http: httpx2.Client) -> None:
     base = "/dicom-web/studies/{}/series/{}/instances/{}".format(*uids)
     assert http.get(f"{base}/frames/4").status_code == 404
     assert http.get(f"{base}/frames/0").status_code == 400
+    other = http.get(f"{base}/frames/1", headers={
+        "Accept": 'multipart/related; type="application/octet-stream"; '
+                  "transfer-syntax=1.2.840.10008.1.2.4.90"})
+    assert other.status_code == 406
+    assert "transcoding frames is not available" in other.json()["Details"]
 
 
 def test_compressed_frames_are_the_stored_fragments(client: DICOMwebClient,
@@ -314,6 +328,7 @@ def test_compressed_frames_are_the_stored_fragments(client: DICOMwebClient,
                       headers={"Accept": 'multipart/related; type="application/octet-stream"; '
                                          "transfer-syntax=1.2.840.10008.1.2.1"})
     assert native.status_code == 406
+    assert "image/dicom-rle" in native.json()["Details"]
 
 
 def test_unknown_uids_are_404(http: httpx2.Client) -> None:
@@ -400,6 +415,9 @@ def test_wado_uri(client: DICOMwebClient, http: httpx2.Client) -> None:
     assert response.status_code == 200 and response.content == CT
     assert response.headers["content-type"] == "application/dicom"
     assert http.get("/wado", params={**params, "contentType": "image/jpeg"}).status_code == 406
+    rle = http.get("/wado", params={**params, "transferSyntax": "1.2.840.10008.1.2.5"})
+    assert _dataset(rle.content).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
+    assert (_dataset(rle.content).pixel_array == _dataset(CT).pixel_array).all()
     assert http.get("/wado", params={**params, "objectUID": "1.2.3"}).status_code == 404
     missing = http.get("/wado", params={"requestType": "WADO", "studyUID": CT_STUDY})
     assert missing.status_code == 400 and "seriesUID" in missing.json()["Details"]
