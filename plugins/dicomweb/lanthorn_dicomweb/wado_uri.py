@@ -2,8 +2,8 @@
 
 ``contentType=application/dicom`` returns the stored file (transcoded when
 ``transferSyntax`` names another syntax). JPEG and PNG renderings
-(the default content type) need the core's rendering service, still to come: they are
-refused with 406 and a message instead of being answered wrongly.
+(the default content type) are not wired to the core's rendering (``lanthorn.pixels``)
+yet: they are refused with 406 and a message instead of being answered wrongly.
 """
 
 from __future__ import annotations
