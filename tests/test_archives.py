@@ -21,6 +21,8 @@ from pydicom.uid import generate_uid
 
 from lanthorn.testing import make_instance
 
+pytestmark = pytest.mark.all_index_backends
+
 STUDY, OTHER_STUDY = generate_uid(), generate_uid()
 SERIES = [generate_uid() for _ in range(5)]
 JOHN = {"PatientID": "PX/1", "PatientName": "Dö^Jöhn"}

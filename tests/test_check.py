@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,20 +20,31 @@ from lanthorn.model import ChangeType, Level
 from lanthorn.testing import ServerProcess, make_instance
 from lanthorn.types import Origin, StoredInstance
 
+pytestmark = pytest.mark.all_index_backends
+
 ELEVEN_MINUTES = 11 * 60
 
 
-@contextmanager
-def open_server(config: Config) -> Iterator[Server]:
-    server = Server(config, load_entry_points=False)
-    try:
-        yield server
-    finally:
-        server.close()
+OpenServer = Callable[[Config], AbstractContextManager[Server]]
 
 
 @pytest.fixture
-def stored(lanthorn_config: Config) -> list[StoredInstance]:
+def open_server(lanthorn_make_server: Callable[[Config], Server]) -> OpenServer:
+    """``with open_server(config) as server``: a server on the test's index backend."""
+
+    @contextmanager
+    def open_(config: Config) -> Iterator[Server]:
+        server = lanthorn_make_server(config)
+        try:
+            yield server
+        finally:
+            server.close()
+
+    return open_
+
+
+@pytest.fixture
+def stored(lanthorn_config: Config, open_server: OpenServer) -> list[StoredInstance]:
     """Two instances of one patient, each in its own study."""
     with open_server(lanthorn_config) as server:
         return [server.ingest.store(make_instance(), Origin()) for _ in range(2)]
@@ -45,7 +56,7 @@ def lanthorn_check(server: ServerProcess, *args: str) -> subprocess.CompletedPro
         capture_output=True, text=True, timeout=60)
 
 
-def stored_file(config: Config, instance: StoredInstance) -> Path:
+def stored_file(open_server: OpenServer, config: Config, instance: StoredInstance) -> Path:
     with open_server(config) as server:
         resource = server.index.lookup(instance.id)
         assert resource is not None
@@ -98,9 +109,9 @@ def test_clean_store_is_consistent(lanthorn_process: ServerProcess, compression:
 ])
 def test_lost_file_is_reported_then_its_instance_deleted(
         damage: Callable[[Path], None], kind: str, lanthorn_process: ServerProcess,
-        lanthorn_config: Config, stored: list[StoredInstance]) -> None:
+        lanthorn_config: Config, stored: list[StoredInstance], open_server: OpenServer) -> None:
     lost, kept = stored
-    path = stored_file(lanthorn_config, lost)
+    path = stored_file(open_server, lanthorn_config, lost)
     damage(path)
 
     found = lanthorn_check(lanthorn_process)
@@ -148,7 +159,8 @@ def test_orphan_and_temporary_files_are_removed_without_a_live_server(
 
 @pytest.mark.usefixtures("stored")
 def test_recent_files_are_spared_while_a_server_holds_a_lease(
-        lanthorn_process: ServerProcess, lanthorn_config: Config) -> None:
+        lanthorn_process: ServerProcess, lanthorn_config: Config,
+        open_server: OpenServer) -> None:
     in_flight, old = stray_file(lanthorn_config), stray_file(lanthorn_config, ELEVEN_MINUTES)
     with open_server(lanthorn_config) as server:  # as a running server's event loop does
         assert server.index.acquire_lease("events", "elsewhere:42:cafe", 60)

@@ -138,10 +138,10 @@ def test_level_routes_serve_every_level(level: str, lanthorn_client: Any,
     assert statistics.get("CountInstances", 2) == 2
     assert client.get(f"{url}/attachments").json() == (["dicom"] if level == "instances"
                                                        else [])
-    assert client.put(f"{url}/metadata/Note", content=b"x").status_code == 200
-    assert "Note" in client.get(f"{url}/metadata").json()
-    assert client.get(f"{url}/metadata/Note").text == "x"
-    assert client.delete(f"{url}/metadata/Note").status_code == 200
+    assert client.put(f"{url}/metadata/1024", content=b"x").status_code == 200
+    assert "1024" in client.get(f"{url}/metadata").json()
+    assert client.get(f"{url}/metadata/1024").text == "x"
+    assert client.delete(f"{url}/metadata/1024").status_code == 200
     assert client.get(f"{url}/shared-tags?simplify").json()["PatientID"] == "1CT1"
     for target in order:
         if target == level:

@@ -35,6 +35,8 @@ import lanthorn
 from lanthorn.config import Config
 from lanthorn.testing import free_port
 
+pytestmark = pytest.mark.all_index_backends
+
 STUDY_ROOT = StudyRootQueryRetrieveInformationModelFind
 PATIENT_ROOT = PatientRootQueryRetrieveInformationModelFind
 MODALITIES = {"scu": [SCU_AET, "127.0.0.1", 104]}

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 from dimse_peers import PEER_AET, StoreSCP, store, tcp_nodelay
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from starlette.testclient import TestClient
@@ -135,3 +138,29 @@ def test_store_straight_sends_without_storing(lanthorn_client: TestClient,
     assert bad.status_code == 400
     assert lanthorn_client.get("/modalities/peer").json()[-1] == "store-straight"
     assert lanthorn_client.get("/modalities/nowhere").status_code == 404
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_a_compressed_instance_is_transcoded_for_a_peer_that_refuses_its_syntax(
+        lanthorn_server: lanthorn.Server, lanthorn_client: TestClient, lanthorn_config: Any,
+        allowed: bool) -> None:
+    jpeg = get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")
+    peer = StoreSCP(syntaxes=[ExplicitVRLittleEndian])
+    lanthorn_server.config = lanthorn_config.with_overrides(DicomModalities={"picky": {
+        "AET": PEER_AET, "Host": "127.0.0.1", "Port": peer.port,
+        "AllowTranscoding": allowed}})
+    stored = lanthorn_client.post("/instances", content=Path(jpeg).read_bytes()).json()
+    with peer.running():
+        report = lanthorn_client.post("/modalities/picky/store",
+                                      json={"Resources": [stored["ID"]], "Permissive": True})
+    if not allowed:
+        assert (report.json()["FailedInstancesCount"], peer.received) == (1, [])
+        return
+    assert report.json()["FailedInstancesCount"] == 0
+    [received] = peer.received
+    assert received.transfer_syntax == ExplicitVRLittleEndian
+    original = pydicom.dcmread(jpeg)
+    sent = pydicom.dcmread(io.BytesIO(received.data_set), force=True)
+    sent.file_meta = pydicom.dataset.FileMetaDataset()
+    sent.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    assert (sent.pixel_array == original.pixel_array).all()

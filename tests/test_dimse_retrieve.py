@@ -36,6 +36,8 @@ import lanthorn
 from lanthorn import Origin
 from lanthorn.testing import free_port
 
+pytestmark = pytest.mark.all_index_backends
+
 MOVE = StudyRootQueryRetrieveInformationModelMove
 GET = StudyRootQueryRetrieveInformationModelGet
 
@@ -51,8 +53,9 @@ class Setup:
 
 
 @pytest.fixture
-def peer() -> StoreSCP:
-    return StoreSCP()
+def peer(request: pytest.FixtureRequest) -> StoreSCP:
+    """A new peer per test (parametrize ``peer`` indirectly with the syntaxes it accepts)."""
+    return StoreSCP(syntaxes=getattr(request, "param", None))
 
 
 @pytest.fixture
@@ -154,8 +157,8 @@ def test_a_compressed_instance_the_destination_refuses_is_a_failed_sub_operation
     assert sorted(r.sop_instance for r in setup.peer.received) == sorted(setup.uids)
 
 
-@pytest.mark.parametrize("peer", [StoreSCP(syntaxes=[RLELossless, ImplicitVRLittleEndian])],
-                         ids=["rle-peer"])
+@pytest.mark.parametrize("peer", [[RLELossless, ImplicitVRLittleEndian]], ids=["rle-peer"],
+                         indirect=True)
 def test_a_compressed_instance_goes_in_its_stored_syntax(setup: Setup, rle_instance: str) -> None:
     [*_, (status, _, _)] = move(setup, study(setup.study))
     assert status == 0x0000

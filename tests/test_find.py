@@ -13,6 +13,8 @@ from lanthorn.model import Level
 
 MakeInstance = Callable[..., bytes]
 
+pytestmark = pytest.mark.all_index_backends
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -256,3 +258,18 @@ def test_lookup(lanthorn_client: Any, archive: dict[str, Stored]) -> None:
     assert lookup("P3") == [
         {"ID": anna.patient, "Path": f"/patients/{anna.patient}", "Type": "Patient"}]
     assert lookup("nothing") == []
+
+
+@pytest.mark.lanthorn_config(LimitFindResults=1)
+def test_count_resources_counts_what_find_lists(lanthorn_client: Any,
+                                                archive: dict[str, Stored]) -> None:
+    def count(body: dict[str, Any]) -> Any:
+        return lanthorn_client.post("/tools/count-resources", json=body)
+
+    assert count({"Level": "Study", "Query": {}}).json() == {"Count": 4}  # not capped
+    assert count({"Level": "Series", "Query": {"Modality": "MR"}}).json() == {"Count": 2}
+    assert count({"Level": "Instance", "Query": {"PatientName": "doe*"}}).json() == \
+        {"Count": 5}
+    assert count({"Level": "Patient", "Query": {"PatientID": "none"}}).json() == {"Count": 0}
+    assert count({"Level": "Nowhere", "Query": {}}).status_code == 400
+    assert count({"Level": "Study"}).status_code == 400

@@ -277,6 +277,29 @@ def test_hook_register_storage_areas(lanthorn_server: lanthorn.Server,
                         load_entry_points=False, plugins=[ElsewhereStorage()])
 
 
+class RequestedStorage:
+    """Chosen by its own section's ``EnableStorage``, whatever ``StorageArea`` says."""
+
+    config_sections = ("Elsewhere",)
+
+    @lanthorn.hookimpl
+    def register_storage_areas(self, server: lanthorn.Server) -> list[Any]:
+        return [lanthorn.StorageAreaFactory(
+            "elsewhere", ElsewhereStorage.create,
+            requested=lambda s: bool(s.config.section("Elsewhere").get("EnableStorage")))]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_storage_area_requested_by_its_section_is_chosen(enabled: bool,
+                                                           lanthorn_config: Config) -> None:
+    config = lanthorn_config.with_overrides(Elsewhere={"EnableStorage": enabled})
+    server = lanthorn.Server(config, load_entry_points=False, plugins=[RequestedStorage()])
+    server.close()
+    chosen = beside_storage(server, "elsewhere") if enabled \
+        else Path(config["StorageDirectory"])
+    assert server.storage.root == chosen
+
+
 class ReplacedFilesystem:
     @lanthorn.hookimpl
     def register_storage_areas(self, server: lanthorn.Server) -> list[Any]:
@@ -716,6 +739,37 @@ def test_hook_register_job_types(lanthorn_server: lanthorn.Server,
         ("Failure", 8, "this job cannot work")
     with pytest.raises(lanthorn.BadRequest, match="unknown job type"):
         lanthorn_server.jobs.submit("Nobody", {})
+
+
+# -- monitoring -------------------------------------------------------------------------
+
+class Gauges:
+    """Publishes how many times it was asked, to show the hook runs per scrape."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @lanthorn.hookimpl
+    def refresh_metrics(self, server: lanthorn.Server, metrics: Any) -> None:
+        self.calls += 1
+        metrics.set("test_plugin_calls", self.calls)
+        metrics.set("test_plugin_ratio", 0.25)
+
+
+@pytest.mark.lanthorn_plugins(Gauges())
+def test_hook_refresh_metrics(lanthorn_server: lanthorn.Server,
+                              lanthorn_client: TestClient) -> None:
+    gauges = registered(lanthorn_server, Gauges)
+
+    def scrape() -> dict[str, str]:
+        lines = lanthorn_client.get("/tools/metrics-prometheus").text.splitlines()
+        return {line.split()[0]: line.split()[1] for line in lines}
+
+    assert (scrape()["test_plugin_calls"], scrape()["test_plugin_calls"]) == ("1", "2")
+    assert scrape()["test_plugin_ratio"] == "0.25"
+    assert lanthorn_client.put("/tools/metrics", content="0").status_code == 200
+    assert lanthorn_client.get("/tools/metrics-prometheus").text == ""
+    assert gauges.calls == 3  # not asked while metrics are disabled
 
 
 # -- command line -----------------------------------------------------------------------

@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -16,6 +17,8 @@ from lanthorn.config import Config
 from lanthorn.importer import import_paths
 from lanthorn.model import Level, public_ids
 from lanthorn.testing import ServerProcess, make_instance
+
+pytestmark = pytest.mark.all_index_backends
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
@@ -52,8 +55,8 @@ def source(tmp_path: Path) -> tuple[Path, list[str]]:
     return root, [instance_id(d) for d in (*files.values(), *members.values())]
 
 
-def stored_instances(config: Config) -> list[str]:
-    server = Server(config, load_entry_points=False)
+def stored_instances(make_server: Callable[[Config], Server], config: Config) -> list[str]:
+    server = make_server(config)
     try:
         return [public_id for _, public_id in server.index.list_resources(Level.INSTANCE)]
     finally:
@@ -62,7 +65,7 @@ def stored_instances(config: Config) -> list[str]:
 
 def test_import_stores_nested_files_and_zip_members_and_skips_junk(
         lanthorn_process: ServerProcess, lanthorn_config: Config,
-        source: tuple[Path, list[str]]) -> None:
+        source: tuple[Path, list[str]], lanthorn_make_server: Callable[[Config], Server]) -> None:
     root, expected = source
     result = lanthorn_import(lanthorn_process, root)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -74,7 +77,7 @@ def test_import_stores_nested_files_and_zip_members_and_skips_junk(
     assert f"  {root / 'README'}: Cannot parse" in result.stdout
     assert f"  {root / 'DICOMDIR'}: A DICOMDIR cannot be stored" in result.stdout
     assert "Failures:         0" in result.stdout
-    assert sorted(stored_instances(lanthorn_config)) == sorted(expected)
+    assert sorted(stored_instances(lanthorn_make_server, lanthorn_config)) == sorted(expected)
 
 
 def test_reimport_reports_already_stored(lanthorn_process: ServerProcess,
@@ -88,7 +91,8 @@ def test_reimport_reports_already_stored(lanthorn_process: ServerProcess,
 
 
 def test_unreadable_member_and_missing_path_are_failures(
-        lanthorn_process: ServerProcess, lanthorn_config: Config, tmp_path: Path) -> None:
+        lanthorn_process: ServerProcess, lanthorn_config: Config, tmp_path: Path,
+        lanthorn_make_server: Callable[[Config], Server]) -> None:
     good, damaged = make_instance(), make_instance()
     archive_path = tmp_path / "damaged.zip"
     with zipfile.ZipFile(archive_path, "w") as archive:
@@ -105,7 +109,7 @@ def test_unreadable_member_and_missing_path_are_failures(
     assert "Failures:         2" in result.stdout
     assert f"  {archive_path}:bad.dcm: Cannot read: Bad CRC-32" in result.stdout
     assert f"  {tmp_path / 'absent'}: No such file or folder" in result.stdout
-    assert stored_instances(lanthorn_config) == [instance_id(good)]
+    assert stored_instances(lanthorn_make_server, lanthorn_config) == [instance_id(good)]
 
 
 class LeaseProbe:
@@ -121,9 +125,9 @@ class LeaseProbe:
 
 def test_import_holds_a_lease_and_draws_progress(
         lanthorn_config: Config, source: tuple[Path, list[str]],
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], lanthorn_make_server: Callable[..., Server]) -> None:
     probe = LeaseProbe()
-    server = Server(lanthorn_config, load_entry_points=False, plugins=[probe])
+    server = lanthorn_make_server(lanthorn_config, [probe])
     try:
         report = import_paths(server, [str(source[0])], progress=True)
         assert server.index.live_lease_holders() == []

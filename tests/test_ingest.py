@@ -15,6 +15,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+pytestmark = pytest.mark.all_index_backends
+
 SHAPES = json.loads((Path(__file__).parent / "fixtures" / "orthanc_shapes.json").read_text())
 TEST_FILES = Path(get_testdata_file("CT_small.dcm")).parent
 MakeInstance = Callable[..., bytes]

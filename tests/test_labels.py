@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
+pytestmark = pytest.mark.all_index_backends
+
 MakeInstance = Callable[..., bytes]
 LEVELS = {"patients": "ParentPatient", "studies": "ParentStudy", "series": "ParentSeries",
           "instances": "ID"}

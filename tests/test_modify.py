@@ -25,6 +25,8 @@ from lanthorn.model import Level, public_id
 from lanthorn.server import Server
 from lanthorn.testing import ServerProcess, make_instance
 
+pytestmark = pytest.mark.all_index_backends
+
 STUDY = generate_uid()
 SERIES = [generate_uid(), generate_uid()]
 SOPS = [generate_uid() for _ in range(3)]
@@ -263,8 +265,8 @@ def test_replace_a_sequence_and_non_ascii_values(lanthorn_client: Any) -> None:
     ("studies", {"Replace": {"StudyID": "longer than sixteen"}}, "cannot set 00200010 (SH)"),
     ("studies", {"Replace": {"StudyDescription": 5}, "Asynchronous": True},
      'the value of "StudyDescription"'),  # checked before a job is queued
-    ("studies", {"Replace": {"StudyDescription": "x"}, "Transcode": "1.2.840.10008.1.2"},
-     '"Transcode" is not available yet'),
+    ("studies", {"Replace": {"StudyDescription": "x"}, "Transcode": "1.2.3"},
+     'is not a transfer syntax UID'),
     ("studies", {"KeepSource": "no"}, '"KeepSource" must be a boolean'),
     ("studies", ["Replace"], "The body must contain a JSON object"),
 ])
@@ -491,6 +493,21 @@ def test_asynchronous_anonymization_is_a_resource_modification_job(
     instance = lanthorn_client.post(f"/instances/{first['ID']}/modify",
                                     json={"Asynchronous": True})
     assert instance.status_code == 400
+
+
+def test_transcode_writes_the_changed_files_in_the_asked_syntax(lanthorn_client: Any) -> None:
+    first = _study(lanthorn_client)
+    rle = "1.2.840.10008.1.2.5"
+    result = lanthorn_client.post(f"/studies/{first['ParentStudy']}/modify", json={
+        "Replace": {"StudyDescription": "small"}, "Transcode": rle}).json()
+    datasets = _datasets(lanthorn_client, result["ID"])
+    assert {d.file_meta.TransferSyntaxUID for d in datasets} == {rle}
+    original = pydicom.dcmread(io.BytesIO(lanthorn_client.get(
+        f"/instances/{first['ID']}/file").content))
+    assert any((d.pixel_array == original.pixel_array).all() for d in datasets)
+    single = lanthorn_client.post(f"/instances/{first['ID']}/modify",
+                                  json={"Transcode": rle})
+    assert pydicom.dcmread(io.BytesIO(single.content)).file_meta.TransferSyntaxUID == rle
 
 
 def test_profile_table_is_read_from_the_standard() -> None:

@@ -28,6 +28,8 @@ from lanthorn.index import Attachment, NewInstance, SqlIndex, upgrade
 from lanthorn.model import Level, MainTags, public_ids
 from lanthorn.query import Query, build_query, parse_constraint
 
+pytestmark = pytest.mark.all_index_backends
+
 MAIN_TAGS = MainTags()
 #: One indexed tag per kind of matching: PN (case rules), LO (wildcards), DA and TM
 #: (ranges), CS (lists), UI (no wildcards).

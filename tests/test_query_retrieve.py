@@ -23,6 +23,8 @@ import lanthorn
 from lanthorn.config import Config
 from lanthorn.testing import ServerProcess, free_port, make_instance, require_tool
 
+pytestmark = pytest.mark.all_index_backends
+
 REMOTE_AET = "REMOTE"
 
 

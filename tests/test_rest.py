@@ -16,6 +16,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.uid import generate_uid
 from starlette.testclient import TestClient
 
+pytestmark = pytest.mark.all_index_backends
+
 SHAPES = json.loads((Path(__file__).parent / "fixtures" / "orthanc_shapes.json").read_text())
 ORTHANC_IDS = json.loads((Path(__file__).parent / "fixtures" / "orthanc_ids.json").read_text())
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
@@ -243,7 +245,8 @@ def test_real_http_server(lanthorn_process: Any) -> None:
     assert lanthorn_process.stop(signal.SIGTERM) == 0
 
 
-@pytest.mark.lanthorn_config(StableAge=3600)  # no Stable* change after ours, even when slow
+# No Stable* change after ours, even when slow:
+@pytest.mark.lanthorn_config(StableAge=3600, UserMetadata={"Reviewed": 1024})
 def test_metadata_can_be_set_read_and_deleted(lanthorn_client: Any,
                                               ct_instance: MakeInstance) -> None:
     study = lanthorn_client.post("/instances", content=ct_instance()).json()["ParentStudy"]
@@ -260,11 +263,9 @@ def test_metadata_can_be_set_read_and_deleted(lanthorn_client: Any,
 
 
 @pytest.mark.parametrize("compressed", [False, True])
-def test_file_byte_ranges(compressed: bool, lanthorn_config: Any, tmp_path: Path) -> None:
-    from lanthorn.server import Server
-
-    config = lanthorn_config.with_overrides(StorageCompression=compressed)
-    server = Server(config, load_entry_points=False)
+def test_file_byte_ranges(compressed: bool, lanthorn_config: Any,
+                          lanthorn_make_server: Any) -> None:
+    server = lanthorn_make_server(lanthorn_config.with_overrides(StorageCompression=compressed))
     data = CT_SMALL.read_bytes()
     try:
         with TestClient(server.app, client=("127.0.0.1", 1)) as client:

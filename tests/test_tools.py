@@ -21,6 +21,8 @@ from lanthorn.dimse.scp import make_application_entity
 from lanthorn.rest.tools import LOG_CATEGORIES
 from lanthorn.testing import make_instance
 
+pytestmark = pytest.mark.all_index_backends
+
 MakeInstance = Callable[..., bytes]
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 #: What Orthanc 1.10.1 answers for CT_small.dcm (``?simplify``).

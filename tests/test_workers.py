@@ -15,6 +15,8 @@ import pytest
 
 from lanthorn.testing import ServerProcess, make_instance
 
+pytestmark = pytest.mark.all_index_backends
+
 
 def _wait(condition, timeout: float = 20) -> None:  # noqa: ANN001 - a predicate
     deadline = time.monotonic() + timeout

@@ -274,7 +274,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("KeepAlive", True, bool, "Keep HTTP connections open between requests."),
     Option("TcpNoDelay", True, bool, "Disable Nagle's algorithm on HTTP connections."),
     Option("HttpTimeout", 60, int, "Seconds before an outgoing HTTP request to a peer times out."),
-    Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name."),
+    Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name: "
+           "[url, username, password] or an object (Url, Username, Password, HttpHeaders, "
+           "Timeout...)."),
+    Option("OrthancPeersInDatabase", False, bool, "Keep the peers defined or deleted over REST "
+           "(PUT/DELETE /peers/{id}) across restarts."),
     # Jobs and miscellaneous
     Option("StorageCommitmentReportsSize", 100, int, "Storage commitment transactions "
            "kept (/storage-commitment); the oldest are forgotten first."),
@@ -308,6 +312,8 @@ OPTIONS: tuple[Option, ...] = (
         dict,
         "Names of user-defined metadata, mapped to numbers from 1024 to 65535.",
     ),
+    Option("CheckRevisions", False, bool, "Require If-Match with the current revision to change "
+           "or delete an existing metadata or attachment (409 Conflict otherwise)."),
     Option(
         "UserContentType",
         {},
@@ -639,7 +645,7 @@ def default_config_text() -> str:
 #: Orthanc's own options that Lanthorn does not implement (yet): an Orthanc file that
 #: sets them loads with one notice instead of a warning per key.
 ORTHANC_ONLY_OPTIONS = frozenset({
-    "BuiltinDecoderTranscoderOrder", "CheckRevisions",
+    "BuiltinDecoderTranscoderOrder",
     "DeidentifyLogsDicomVersion",
     "DicomAssociationCloseDelay", "DicomEchoChecksFind",
     "DicomModalitiesInDatabase", "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
@@ -648,7 +654,7 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "HttpsCACertificates", "HttpsVerifyPeers",
     "LoadPrivateDictionary", "LogExportedResources", "LuaScripts", "MallocArenaMax",
     "MaximumStorageCacheSize", "MediaArchiveSize",
-    "OrthancExplorerEnabled", "OrthancPeersInDatabase", "SslCertificate",
+    "OrthancExplorerEnabled", "SslCertificate",
     "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",
     "StoreDicom", "StoreMD5ForAttachments",
     "SynchronousZipStream", "TranscodeDicomProtocol", "WebDavDeleteAllowed", "WebDavEnabled",

@@ -105,6 +105,22 @@ class StorageFull(LanthornError):
     orthanc_error = "The file storage is full"
 
 
+class CorruptedFile(LanthornError):
+    """A stored file does not match the MD5 hash recorded when it was written."""
+
+    orthanc_status = 20
+    orthanc_error = "Corrupted file (e.g. inconsistent MD5 hash)"
+
+
+class RevisionConflict(LanthornError):
+    """``If-Match`` names another revision (or is missing under ``CheckRevisions``)."""
+
+    http_status = 409
+    orthanc_status = 43
+    orthanc_error = ("A bad revision number was provided, which might indicate conflict "
+                     "between multiple writers")
+
+
 class PluginError(LanthornError):
     """A plugin is misconfigured or missing; raised at start-up."""
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .dicom import ParsedInstance
     from .index.records import Change
     from .jobs import JobType
+    from .metrics import Metrics
     from .server import Server
     from .types import (
         Command,
@@ -232,6 +233,17 @@ def register_job_types(server: Server) -> list[JobType]:
     and the context's ``checkpoint`` and ``content`` must be JSON, because jobs are
     stored in the index and may resume in another process. On a name clash the first
     answer wins.
+    """
+
+
+# -- monitoring -------------------------------------------------------------------------
+
+
+@hookspec
+def refresh_metrics(server: Server, metrics: Metrics) -> None:
+    """Set this plugin's gauges (``metrics.set(name, value)``) just before
+    ``/tools/metrics-prometheus`` renders them; not called while metrics are disabled.
+    Runs in the process that answers the scrape, on a worker thread.
     """
 
 

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 
 from pydicom.uid import UID
 
+from .config import ConfigError
 from .dicom import ParsedInstance, main_tag_values, pack_header, parse_instance
 from .errors import BadFileFormat, LanthornError, Rejected
-from .index.records import Attachment, NewInstance
+from .index.records import Attachment, NewInstance, StorageLimits
 from .index.sql import orthanc_date
 from .model import public_ids
 from .storage import COMPRESSION_NONE, COMPRESSION_ZLIB, compress, new_uuid
@@ -29,6 +30,7 @@ from .transcode import transcode
 from .types import Origin, StoredInstance
 
 if TYPE_CHECKING:
+    from .config import Config
     from .server import Server
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class BatchItem:
 class Ingester:
     def __init__(self, server: Server) -> None:
         self.server = server
+        self.limits = storage_limits(server.config)
 
     def store(self, data: bytes, origin: Origin) -> StoredInstance:
         """Store one instance; raise BadFileFormat / Rejected with the reason."""
@@ -108,6 +111,7 @@ class Ingester:
                     timestamp=now,
                 ),
                 overwrite=overwrite,
+                limits=self.limits,
             )
         except BaseException:
             server.storage.remove(attachment.uuid)
@@ -147,6 +151,16 @@ class Ingester:
             return BatchItem(name, stored=self.store(data, origin))
         except LanthornError as exc:
             return BatchItem(name, error=exc)
+
+
+def storage_limits(config: Config) -> StorageLimits:
+    """The quota of ``MaximumStorageSize`` / ``MaximumPatientCount`` and what a full
+    storage does; a mode other than "Recycle" or "Reject" stops start-up."""
+    mode = config["MaximumStorageMode"]
+    if mode not in ("Recycle", "Reject"):
+        raise ConfigError(f'MaximumStorageMode must be "Recycle" or "Reject", not "{mode}"')
+    return StorageLimits(max(int(config["MaximumStorageSize"]), 0) * 1024 * 1024,
+                         max(int(config["MaximumPatientCount"]), 0), mode == "Reject")
 
 
 def _metadata(parsed: ParsedInstance, origin: Origin, now: float) -> dict[str, str]:

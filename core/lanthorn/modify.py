@@ -38,6 +38,7 @@ from .ingest import DICOM_ATTACHMENT
 from .model import IDENTIFIER_KEYWORDS, ChangeType, Level, parse_tag
 from .pseudonyms import PseudonymPolicy, Pseudonyms, parse_policy
 from .storage import read_all
+from .transcode import check_syntax, transcode
 from .types import Origin
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ class ModifyRequest:
     pseudonyms: PseudonymPolicy | None = None
     bulk: bool = False
     origin: Origin = field(default_factory=lambda: Origin("RestApi"))
+    transcode: str | None = None  # the transfer syntax of the changed files
 
     def replaced(self, tag: int) -> bool:
         return any(p.top_level and p.tag == tag for p, _ in self.replace)
@@ -170,9 +172,9 @@ def parse_request(server: Server, body: Any, *, anonymize: bool, level: Level | 
     if not isinstance(body, dict):
         raise BadRequest("The body must contain a JSON object")
     body = {key: value for key, value in body.items() if value is not None}  # as clients send
-    if body.get("Transcode"):
-        raise BadRequest('"Transcode" is not available yet in modifications: it comes with '
-                         "the transcoding service")
+    syntax = body.get("Transcode")
+    if syntax is not None and not isinstance(syntax, str):
+        raise BadRequest('"Transcode" must be a transfer syntax UID')
     replace = _replacements(body.get("Replace", {}))
     remove = tuple(parse_path(p) for p in _list(body, "Remove"))
     keep = tuple(parse_path(p) for p in _list(body, "Keep"))
@@ -197,7 +199,8 @@ def parse_request(server: Server, body: Any, *, anonymize: bool, level: Level | 
         private_creator=private_creator, keep_source=_flag(body, "KeepSource", True),
         keep_labels=_flag(body, "KeepLabels", False), permissive=_flag(body, "Permissive", False),
         pseudonyms=parse_policy(policy_source) if anonymize else None,
-        bulk=bulk, origin=origin or Origin("RestApi"))
+        bulk=bulk, origin=origin or Origin("RestApi"),
+        transcode=check_syntax(syntax) if syntax else None)
 
 
 def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
@@ -470,6 +473,8 @@ def _changed(server: Server, modifier: Modifier, instance_id: int) -> bytes:
     dataset = pydicom.dcmread(io.BytesIO(read_all(server.storage, attachment.uuid,
                                                   attachment.compression)))
     modifier.apply(dataset)
+    if modifier.request.transcode:
+        return transcode(server, dataset, [modifier.request.transcode])
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "lanthorn.builtin.errors",
     "lanthorn.builtin.dimse",
     "lanthorn.builtin.codecs",
+    "lanthorn.builtin.metrics",
     "lanthorn.rest.routes",
 )
 

@@ -8,6 +8,10 @@ several machines on one database would: background duties go to the holder of a 
 On SIGINT/SIGTERM uvicorn stops accepting and lets in-flight requests finish; the DICOM
 listener then stops accepting and gives open associations time to finish their current
 operation before they are aborted.
+
+``POST /tools/reset`` restarts: the server (with ``Workers``, the supervisor and all its
+workers) stops as on SIGTERM, then executes its own command line again, so the
+configuration files are read anew; the process ID stays the same.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -32,22 +37,41 @@ log = logging.getLogger(__name__)
 #: How long open DICOM associations may keep going after a stop is asked for.
 ASSOCIATION_GRACE_SECONDS = 10.0
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+#: Set when a restart (``/tools/reset``) was asked for in this process.
+_restart = threading.Event()
 
 
 def serve(config: Config, workers: int | None = None) -> int:
     count = int(workers or config["Workers"])
     if count <= 1:
         run_server(config, None)
-        return 0
-    # Check the configuration and migrate the index once, before any process forks.
-    Server(config).close()
-    http_socket = _bind_http(config) if config["HttpServerEnabled"] else None
-    return _supervise(config, http_socket, count)
+        status = 0
+    else:
+        # Check the configuration and migrate the index once, before any process forks.
+        Server(config).close()
+        http_socket = _bind_http(config) if config["HttpServerEnabled"] else None
+        status = _supervise(config, http_socket, count)
+        if http_socket is not None:
+            http_socket.close()
+    if _restart.is_set():
+        log.warning("restarting (/tools/reset)")
+        logging.shutdown()
+        os.execv(sys.executable, sys.orig_argv)
+    return status
 
 
-def run_server(config: Config, http_socket: socket.socket | None) -> None:
+def _ask_restart(target: int, sig: signal.Signals) -> None:
+    """What ``/tools/reset`` calls: stop ``target`` (this process or the supervisor)."""
+    _restart.set()
+    os.kill(target, sig)
+
+
+def run_server(config: Config, http_socket: socket.socket | None,
+               supervisor: int | None = None) -> None:
     """One server process: start, serve until a signal, stop cleanly."""
     server = Server(config)
+    server.request_restart = (lambda: _ask_restart(supervisor, signal.SIGHUP)) if supervisor \
+        else (lambda: _ask_restart(os.getpid(), signal.SIGTERM))
     server.start()
     listener = None
     try:
@@ -133,8 +157,13 @@ def _supervise(config: Config, http_socket: socket.socket | None, count: int) ->
     def request_stop(*_: object) -> None:
         stopping.set()
 
+    def request_restart(*_: object) -> None:  # a worker answered /tools/reset
+        _restart.set()
+        stopping.set()
+
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGHUP, request_restart)
     processes = [spawn() for _ in range(count)]
     while not stopping.wait(0.5):
         for position, process in enumerate(processes):
@@ -159,10 +188,11 @@ def _worker(config: Config, http_socket: socket.socket | None, supervisor: int) 
     leave it holding the ports)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     _die_with_parent()
     if os.getppid() != supervisor:  # it died before the request above took effect
         return
-    run_server(config, http_socket)
+    run_server(config, http_socket, supervisor)
 
 
 def _die_with_parent() -> None:

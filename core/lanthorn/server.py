@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -18,11 +19,16 @@ from .config import Config, ConfigError
 from .errors import PluginError
 from .ingest import Ingester
 from .jobs import JobEngine
+from .metrics import Metrics
 from .model import MainTags
+from .peers import check_configuration as check_peers
 from .plugins import PluginHost, make_plugin_host
 from .types import IndexBackendFactory, StorageAreaFactory
+from .userdata import check_configuration as check_user_types
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from starlette.applications import Starlette
 
     from .changes import EventDispatcher
@@ -58,18 +64,24 @@ class Server:
     ) -> None:
         self.config = config or Config.defaults()
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.started = time.time()
         base_dir = self.config.sources[0].parent if self.config.sources else Path.cwd()
         self.plugins: PluginHost = make_plugin_host(
             extra=self.config["Plugins"], disabled=self.config["DisabledPlugins"],
             load_entry_points=load_entry_points, base_dir=base_dir, objects=plugins,
         )
         self._check_sections()
+        check_peers(self.config)
+        check_user_types(self.config)
         self.main_tags = MainTags(self.config["ExtraMainDicomTags"])
         self.storage: StorageArea = self._open_storage()
         self.index: SqlIndex = self._open_index()
         self.ingest = Ingester(self)
         self.jobs = JobEngine(self)
+        self.metrics = Metrics(bool(self.config["MetricsEnabled"]))
         self.events: EventDispatcher | None = None
+        #: Set by ``lanthorn serve``: stops this server and starts it again (/tools/reset).
+        self.request_restart: Callable[[], None] | None = None
         self._app: Starlette | None = None
 
     # -- configuration checks ------------------------------------------------------------
@@ -87,18 +99,12 @@ class Server:
             log.warning(warning)
 
     def _open_storage(self) -> StorageArea:
-        factories = _by_name(self.plugins.hook.register_storage_areas(server=self))
-        return _choose(factories, self.config["StorageArea"], "StorageArea").create(self)
+        return _requested_or_named(self, self.plugins.hook.register_storage_areas(server=self),
+                                   "StorageArea", "storage areas").create(self)
 
     def _open_index(self) -> SqlIndex:
-        factories = _by_name(self.plugins.hook.register_index_backends(server=self))
-        requested = [f for f in factories.values() if f.requested(self)]
-        if len(requested) > 1:
-            raise ConfigError("several index backends are enabled: "
-                              + ", ".join(f.name for f in requested))
-        chosen = requested[0] if requested else \
-            _choose(factories, self.config["IndexBackend"], "IndexBackend")
-        return chosen.create(self)
+        return _requested_or_named(self, self.plugins.hook.register_index_backends(server=self),
+                                   "IndexBackend", "index backends").create(self)
 
     # -- operations shared by several entry points --------------------------------------
 
@@ -126,6 +132,9 @@ class Server:
         if background:
             from .changes import EventDispatcher
 
+            if not self.config["OrthancPeersInDatabase"] \
+                    and not self.index.live_lease_holders():
+                self.index.clear_peers()  # a fresh start forgets peers set over REST
             self.events = EventDispatcher(self)
             self.events.start()
             self.jobs.start()
@@ -138,13 +147,28 @@ class Server:
         self.plugins.hook.shutdown(server=self)
 
     def close(self) -> None:
+        """Close the index, and the storage area if it has connections to close."""
         self.index.close()
+        close_storage = getattr(self.storage, "close", None)
+        if close_storage is not None:
+            close_storage()
 
 
 def _by_name(batches: list[list[_Factory]]) -> dict[str, _Factory]:
     """Factories by name; on a clash the first answer (a plugin over a ``trylast``
     built-in) wins, so a plugin can replace a default backend."""
     return {f.name: f for batch in reversed(batches) for f in batch}
+
+
+def _requested_or_named(server: Server, batches: list[list[_Factory]], option: str,
+                        kind: str) -> _Factory:
+    """The factory a plugin section enables (``"EnableIndex": true``), else the one the
+    option names; two enabled at once are a ConfigError."""
+    factories = _by_name(batches)
+    requested = [f for f in factories.values() if f.requested(server)]
+    if len(requested) > 1:
+        raise ConfigError(f"several {kind} are enabled: " + ", ".join(f.name for f in requested))
+    return requested[0] if requested else _choose(factories, server.config[option], option)
 
 
 def _choose(factories: dict, name: str, option: str):  # noqa: ANN001, ANN202

@@ -22,7 +22,10 @@ from .errors import InexistentItem, StorageFull
 
 @runtime_checkable
 class StorageArea(Protocol):
-    """What the core needs from a place that keeps attachment bytes."""
+    """What the core needs from a place that keeps attachment bytes.
+
+    An area that holds connections may also define ``close()``: ``Server.close`` calls it.
+    """
 
     def write(self, uuid: str, data: bytes | Iterable[bytes]) -> None:
         """Store ``data`` under ``uuid`` durably (per the area's sync policy), atomically.

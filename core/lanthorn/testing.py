@@ -1,8 +1,10 @@
 """Pytest fixtures for Lanthorn and its plugins (published through ``pytest11``).
 
-- ``lanthorn_config``: a Config on a temporary folder and free ports;
+- ``lanthorn_config``: a Config on a temporary folder and free ports (and, for tests
+  marked ``all_index_backends``, on each index backend in turn: ``lanthorn_index_backend``);
 - ``lanthorn_server``: a Server built from it, without installed entry points (add
   plugins with ``@pytest.mark.lanthorn_plugins(module, ...)``), started and closed;
+- ``lanthorn_make_server``: builds more Servers like it (on another config, say);
 - ``lanthorn_client``: an in-process HTTP client for that server's REST API;
 - ``lanthorn_process``: a real ``lanthorn serve`` subprocess (uvicorn and the DICOM
   listener on loopback), for tests that need real sockets, signals or ``kill -9``;
@@ -24,10 +26,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -123,10 +125,49 @@ def require_tool(name: str, package: str | None = None) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} is not installed (apt-get install {package or name})"
+    missing(f"{name} is not installed (apt-get install {package or name})")
+
+
+def missing(message: str) -> NoReturn:
+    """Skip a test (or, called at its top level, a module) that lacks something of this
+    machine; fail it under CI instead."""
     if os.environ.get("LANTHORN_REQUIRE_TOOLS"):
         pytest.fail(message)
-    pytest.skip(message)
+    pytest.skip(message, allow_module_level=True)
+
+
+@dataclass(frozen=True)
+class IndexBackendUnderTest:
+    """An index backend for the tests: the options that select it (a fresh, empty
+    database) and the plugin objects an in-process server must load for it."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    plugins: tuple[object, ...] = ()
+
+
+#: Index backends that tests marked ``all_index_backends`` run on. A backend other than
+#: SQLite comes from its plugin's fixture ``lanthorn_index_backend_<name>``.
+TESTED_INDEX_BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("all_index_backends") \
+            and "lanthorn_index_backend" in metafunc.fixturenames:
+        metafunc.parametrize("lanthorn_index_backend", TESTED_INDEX_BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def lanthorn_index_backend(request: pytest.FixtureRequest) -> IndexBackendUnderTest:
+    """SQLite, unless the test is parametrized over ``TESTED_INDEX_BACKENDS``."""
+    name = getattr(request, "param", "sqlite")
+    if name == "sqlite":
+        return IndexBackendUnderTest(name)
+    try:
+        return request.getfixturevalue(f"lanthorn_index_backend_{name}")
+    except pytest.FixtureLookupError:
+        missing(f"the {name} index backend is not installed (its plugin provides the "
+                f"fixture lanthorn_index_backend_{name})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -134,15 +175,20 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "lanthorn_plugins(*plugins): plugin objects the lanthorn_server loads")
     config.addinivalue_line(
         "markers", "lanthorn_config(**options): options the lanthorn_config fixture sets")
+    config.addinivalue_line(
+        "markers", "all_index_backends: run the test on every index backend "
+        "(TESTED_INDEX_BACKENDS), each on a throwaway database")
 
 
 @pytest.fixture
-def lanthorn_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+def lanthorn_config(request: pytest.FixtureRequest, tmp_path: Path,
+                    lanthorn_index_backend: IndexBackendUnderTest) -> Config:
     options: dict[str, Any] = {
         "StorageDirectory": str(tmp_path / "storage"),
         "HttpPort": free_port(),
         "DicomPort": free_port(),
         "StableAge": 1,
+        **lanthorn_index_backend.options,
     }
     # Farthest first (module, class, function), so the closest marker wins.
     for marker in reversed(list(request.node.iter_markers("lanthorn_config"))):
@@ -151,9 +197,22 @@ def lanthorn_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-def lanthorn_server(request: pytest.FixtureRequest, lanthorn_config: Config) -> Iterator[Server]:
-    plugins = [p for m in request.node.iter_markers("lanthorn_plugins") for p in m.args]
-    server = Server(lanthorn_config, load_entry_points=False, plugins=plugins)
+def lanthorn_make_server(lanthorn_index_backend: IndexBackendUnderTest) -> Callable[..., Server]:
+    """``lanthorn_make_server(config, plugins=())``: a Server (not started; close it) without
+    installed entry points, with the plugins the test's index backend needs."""
+
+    def make(config: Config, plugins: Iterable[object] = ()) -> Server:
+        return Server(config, load_entry_points=False,
+                      plugins=[*lanthorn_index_backend.plugins, *plugins])
+
+    return make
+
+
+@pytest.fixture
+def lanthorn_server(request: pytest.FixtureRequest, lanthorn_config: Config,
+                    lanthorn_make_server: Callable[..., Server]) -> Iterator[Server]:
+    server = lanthorn_make_server(
+        lanthorn_config, [p for m in request.node.iter_markers("lanthorn_plugins") for p in m.args])
     server.start()
     try:
         yield server

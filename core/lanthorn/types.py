@@ -70,10 +70,12 @@ class StoredInstance:
 
 @dataclass(frozen=True)
 class StorageAreaFactory:
-    """A named storage area; ``StorageArea`` in the config picks one by name."""
+    """A named storage area; ``StorageArea`` (or the area's own config section) picks one."""
 
     name: str
     create: Callable[[Server], StorageArea]
+    #: True when the area's own config section asks for it (e.g. PostgreSQL.EnableStorage).
+    requested: Callable[[Server], bool] = lambda server: False
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from ..index.records import Attachment, ResourceInfo
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level
 from ..storage import read_all
+from ..transcode import transcode
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -218,6 +219,24 @@ def load(server: Server, op: SubOperation) -> Dataset:
         return stand_in
 
 
+def fitted(server: Server, association: Association, dataset: Dataset) -> Dataset:
+    """The dataset in a transfer syntax the peer accepted for its SOP class: a
+    compressed instance is transcoded when only other syntaxes were accepted."""
+    meta = getattr(dataset, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    accepted = [c.transfer_syntax[0] for c in association.accepted_contexts
+                if c.abstract_syntax == dataset.get("SOPClassUID")]
+    if syntax is None or not accepted or syntax in accepted \
+            or (syntax in CONVERTIBLE and CONVERTIBLE.intersection(accepted)):
+        return dataset
+    try:
+        return pydicom.dcmread(io.BytesIO(transcode(server, dataset, accepted)))
+    except LanthornError as exc:
+        log.warning("instance %s cannot be transcoded for the peer: %s",
+                    dataset.get("SOPInstanceUID"), exc)
+        return dataset
+
+
 def send(association: Association, dataset: Dataset, originator: tuple[str, int | None]
          ) -> str | None:
     """C-STORE one dataset; why it failed, or None when the peer stored it."""
@@ -246,7 +265,10 @@ def store(server: Server, modality: Modality, operations: list[SubOperation], *,
     failed = 0
     with associate(server, modality, store_contexts(operations)) as association:
         for op in operations:
-            why = send(association, load(server, op), originator)
+            dataset = load(server, op)
+            if modality.allows("Transcoding"):
+                dataset = fitted(server, association, dataset)
+            why = send(association, dataset, originator)
             if why is not None:
                 message = (f'C-STORE of {op.sop_instance} to modality "{modality.name}" '
                            f"failed: {why}")

@@ -32,8 +32,23 @@ class NewInstance:
 
 
 @dataclass(frozen=True)
+class StorageLimits:
+    """``MaximumStorageSize`` (bytes here), ``MaximumPatientCount`` (0: no limit) and
+    whether a full storage refuses (``Reject``) instead of recycling old patients."""
+
+    max_size: int = 0
+    max_patients: int = 0
+    reject: bool = False
+
+    @property
+    def active(self) -> bool:
+        return bool(self.max_size or self.max_patients)
+
+
+@dataclass(frozen=True)
 class StoreOutcome:
-    """``stored`` is False for a duplicate kept as it was (Orthanc's "AlreadyStored")."""
+    """``stored`` is False for a duplicate kept as it was (Orthanc's "AlreadyStored");
+    ``replaced_uuids`` are files to remove after the commit (overwritten, recycled)."""
 
     stored: bool
     replaced_uuids: list[str] = field(default_factory=list)

@@ -232,3 +232,13 @@ pseudonyms = Table(
     Index("ix_pseudonyms_patient", "scope", "patient"),
     Index("ix_pseudonyms_pseudonym", "scope", "kind", "pseudonym"),
 )
+
+#: Orthanc peers defined over REST (``PUT /peers/{id}``), overlaid on ``OrthancPeers``:
+#: a null ``config`` hides a peer of the configuration (``DELETE``). Kept across
+#: restarts only with ``OrthancPeersInDatabase``.
+peers = Table(
+    "peers",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("config", Text),
+)

@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 
 from pydicom.datadict import tag_for_keyword
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
     and_,
     bindparam,
+    cast,
     delete,
     exists,
     func,
@@ -32,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..dicom import header_value
+from ..errors import RevisionConflict, StorageFull
 from ..model import (
     IDENTIFIER_KEYWORDS,
     NEW_RESOURCE_CHANGE,
@@ -53,6 +56,7 @@ from .records import (
     Resource,
     ResourceInfo,
     Statistics,
+    StorageLimits,
     StoreOutcome,
 )
 
@@ -98,9 +102,12 @@ class SqlIndex:
 
     # -- ingest ---------------------------------------------------------------------
 
-    def store_instance(self, new: NewInstance, *, overwrite: bool) -> StoreOutcome:
+    def store_instance(self, new: NewInstance, *, overwrite: bool,
+                       limits: StorageLimits | None = None) -> StoreOutcome:
         """Create an instance and any missing parent in one transaction.
 
+        With ``limits``, the oldest unprotected patients are recycled (in the same
+        transaction) to make room, or the instance is refused with StorageFull.
         Statements are few and prebuilt: this is the hot path of every ingest.
         """
         with self.write() as conn:
@@ -112,6 +119,8 @@ class SqlIndex:
                 old = known.pop(new.public_ids[Level.INSTANCE])
                 replaced = _attachment_uuids(conn, [old])
                 conn.execute(delete(s.resources).where(s.resources.c.id == old))
+            if limits is not None and limits.active:
+                replaced += _make_room(conn, limits, new, new.public_ids[Level.PATIENT] in known)
             ancestors: list[int] = []
             created: list[Level] = []
             for level in (Level.PATIENT, Level.STUDY, Level.SERIES):
@@ -324,22 +333,94 @@ class SqlIndex:
                 .where(s.metadata_table.c.resource_id == resource_id)
             ).all())
 
-    def set_metadata(self, resource: Resource, name: str, value: str) -> None:
-        with self.write() as conn:
-            conn.execute(delete(s.metadata_table).where(
-                s.metadata_table.c.resource_id == resource.id, s.metadata_table.c.name == name))
-            _insert_metadata(conn, resource.id, {name: value})
-            _log(conn, ChangeType.UpdatedMetadata, resource.level, resource.public_id, time.time())
+    def metadata_entry(self, resource_id: int, name: str) -> tuple[str, int] | None:
+        """A metadata value with its revision."""
+        m = s.metadata_table.c
+        with self.read() as conn:
+            row = conn.execute(select(m.value, m.revision).where(
+                m.resource_id == resource_id, m.name == name)).one_or_none()
+        return (row.value, row.revision) if row else None
 
-    def delete_metadata(self, resource: Resource, name: str) -> bool:
+    def set_metadata(self, resource: Resource, name: str, value: str, *,
+                     revision: int | None = None, require: bool = False) -> int:
+        """Set a metadata value; its new revision.
+
+        When the value exists, ``revision`` (``If-Match``) must be its revision, and
+        ``require`` (``CheckRevisions``) makes giving one mandatory: RevisionConflict.
+        """
+        m = s.metadata_table.c
         with self.write() as conn:
-            deleted = conn.execute(delete(s.metadata_table).where(
-                s.metadata_table.c.resource_id == resource.id,
-                s.metadata_table.c.name == name)).rowcount
-            if deleted:
-                _log(conn, ChangeType.UpdatedMetadata, resource.level, resource.public_id,
-                     time.time())
-            return bool(deleted)
+            current = conn.scalar(select(m.revision).where(m.resource_id == resource.id,
+                                                           m.name == name))
+            new = _next_revision(current, revision, require)
+            conn.execute(delete(s.metadata_table).where(m.resource_id == resource.id,
+                                                        m.name == name))
+            conn.execute(insert(s.metadata_table), {"resource_id": resource.id, "name": name,
+                                                    "value": value, "revision": new})
+            _log(conn, ChangeType.UpdatedMetadata, resource.level, resource.public_id, time.time())
+            return new
+
+    def delete_metadata(self, resource: Resource, name: str, *, revision: int | None = None,
+                        require: bool = False) -> bool:
+        m = s.metadata_table.c
+        with self.write() as conn:
+            current = conn.scalar(select(m.revision).where(m.resource_id == resource.id,
+                                                           m.name == name))
+            if current is None:
+                return False
+            _next_revision(current, revision, require)
+            conn.execute(delete(s.metadata_table).where(m.resource_id == resource.id,
+                                                        m.name == name))
+            _log(conn, ChangeType.UpdatedMetadata, resource.level, resource.public_id,
+                 time.time())
+            return True
+
+    # -- attachments -------------------------------------------------------------------
+
+    def set_attachment(self, resource: Resource, attachment: Attachment, *,
+                       revision: int | None = None,
+                       require: bool = False) -> tuple[int, str | None]:
+        """Add or replace an attachment (revisions as for metadata); its new revision
+        and the UUID of the file it replaced, to remove after the commit."""
+        a = s.attachments.c
+        with self.write() as conn:
+            old = conn.execute(select(a.uuid, a.revision).where(
+                a.resource_id == resource.id,
+                a.content_type == attachment.content_type)).one_or_none()
+            new = _next_revision(old.revision if old else None, revision, require)
+            if old:
+                conn.execute(delete(s.attachments).where(
+                    a.resource_id == resource.id, a.content_type == attachment.content_type))
+            conn.execute(insert(s.attachments), {**vars(attachment), "resource_id": resource.id,
+                                                 "revision": new})
+            _log(conn, ChangeType.UpdatedAttachment, resource.level, resource.public_id,
+                 time.time())
+            return new, old.uuid if old else None
+
+    def delete_attachment(self, resource: Resource, content_type: int, *,
+                          revision: int | None = None, require: bool = False) -> str | None:
+        """Remove an attachment; the UUID of its file (None if there was none)."""
+        a = s.attachments.c
+        where = (a.resource_id == resource.id, a.content_type == content_type)
+        with self.write() as conn:
+            old = conn.execute(select(a.uuid, a.revision).where(*where)).one_or_none()
+            if old is None:
+                return None
+            _next_revision(old.revision, revision, require)
+            conn.execute(delete(s.attachments).where(*where))
+            _log(conn, ChangeType.UpdatedAttachment, resource.level, resource.public_id,
+                 time.time())
+            return old.uuid
+
+    def replace_attachment_file(self, resource_id: int, old_uuid: str,
+                                new: Attachment) -> bool:
+        """Point an attachment at a re-encoded file (same content, other compression),
+        unless it changed meanwhile; the revision stays, as the content is the same."""
+        a = s.attachments.c
+        values = {k: v for k, v in vars(new).items() if k not in ("content_type", "revision")}
+        with self.write() as conn:
+            return bool(conn.execute(update(s.attachments).where(
+                a.resource_id == resource_id, a.uuid == old_uuid).values(**values)).rowcount)
 
     # -- labels and batched reads (archives) ---------------------------------------------
 
@@ -389,28 +470,13 @@ class SqlIndex:
     def delete_resource(self, resource: Resource) -> DeleteOutcome:
         """Delete a resource, its descendants, and the ancestors it leaves empty."""
         with self.write() as conn:
-            now = time.time()
-            subtree = [resource.id] + [
-                i for level in Level if level > resource.level
-                for i in _descendants(conn, [resource.id], level)
-            ]
-            uuids = _attachment_uuids(conn, subtree)
-            deleted = [(resource.level, resource.public_id)]
-            conn.execute(delete(s.resources).where(s.resources.c.id == resource.id))
-            remaining: tuple[Level, str] | None = None
-            parent_id = resource.parent_id
-            while parent_id is not None:
-                parent = _resource(conn.execute(
-                    select(s.resources).where(s.resources.c.id == parent_id)).one())
-                if conn.scalar(select(func.count()).where(s.resources.c.parent_id == parent_id)):
-                    remaining = (parent.level, parent.public_id)
-                    break
-                conn.execute(delete(s.resources).where(s.resources.c.id == parent_id))
-                deleted.append((parent.level, parent.public_id))
-                parent_id = parent.parent_id
-            for level, public_id in deleted:
-                _log(conn, ChangeType.Deleted, level, public_id, now)
-            return DeleteOutcome(uuids, deleted, remaining)
+            return _delete(conn, resource, time.time())
+
+    def set_protected(self, resource: Resource, protected: bool) -> None:
+        """Protect a patient from recycling, or give it back to it."""
+        with self.write() as conn:
+            conn.execute(update(s.resources).where(s.resources.c.id == resource.id)
+                         .values(protected=protected))
 
     # -- find ----------------------------------------------------------------------------
 
@@ -607,6 +673,22 @@ class SqlIndex:
             conn.execute(insert(s.global_properties).values(name=name, value=str(value)))
             return value
 
+    # -- peers defined over REST ------------------------------------------------------
+
+    def peer_overrides(self) -> dict[str, str | None]:
+        """Peers set (JSON) or deleted (None) over REST, by name."""
+        with self.read() as conn:
+            return dict(conn.execute(select(s.peers.c.name, s.peers.c.config)).all())
+
+    def set_peer(self, name: str, config: str | None) -> None:
+        with self.write() as conn:
+            conn.execute(delete(s.peers).where(s.peers.c.name == name))
+            conn.execute(insert(s.peers).values(name=name, config=config))
+
+    def clear_peers(self) -> None:
+        with self.write() as conn:
+            conn.execute(delete(s.peers))
+
     # -- statistics and maintenance ------------------------------------------------------
 
     def statistics(self, resource_id: int | None = None) -> Statistics:
@@ -664,9 +746,10 @@ def _log_many(conn: Connection, entries: list[tuple[ChangeType, Level, str]],
 
 _IDS_BY_PUBLIC_ID = select(s.resources.c.public_id, s.resources.c.id).where(
     s.resources.c.public_id.in_(bindparam("ids", expanding=True)))
-#: Disk and uncompressed sizes of attachments (restrict it with ``.where``).
-_SIZES = select(func.coalesce(func.sum(s.attachments.c.compressed_size), 0),
-                func.coalesce(func.sum(s.attachments.c.uncompressed_size), 0))
+#: Disk and uncompressed sizes of attachments (restrict it with ``.where``); cast, as
+#: PostgreSQL sums BIGINTs to NUMERIC (a Decimal in Python).
+_SIZES = select(*(cast(func.coalesce(func.sum(column), 0), BigInteger) for column in (
+    s.attachments.c.compressed_size, s.attachments.c.uncompressed_size)))
 _TOUCH = update(s.resources).where(s.resources.c.id == bindparam("key")).values(
     last_update=bindparam("now"), is_stable=False)
 
@@ -703,6 +786,71 @@ def _copy_labels(conn: Connection, source: int, target: int) -> None:
         ["resource_id", "label"],
         select(literal(target), source_labels.c.label)
         .where(source_labels.c.resource_id == source, not_(present))))
+
+
+def _next_revision(current: int | None, expected: int | None, require: bool) -> int:
+    """The revision after ``current`` (0 for a new item), checking ``If-Match``."""
+    if current is None:
+        return 0
+    if expected is None and require:
+        raise RevisionConflict('HTTP header "If-Match" is missing, as "CheckRevisions" is '
+                               '"true"')
+    if expected is not None and expected != current:
+        raise RevisionConflict(f"the current revision is {current}, not {expected}")
+    return current + 1
+
+
+def _delete(conn: Connection, resource: Resource, now: float) -> DeleteOutcome:
+    subtree = [resource.id] + [
+        i for level in Level if level > resource.level
+        for i in _descendants(conn, [resource.id], level)
+    ]
+    uuids = _attachment_uuids(conn, subtree)
+    deleted = [(resource.level, resource.public_id)]
+    conn.execute(delete(s.resources).where(s.resources.c.id == resource.id))
+    remaining: tuple[Level, str] | None = None
+    parent_id = resource.parent_id
+    while parent_id is not None:
+        parent = _resource(conn.execute(
+            select(s.resources).where(s.resources.c.id == parent_id)).one())
+        if conn.scalar(select(func.count()).where(s.resources.c.parent_id == parent_id)):
+            remaining = (parent.level, parent.public_id)
+            break
+        uuids += _attachment_uuids(conn, [parent_id])  # e.g. a user attachment of a study
+        conn.execute(delete(s.resources).where(s.resources.c.id == parent_id))
+        deleted.append((parent.level, parent.public_id))
+        parent_id = parent.parent_id
+    for level, public_id in deleted:
+        _log(conn, ChangeType.Deleted, level, public_id, now)
+    return DeleteOutcome(uuids, deleted, remaining)
+
+
+def _make_room(conn: Connection, limits: StorageLimits, new: NewInstance,
+               known_patient: bool) -> list[str]:
+    """Recycle the least recently updated unprotected patients (never the one being
+    stored to) until the new instance fits; their files' UUIDs, to remove after commit.
+    """
+    freed: list[str] = []
+    while True:
+        patients = conn.scalar(select(func.count()).where(s.resources.c.level == Level.PATIENT))
+        over_count = bool(limits.max_patients) and \
+            patients + (not known_patient) > limits.max_patients
+        over_size = bool(limits.max_size) and \
+            conn.execute(_SIZES).one()[0] + new.attachment.compressed_size > limits.max_size
+        if not (over_count or over_size):
+            return freed
+        what = "patients" if over_count else "storage size"
+        if limits.reject:
+            raise StorageFull(f"the maximum {what} is reached (MaximumStorageMode is Reject)")
+        oldest = conn.execute(
+            select(s.resources).where(s.resources.c.level == Level.PATIENT,
+                                      s.resources.c.protected == False,  # noqa: E712
+                                      s.resources.c.public_id != new.public_ids[Level.PATIENT])
+            .order_by(s.resources.c.last_update, s.resources.c.id).limit(1)).first()
+        if oldest is None:
+            raise StorageFull(f"the maximum {what} is reached and no unprotected patient "
+                              "is left to recycle")
+        freed += _delete(conn, _resource(oldest), new.timestamp).removed_uuids
 
 
 def _attachment_uuids(conn: Connection, resource_ids: list[int]) -> list[str]:

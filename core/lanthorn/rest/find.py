@@ -1,6 +1,9 @@
-"""``/tools/find`` and ``/tools/lookup``: thin adapters over the one query engine."""
+"""``/tools/find``, ``/tools/count-resources`` and ``/tools/lookup``: thin adapters over
+the one query engine."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -9,9 +12,12 @@ from starlette.routing import Route
 
 from ..errors import BadRequest
 from ..model import Level
-from ..query import build_query
+from ..query import Query, build_query
 from .common import answer, json_body, server_of
 from .describe import describe_many, parse_requested
+
+if TYPE_CHECKING:
+    from ..server import Server
 
 
 async def find(request: Request) -> Response:
@@ -19,10 +25,33 @@ async def find(request: Request) -> Response:
     return await run_in_threadpool(_find, request, body)
 
 
-def _find(request: Request, body: object) -> Response:
+async def count_resources(request: Request) -> Response:
+    """How many resources ``/tools/find`` would list for this body: ``{"Count": n}``."""
+    body = json_body(await request.body())
     server = server_of(request)
+    ids = await run_in_threadpool(server.index.find,
+                                  _query(server, _object(body), capped=False))
+    return answer({"Count": len(ids)})
+
+
+def _find(request: Request, body: object) -> Response:
+    server, body = server_of(request), _object(body)
+    ids = server.index.find(_query(server, body))
+    if not body.get("Expand", False):
+        return answer(server.index.public_ids_of(ids))
+    requested = parse_requested(body.get("RequestedTags") or [])
+    form = "full" if body.get("Full") else "short" if body.get("Short") else "simplify"
+    return answer(describe_many(server, ids, form=form, requested=requested))
+
+
+def _object(body: object) -> dict:
     if not isinstance(body, dict):
         raise BadRequest("The body must contain a JSON object")
+    return body
+
+
+def _query(server: Server, body: dict, *, capped: bool = True) -> Query:
+    """The query of a ``/tools/find`` body; ``capped`` applies ``LimitFind*``."""
     if not isinstance(body.get("Query"), dict):
         raise BadRequest('Field "Query" is missing, or is not a JSON object')
     try:
@@ -31,23 +60,17 @@ def _find(request: Request, body: object) -> Response:
         raise BadRequest(f'Field "Level": {exc}') from None
     limit, since = _natural(body, "Limit"), _natural(body, "Since")
     cap = server.config["LimitFindInstances" if level == Level.INSTANCE else "LimitFindResults"]
-    if cap and (not limit or limit > cap):
+    if capped and cap and (not limit or limit > cap):
         limit = cap
     labels = body.get("Labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise BadRequest('Field "Labels" must be a list of strings')
     case_sensitive = body.get("CaseSensitive", server.config["CaseSensitivePN"])
-    query = build_query(
+    return build_query(
         level, body["Query"], main_tags=server.main_tags,
         case_sensitive_pn=bool(case_sensitive), limit=limit, since=since,
         labels=tuple(labels), labels_constraint=str(body.get("LabelsConstraint", "All")),
     )
-    ids = server.index.find(query)
-    if not body.get("Expand", False):
-        return answer(server.index.public_ids_of(ids))
-    requested = parse_requested(body.get("RequestedTags") or [])
-    form = "full" if body.get("Full") else "short" if body.get("Short") else "simplify"
-    return answer(describe_many(server, ids, form=form, requested=requested))
 
 
 def _natural(body: dict, key: str) -> int:
@@ -69,4 +92,5 @@ async def lookup(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [Route("/tools/find", find, methods=["POST"]),
+            Route("/tools/count-resources", count_resources, methods=["POST"]),
             Route("/tools/lookup", lookup, methods=["POST"])]

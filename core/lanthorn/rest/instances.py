@@ -1,4 +1,4 @@
-"""Uploading instances and reading them back: file, tags, content, attachments."""
+"""Uploading instances and reading them back: file, tags, content."""
 
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ from ..dicom import (
 from ..errors import BadFileFormat, InexistentItem
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level, format_tag, parse_tag
-from ..storage import read_chunks
+from ..storage import COMPRESSION_NONE, read_chunks
 from ..types import Origin
 from .common import answer, byte_range, dicom_form, resource_of, server_of
 
 if TYPE_CHECKING:
+    from ..index.records import Attachment
     from ..server import Server
 
 
@@ -58,15 +59,22 @@ def instance_file(request: Request) -> Response:
     attachment = server.index.attachment(instance.id, DICOM_ATTACHMENT)
     if attachment is None:
         raise InexistentItem("this instance has no DICOM file")
-    size = attachment.uncompressed_size
+    return serve_attachment(request, server, attachment, "application/dicom")
+
+
+def serve_attachment(request: Request, server: Server, attachment: Attachment,
+                     media_type: str, *, stored: bool = False,
+                     headers: dict[str, str] | None = None) -> Response:
+    """Stream an attachment (inflated, or as ``stored`` on disk); one byte range allowed."""
+    compression = COMPRESSION_NONE if stored else attachment.compression
+    size = attachment.compressed_size if stored else attachment.uncompressed_size
     start, end = byte_range(request.headers.get("range"), size)
-    chunks = read_chunks(server.storage, attachment.uuid, attachment.compression, start, end)
-    headers = {"Content-Length": str(end - start), "Accept-Ranges": "bytes"}
+    chunks = read_chunks(server.storage, attachment.uuid, compression, start, end)
+    headers = {**(headers or {}), "Content-Length": str(end - start), "Accept-Ranges": "bytes"}
     if "range" not in request.headers:
-        return StreamingResponse(chunks, media_type="application/dicom", headers=headers)
+        return StreamingResponse(chunks, media_type=media_type, headers=headers)
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    return StreamingResponse(chunks, status_code=206, media_type="application/dicom",
-                             headers=headers)
+    return StreamingResponse(chunks, status_code=206, media_type=media_type, headers=headers)
 
 
 def _dataset(request: Request):  # noqa: ANN202 - a pydicom Dataset
@@ -140,14 +148,6 @@ def content(request: Request) -> Response:
     return answer([format_tag(t).replace(",", "-") for t in sorted(tags)])
 
 
-def attachments(request: Request) -> Response:
-    server = server_of(request)
-    instance = resource_of(request)
-    names = {DICOM_ATTACHMENT: "dicom"}
-    info = server.index.describe([instance.id])[0]
-    return answer([names.get(c, str(c)) for c in sorted(info.attachments)])
-
-
 def routes() -> list[Route]:
     return [
         Route("/instances", upload, methods=["POST"]),
@@ -157,5 +157,4 @@ def routes() -> list[Route]:
         Route("/instances/{id}/header", header, methods=["GET"]),
         Route("/instances/{id}/content", content, methods=["GET"]),
         Route("/instances/{id}/content/{path:path}", content, methods=["GET"]),
-        Route("/{level:lanthorn_level}/{id}/attachments", attachments, methods=["GET"]),
     ]

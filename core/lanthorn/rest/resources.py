@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..dicom import dataset_json, read_header
-from ..errors import InexistentItem
+from ..errors import BadFileFormat
 from ..model import Level
 from .common import (
     answer,
@@ -128,36 +128,18 @@ def statistics(request: Request) -> Response:
     return answer(body)
 
 
-def list_metadata(request: Request) -> Response:
-    metadata = server_of(request).index.metadata(resource_of(request).id)
-    return answer(metadata if flag(request, "expand") else list(metadata))
-
-
-def get_metadata(request: Request) -> Response:
-    metadata = server_of(request).index.metadata(resource_of(request).id)
-    name = request.path_params["name"]
-    if name not in metadata:
-        raise InexistentItem(f'no metadata "{name}" on this resource')
-    return text(metadata[name])
-
-
-async def put_metadata(request: Request) -> Response:
-    """Set a metadata value (the body is the value, as in Orthanc)."""
-    value = (await request.body()).decode(errors="replace")
-    await run_in_threadpool(server_of(request).index.set_metadata, resource_of(request),
-                            request.path_params["name"], value)
-    return text("")
-
-
-def delete_metadata(request: Request) -> Response:
-    name = request.path_params["name"]
-    if not server_of(request).index.delete_metadata(resource_of(request), name):
-        raise InexistentItem(f'no metadata "{name}" on this resource')
-    return text("")
-
-
 def protected(request: Request) -> Response:
     return text("1" if resource_of(request, Level.PATIENT).protected else "0")
+
+
+async def put_protected(request: Request) -> Response:
+    """Protect a patient from recycling (``1``/``true``) or not (``0``/``false``)."""
+    value = (await request.body()).decode(errors="replace").strip().lower()
+    if value not in ("0", "1", "true", "false"):
+        raise BadFileFormat("Boolean value expected")
+    await run_in_threadpool(server_of(request).index.set_protected,
+                            resource_of(request, Level.PATIENT), value in ("1", "true"))
+    return text("")
 
 
 def routes() -> list[Route]:
@@ -172,10 +154,7 @@ def routes() -> list[Route]:
         Route(f"/{LEVELS}/{{id}}", delete_resource, methods=["DELETE"]),
         Route(f"/{LEVELS}/{{id}}/shared-tags", shared_tags, methods=["GET"]),
         Route(f"/{LEVELS}/{{id}}/statistics", statistics, methods=["GET"]),
-        Route(f"/{LEVELS}/{{id}}/metadata", list_metadata, methods=["GET"]),
-        Route(f"/{LEVELS}/{{id}}/metadata/{{name}}", get_metadata, methods=["GET"]),
-        Route(f"/{LEVELS}/{{id}}/metadata/{{name}}", put_metadata, methods=["PUT"]),
-        Route(f"/{LEVELS}/{{id}}/metadata/{{name}}", delete_metadata, methods=["DELETE"]),
         Route("/patients/{id}/protected", protected, methods=["GET"]),
+        Route("/patients/{id}/protected", put_protected, methods=["PUT"]),
         *nav,
     ]

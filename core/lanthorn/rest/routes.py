@@ -14,12 +14,15 @@ from . import (
     instances,
     jobs,
     labels,
+    metrics,
     modalities,
     modify,
+    peers,
     queries,
     resources,
     system,
     tools,
+    userdata,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +38,9 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *archives.routes(), *images.routes(), *create.routes(),
             *labels.routes(),
             *modalities.routes(),
+            *peers.routes(),
+            *metrics.routes(),
+            *userdata.routes(),
             *jobs.routes(),
             *queries.routes(),
             *commitment.routes(),
@@ -45,4 +51,4 @@ def register_routes(server: Server) -> list[BaseRoute]:
 @hookimpl
 def register_job_types(server: Server) -> list[JobType]:
     return [archives.ARCHIVE_JOB_TYPE, archives.MEDIA_JOB_TYPE, modalities.STORE_JOB_TYPE,
-            *queries.RETRIEVE_JOB_TYPES, modify.JOB_TYPE]
+            *queries.RETRIEVE_JOB_TYPES, modify.JOB_TYPE, peers.STORE_JOB_TYPE]

@@ -7,7 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import UnknownResource
+from ..errors import BadRequest, UnknownResource
 from ..index.records import Change
 from .common import answer, flag, integer, server_of
 
@@ -22,7 +22,7 @@ def system(request: Request) -> Response:
     config = server.config
     return answer({
         "ApiVersion": ORTHANC_API_NUMBER,
-        "CheckRevisions": False,
+        "CheckRevisions": bool(server.config["CheckRevisions"]),
         "DatabaseBackendPlugin": None,
         "DatabaseVersion": DATABASE_VERSION,
         "DicomAet": config["DicomAet"],
@@ -89,8 +89,20 @@ def plugin(request: Request) -> Response:
     return answer(found.as_json())
 
 
+def reset(request: Request) -> Response:
+    """Restart (``lanthorn serve`` runs its command line again: the configuration is
+    read anew); the answer is sent before the server stops."""
+    restart = server_of(request).request_restart
+    if restart is None:
+        raise BadRequest("this server was not started by `lanthorn serve`: it cannot "
+                         "restart itself")
+    restart()
+    return answer({})
+
+
 def routes() -> list[Route]:
     return [
+        Route("/tools/reset", reset, methods=["POST"]),
         Route("/system", system, methods=["GET"]),
         Route("/statistics", statistics, methods=["GET"]),
         Route("/changes", changes, methods=["GET"]),

@@ -1,0 +1,27 @@
+"""peers defined over REST
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-26 15:15:00
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "peers",
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("config", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("name"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("peers")

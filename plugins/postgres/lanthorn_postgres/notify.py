@@ -1,0 +1,69 @@
+"""LISTEN/NOTIFY: a node wakes the cluster's event loop when it logs a change.
+
+The node holding the events lease polls the change log twice a second; a change logged
+by another node would wait up to that long. Each write transaction that adds to the
+change log also sends a notification (delivered at commit, once per transaction), and
+every node listens on a connection of its own and wakes its event dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.sql import Insert
+
+from lanthorn.index import schema
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "lanthorn_changes"
+RECONNECT_SECONDS = 5.0
+
+
+def notify_on_changes(engine: Engine) -> None:
+    """Make every statement that adds to the change log also notify ``CHANNEL``."""
+
+    @event.listens_for(engine, "after_execute")
+    def _after(conn: Connection, clause: object, *_: object) -> None:
+        if isinstance(clause, Insert) and clause.table is schema.changes:
+            conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+
+
+class ChangeListener:
+    """A thread that calls ``wake()`` on each notification; reconnects when the
+    connection is lost."""
+
+    def __init__(self, url: URL, wake: Callable[[], None]) -> None:
+        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._wake = wake
+        self._stopping = threading.Event()
+        #: Set once LISTEN is on (for tests and start-up ordering).
+        self.listening = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lanthorn-pg-listen",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening.set()
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._wake()
+            except psycopg.Error as exc:
+                self.listening.clear()
+                log.warning("listening for changes failed (%s); retrying", exc)
+                self._stopping.wait(RECONNECT_SECONDS)
