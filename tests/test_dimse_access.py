@@ -22,7 +22,11 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 import lanthorn
 from lanthorn.testing import make_instance
@@ -255,3 +259,25 @@ def test_unknown_sop_classes_are_stored_only_when_accepted(
         assert len(stored) == accepted
     finally:
         server.close()
+
+
+def test_a_modality_added_over_rest_is_let_in_at_once(port: int, lanthorn_server: Any) -> None:
+    from starlette.testclient import TestClient
+
+    ae = AE("NEWCOMER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(Verification)
+
+    def find_accepted() -> bool:
+        association = ae.associate("127.0.0.1", port, ae_title="LANTHORN")
+        assert association.is_established
+        accepted = StudyRootQueryRetrieveInformationModelFind in \
+            [c.abstract_syntax for c in association.accepted_contexts]
+        association.release()
+        return accepted
+
+    assert not find_accepted()  # an unknown AET may not query
+    with TestClient(lanthorn_server.app) as client:
+        client.put("/modalities/newcomer", json={"AET": "NEWCOMER", "Host": "127.0.0.1",
+                                                 "Port": 104})
+    assert find_accepted()

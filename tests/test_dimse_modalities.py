@@ -72,6 +72,17 @@ def test_echo(lanthorn_client: TestClient, remote: StoreSCP) -> None:
     assert 'cannot reach modality "down"' in down.json()["Details"]
 
 
+def test_echo_to_a_modality_given_in_the_body(lanthorn_client: TestClient,
+                                               remote: StoreSCP) -> None:
+    answer = lanthorn_client.post("/tools/dicom-echo", json={
+        "AET": PEER_AET, "Host": "127.0.0.1", "Port": remote.port})
+    assert (answer.status_code, answer.json()) == (200, {})
+    down = lanthorn_client.post("/tools/dicom-echo", json={
+        "AET": "DOWN", "Host": "127.0.0.1", "Port": free_port()})
+    assert down.json()["OrthancStatus"] == 9
+    assert lanthorn_client.post("/tools/dicom-echo", json={"AET": "X"}).status_code == 400
+
+
 def test_store_a_study_synchronously(lanthorn_server: lanthorn.Server,
                                      lanthorn_client: TestClient, remote: StoreSCP) -> None:
     uids = [store(lanthorn_server, PatientID="P1", StudyInstanceUID="1.2.3",
@@ -164,3 +175,62 @@ def test_a_compressed_instance_is_transcoded_for_a_peer_that_refuses_its_syntax(
     sent.file_meta = pydicom.dataset.FileMetaDataset()
     sent.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     assert (sent.pixel_array == original.pixel_array).all()
+
+
+def test_modalities_defined_over_rest(lanthorn_server: lanthorn.Server,
+                                      lanthorn_client: TestClient, remote: StoreSCP) -> None:
+    added = {"AET": PEER_AET, "Host": "127.0.0.1", "Port": remote.port, "AllowFind": False}
+    assert lanthorn_client.put("/modalities/added", json=added).json() == {}
+    assert lanthorn_client.get("/modalities").json() == ["added", "down", "peer"]
+    shown = lanthorn_client.get("/modalities/added/configuration").json()
+    assert (shown["AET"], shown["Port"], shown["AllowFind"], shown["AllowStore"]) == \
+        (PEER_AET, remote.port, False, True)
+    assert lanthorn_client.post("/modalities/added/echo").status_code == 200
+    assert lanthorn_client.delete("/modalities/down").json() == {}  # one of the configuration
+    assert lanthorn_client.get("/modalities/down/configuration").status_code == 404
+    assert lanthorn_client.delete("/modalities/down").status_code == 404
+    bad = lanthorn_client.put("/modalities/broken", json={"AET": PEER_AET, "Host": "h", "Port": 0})
+    assert bad.status_code == 400 and "port" in bad.json()["Details"]
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_rest_modalities_outlive_a_restart_only_when_kept_in_the_database(
+        lanthorn_config: Any, kept: bool) -> None:
+    config = lanthorn_config.with_overrides(DicomModalitiesInDatabase=kept)
+
+    def started() -> lanthorn.Server:
+        server = lanthorn.Server(config, load_entry_points=False)
+        server.start()
+        return server
+
+    first = started()
+    with TestClient(first.app) as client:
+        client.put("/modalities/added", json={"AET": "ADDED", "Host": "h", "Port": 104})
+    first.stop()
+    first.close()
+    second = started()
+    try:
+        with TestClient(second.app) as client:
+            assert ("added" in client.get("/modalities").json()) == kept
+    finally:
+        second.stop()
+        second.close()
+
+
+@pytest.mark.lanthorn_config(LogExportedResources=True)
+def test_exports_record_what_was_sent(lanthorn_server: lanthorn.Server,
+                                      lanthorn_client: TestClient, remote: StoreSCP) -> None:
+    uids = [store(lanthorn_server, PatientID="P1", StudyInstanceUID="1.2.3",
+                  SeriesInstanceUID="1.2.3.1").SOPInstanceUID for _ in range(2)]
+    [study] = lanthorn_client.get("/studies").json()
+    lanthorn_client.post("/modalities/peer/store", json={"Resources": [study]})
+    first = lanthorn_client.get("/exports?limit=1").json()
+    assert (len(first["Exports"]), first["Done"]) == (1, False)
+    rest = lanthorn_client.get(f"/exports?since={first['Last']}").json()
+    exported = first["Exports"] + rest["Exports"]
+    assert rest["Done"] and sorted(e["SOPInstanceUID"] for e in exported) == sorted(uids)
+    assert {(e["RemoteModality"], e["ResourceType"], e["StudyInstanceUID"], e["PatientID"])
+            for e in exported} == {(PEER_AET, "Instance", "1.2.3", "P1")}
+    assert exported[0]["Path"] == f"/instances/{exported[0]['ID']}"
+    assert lanthorn_client.delete("/exports").json() == {}
+    assert lanthorn_client.get("/exports").json() == {"Exports": [], "Done": True, "Last": 0}

@@ -3,6 +3,7 @@ pynetdicom storage SCP as the move destination."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,22 @@ def test_c_move_reports_pending_counts_and_uses_tcp_nodelay(setup: Setup) -> Non
               for s, st, _ in responses]
     assert counts == [(0xFF00, 2, 1), (0xFF00, 1, 2), (0xFF00, 0, 3), (0x0000, 0, 3)]
     assert setup.peer.seen_during_store == [[True]] * 3
+
+
+@pytest.mark.lanthorn_config(SynchronousCMove=False)
+def test_an_asynchronous_c_move_is_a_store_job(setup: Setup) -> None:
+    """SynchronousCMove false: success at once, then the job sends (as Orthanc does)."""
+    responses = move(setup, study(setup.study))
+    assert [(s, st.get("NumberOfCompletedSuboperations", 0)) for s, st, _ in responses] == \
+        [(0x0000, 0)]
+    [job_id] = [job.id for job in setup.server.index.jobs.all()]
+    deadline = time.monotonic() + 30
+    while (job := setup.server.index.jobs.get(job_id)).state not in ("Success", "Failure"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    assert (job.job_type, job.state) == ("DicomModalityStore", "Success")
+    assert sorted(r.sop_instance for r in setup.peer.received) == sorted(setup.uids)
+    assert {r.move_originator for r in setup.peer.received} == {SCU_AET}
 
 
 def test_an_unknown_destination_is_refused(setup: Setup,

@@ -216,7 +216,7 @@ OPTIONS: tuple[Option, ...] = (
         "SynchronousCMove",
         True,
         bool,
-        "Send C-MOVE sub-operations during the request (false is not supported yet).",
+        "Send C-MOVE sub-operations during the request; false queues a store job.",
     ),
     Option(
         "DefaultEncoding",
@@ -277,6 +277,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name: "
            "[url, username, password] or an object (Url, Username, Password, HttpHeaders, "
            "Timeout...)."),
+    Option("LogExportedResources", False, bool, "Record each instance sent to a modality or "
+           "a peer in /exports (an audit trail of what left the server)."),
+    Option("DicomModalitiesInDatabase", False, bool, "Keep the modalities defined or "
+           "deleted over REST (PUT/DELETE /modalities/{id}) across restarts."),
     Option("OrthancPeersInDatabase", False, bool, "Keep the peers defined or deleted over REST "
            "(PUT/DELETE /peers/{id}) across restarts."),
     # Jobs and miscellaneous
@@ -648,11 +652,11 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "BuiltinDecoderTranscoderOrder",
     "DeidentifyLogsDicomVersion",
     "DicomAssociationCloseDelay", "DicomEchoChecksFind",
-    "DicomModalitiesInDatabase", "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
+    "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
     "DicomTlsRemoteCertificateRequired", "Dictionary", "ExecuteLuaEnabled",
     "HttpCompressionEnabled", "HttpProxy", "HttpRequestTimeout", "HttpVerbose",
     "HttpsCACertificates", "HttpsVerifyPeers",
-    "LoadPrivateDictionary", "LogExportedResources", "LuaScripts", "MallocArenaMax",
+    "LoadPrivateDictionary", "LuaScripts", "MallocArenaMax",
     "MaximumStorageCacheSize", "MediaArchiveSize",
     "OrthancExplorerEnabled", "SslCertificate",
     "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",

@@ -8,7 +8,6 @@ restart only with ``OrthancPeersInDatabase``, as in Orthanc.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -104,14 +103,9 @@ def check_configuration(config: Config) -> None:
 
 def all_peers(server: Server) -> dict[str, Peer]:
     """The configured peers with the REST changes applied, by name."""
-    found = {name: parse_peer(name, value)
-             for name, value in server.config["OrthancPeers"].items()}
-    for name, stored in server.index.peer_overrides().items():
-        if stored is None:
-            found.pop(name, None)
-        else:
-            found[name] = parse_peer(name, json.loads(stored))
-    return found
+    configured = {name: parse_peer(name, value)
+                  for name, value in server.config["OrthancPeers"].items()}
+    return server.index.overlaid("peer", configured, parse_peer)
 
 
 def peer(server: Server, name: str) -> Peer:
@@ -122,13 +116,13 @@ def peer(server: Server, name: str) -> Peer:
 
 
 def save_peer(server: Server, found: Peer) -> None:
-    server.index.set_peer(found.name, json.dumps(found.to_json()))
+    server.index.set_remote_node("peer", found.name, found.to_json())
 
 
 def delete_peer(server: Server, name: str) -> None:
     if name not in all_peers(server):
         raise InexistentItem(f"Unknown Orthanc peer: {name}")
-    server.index.set_peer(name, None)
+    server.index.set_remote_node("peer", name, None)
 
 
 @contextmanager

@@ -132,9 +132,11 @@ class Server:
         if background:
             from .changes import EventDispatcher
 
-            if not self.config["OrthancPeersInDatabase"] \
-                    and not self.index.live_lease_holders():
-                self.index.clear_peers()  # a fresh start forgets peers set over REST
+            fresh = not self.index.live_lease_holders()
+            for kind, option in (("peer", "OrthancPeersInDatabase"),
+                                 ("modality", "DicomModalitiesInDatabase")):
+                if fresh and not self.config[option]:
+                    self.index.clear_remote_nodes(kind)  # REST changes last until then
             self.events = EventDispatcher(self)
             self.events.start()
             self.jobs.start()

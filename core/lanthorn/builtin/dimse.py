@@ -28,9 +28,6 @@ log = logging.getLogger(__name__)
 def startup(server: Server) -> None:
     parse_modalities(server.config)  # a malformed DicomModalities entry stops start-up
     accepted_syntaxes(server.config)  # so does an AcceptedTransferSyntaxes matching nothing
-    if not server.config["SynchronousCMove"]:
-        log.warning("SynchronousCMove is false, which is not supported yet: C-MOVE "
-                    "sub-operations are sent during the request")
 
 
 @hookimpl

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, ConfigError
 from ..errors import InexistentItem
+
+if TYPE_CHECKING:
+    from ..server import Server
 
 #: The services that the access options name (``DicomAlwaysAllow<name>``, ``Allow<name>``).
 SERVICES = ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")
@@ -48,12 +51,22 @@ class Modality:
                 "Timeout": self.timeout, "UseDicomTls": False}
 
 
-def modality_named(config: Config, name: str) -> Modality:
-    """The modality ``name`` of ``DicomModalities``; InexistentItem when there is none."""
-    found = parse_modalities(config).get(name)
+def all_modalities(server: Server) -> dict[str, Modality]:
+    """``DicomModalities`` with the modalities defined or deleted over REST, by name."""
+    return server.index.overlaid("modality", parse_modalities(server.config), parse_modality)
+
+
+def modality_named(server: Server, name: str) -> Modality:
+    """One modality; InexistentItem when there is none of that name."""
+    found = all_modalities(server).get(name)
     if found is None:
         raise InexistentItem(f"No modality with symbolic name: {name}")
     return found
+
+
+def parse_modality(name: str, entry: Any) -> Modality:
+    """One entry of ``DicomModalities`` (array or object form); ConfigError naming it."""
+    return _modality(name, entry)
 
 
 def parse_modalities(config: Config) -> dict[str, Modality]:
@@ -123,10 +136,12 @@ CALLED_AET_NOT_RECOGNIZED = 0x07
 
 
 class AccessRules:
-    """The access options, read once: the configuration does not change while serving."""
+    """The access options, read once (the configuration does not change while serving);
+    the modalities are read at each use, as they may be changed over REST."""
 
-    def __init__(self, config: Config) -> None:
-        self.modalities = parse_modalities(config)
+    def __init__(self, server: Server) -> None:
+        config = server.config
+        self.server = server
         self.our_aet = config["DicomAet"]
         self.strict = bool(config["StrictAetComparison"])
         self.check_called = bool(config["DicomCheckCalledAet"])
@@ -139,12 +154,14 @@ class AccessRules:
 
     def caller(self, aet: str, address: str) -> Modality | None:
         """The modality a peer is, by its calling AET (and address, if checked)."""
-        return next((m for m in self.modalities.values() if self.same_aet(m.aet, aet)
+        return next((m for m in all_modalities(self.server).values()
+                     if self.same_aet(m.aet, aet)
                      and (not self.check_host or _is_address_of(address, m.host))), None)
 
     def destination(self, aet: str) -> Modality | None:
         """The modality a C-MOVE sends to, by AET."""
-        return next((m for m in self.modalities.values() if self.same_aet(m.aet, aet)), None)
+        return next((m for m in all_modalities(self.server).values()
+                     if self.same_aet(m.aet, aet)), None)
 
     def refusal(self, service: str, aet: str, address: str) -> str | None:
         """Why a peer may not use ``service``, or None when it may."""

@@ -110,7 +110,7 @@ def _verdicts(server: Server, instances: list[list[str]]) -> tuple[list, list]:
 def _report(context: JobContext) -> None:
     """The job: check the instances, then send the N-EVENT-REPORT to the modality."""
     server, parameters = context.server, context.parameters
-    modality = modality_named(server.config, parameters["Modality"])
+    modality = modality_named(server, parameters["Modality"])
     success, failures = _verdicts(server, parameters["Instances"])
     report = Dataset()
     report.TransactionUID = parameters["TransactionUID"]

@@ -4,8 +4,7 @@ The handlers follow pynetdicom's generator contract: C-MOVE yields the destinati
 both yield the number of sub-operations and then one dataset per sub-operation;
 pynetdicom sends each (over a new association for C-MOVE, over the requesting one for
 C-GET) and reports pending and final statuses with the counts and failed instances.
-C-MOVE runs during the request (``SynchronousCMove``; queueing it as a job comes with
-the jobs engine).
+C-MOVE runs during the request, or as a store job when ``SynchronousCMove`` is false.
 
 Errors before the first sub-operation (an invalid identifier, a plugin's exception)
 are logged here and re-raised: pynetdicom then answers "unable to process" (0xC514 for
@@ -40,7 +39,13 @@ CANCEL = 0xFE00
 
 
 def serve_move(event: Event, server: Server, rules: AccessRules) -> Iterator[Any]:
-    """EVT_C_MOVE: the destination, the number of sub-operations, then each dataset."""
+    """EVT_C_MOVE: the destination, the number of sub-operations, then each dataset.
+
+    With ``SynchronousCMove`` false, stored instances go by a "DicomModalityStore" job
+    (retried, visible in ``/jobs``) and the C-MOVE succeeds at once with no
+    sub-operations, as in Orthanc; instances a plugin made up are sent during the
+    request all the same (a job cannot keep them).
+    """
     request = _request(event, "C-MOVE")
     destination = rules.destination(request.move_destination)
     if destination is None:
@@ -48,7 +53,15 @@ def serve_move(event: Event, server: Server, rules: AccessRules) -> Iterator[Any
                     request.origin.remote_aet, request.move_destination)
         yield None, None  # pynetdicom answers 0xA801, move destination unknown
         return
-    operations = _operations(server, request, "C-MOVE")
+    items = _items(server, request, "C-MOVE")
+    if not server.config["SynchronousCMove"] and all(isinstance(i, str) for i in items):
+        job_id = _queue(server, request, destination.name, items, event.request.MessageID)
+        log.info("C-MOVE from %s to %s queued as job %s", request.origin.remote_aet,
+                 destination.aet, job_id)
+        yield destination.host, destination.port
+        yield 0  # pynetdicom answers success without associating
+        return
+    operations = _planned(server, request, "C-MOVE", items)
     yield destination.host, destination.port, {
         "ae_title": destination.aet, "contexts": store_contexts(operations),
         "max_pdu": int(server.config["MaximumPduLength"])}
@@ -56,10 +69,19 @@ def serve_move(event: Event, server: Server, rules: AccessRules) -> Iterator[Any
     yield from _each(server, request, operations)
 
 
+def _queue(server: Server, request: DimseRequest, modality: str, items: list[str],
+           message_id: int) -> str:
+    parameters = {"Modality": modality, "Resources": items,
+                  "Instances": server.index.instances_under(items),
+                  "MoveOriginatorAet": request.origin.remote_aet,
+                  "MoveOriginatorID": message_id}
+    return server.jobs.submit("DicomModalityStore", parameters)
+
+
 def serve_get(event: Event, server: Server) -> Iterator[Any]:
     """EVT_C_GET: the number of sub-operations, then each dataset."""
     request = _request(event, "C-GET")
-    operations = _operations(server, request, "C-GET")
+    operations = _planned(server, request, "C-GET", _items(server, request, "C-GET"))
     yield len(operations)
     yield from _each(server, request, operations)
 
@@ -72,15 +94,20 @@ def _request(event: Event, name: str) -> DimseRequest:
         raise
 
 
-def _operations(server: Server, request: DimseRequest, name: str) -> list[SubOperation]:
+def _items(server: Server, request: DimseRequest, name: str) -> list[str | Dataset]:
+    """What the first plugin answering ``handle_c_move``/``handle_c_get`` says to send."""
     hook = server.plugins.hook.handle_c_move if name == "C-MOVE" else \
         server.plugins.hook.handle_c_get
     try:
-        items = hook(server=server, request=request)
-        operations = plan(server, items or [])
+        return list(hook(server=server, request=request) or [])
     except Exception as exc:
         log.warning("%s from %s failed: %s", name, request.origin.remote_aet, exc)
         raise
+
+
+def _planned(server: Server, request: DimseRequest, name: str,
+             items: list[str | Dataset]) -> list[SubOperation]:
+    operations = plan(server, items)
     log.info("%s from %s: %d instances", name, request.origin.remote_aet, len(operations))
     return operations
 

@@ -113,7 +113,7 @@ class SharedPortServer(ThreadedAssociationServer):
 def start_listener(server: Server) -> ThreadedAssociationServer:
     """Listen on ``DicomBindAddress:DicomPort`` in background threads."""
     ae = make_application_entity(server)
-    rules = AccessRules(server.config)
+    rules = AccessRules(server)
     address = (server.config["DicomBindAddress"] or "0.0.0.0", int(server.config["DicomPort"]))
     unknown = accepted_syntaxes(server.config) if server.config["UnknownSopClassAccepted"] \
         else None

@@ -233,12 +233,14 @@ pseudonyms = Table(
     Index("ix_pseudonyms_pseudonym", "scope", "kind", "pseudonym"),
 )
 
-#: Orthanc peers defined over REST (``PUT /peers/{id}``), overlaid on ``OrthancPeers``:
-#: a null ``config`` hides a peer of the configuration (``DELETE``). Kept across
-#: restarts only with ``OrthancPeersInDatabase``.
-peers = Table(
-    "peers",
+#: Remote nodes defined over REST (``PUT /peers/{id}``, ``PUT /modalities/{id}``),
+#: overlaid on ``OrthancPeers`` and ``DicomModalities`` by ``kind`` ("peer", "modality"):
+#: a null ``config`` hides an entry of the configuration (``DELETE``). Kept across
+#: restarts only with ``OrthancPeersInDatabase`` / ``DicomModalitiesInDatabase``.
+remote_nodes = Table(
+    "remote_nodes",
     metadata,
+    Column("kind", String(16), primary_key=True),
     Column("name", String(128), primary_key=True),
     Column("config", Text),
 )

@@ -7,10 +7,12 @@ engine). Write transactions are short and take the write lock up front
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from pydicom.datadict import tag_for_keyword
 from sqlalchemy import (
@@ -60,6 +62,7 @@ from .records import (
     StoreOutcome,
 )
 
+Node = TypeVar("Node")
 
 def orthanc_date(timestamp: float) -> str:
     """Orthanc's compact UTC timestamp, as in ``LastUpdate`` and ``/changes``."""
@@ -194,6 +197,16 @@ class SqlIndex:
             statement = statement.limit(limit)
         with self.read() as conn:
             return [(row.id, row.public_id) for row in conn.execute(statement)]
+
+    def instances_under(self, public_ids: Sequence[str]) -> list[str]:
+        """The instances under resources of any level, in index order (public IDs; the
+        resources that do not exist, deleted meanwhile, are skipped)."""
+        ids: list[int] = []
+        for public_id in public_ids:
+            resource = self.lookup(public_id)
+            if resource is not None:
+                ids += self.descendants(resource.id, Level.INSTANCE)
+        return self.public_ids_of(ids)
 
     def public_ids_of(self, ids: Sequence[int]) -> list[str]:
         with self.read() as conn:
@@ -673,21 +686,67 @@ class SqlIndex:
             conn.execute(insert(s.global_properties).values(name=name, value=str(value)))
             return value
 
-    # -- peers defined over REST ------------------------------------------------------
+    # -- exported resources (LogExportedResources) ---------------------------------------
 
-    def peer_overrides(self) -> dict[str, str | None]:
-        """Peers set (JSON) or deleted (None) over REST, by name."""
+    def log_export(self, public_id: str, remote: str) -> None:
+        """Record that an instance was sent to ``remote`` (a modality's AET, a peer)."""
+        instance = self.lookup(public_id)
+        if instance is None:
+            return
+        tags: dict[int, str] = {}
+        for resource in (instance, *self.ancestors(instance.id)):
+            tags |= self.main_tags_of(resource.id)
+        uids = [tags.get(tag_for_keyword(IDENTIFIER_KEYWORDS[level]), "") for level in Level]
+        with self.write() as conn:
+            conn.execute(insert(s.exported_resources).values(
+                level=int(Level.INSTANCE), public_id=public_id, remote_modality=remote,
+                patient_id=uids[0], study_uid=uids[1], series_uid=uids[2], sop_uid=uids[3],
+                date=orthanc_date(time.time())))
+
+    def exports(self, since: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Orthanc's ``/exports`` entries after ``since``."""
+        table = s.exported_resources
         with self.read() as conn:
-            return dict(conn.execute(select(s.peers.c.name, s.peers.c.config)).all())
+            rows = conn.execute(select(table).where(table.c.seq > since)
+                                .order_by(table.c.seq).limit(limit)).all()
+        return [{"Date": r.date, "ID": r.public_id, "Path": f"/instances/{r.public_id}",
+                 "PatientID": r.patient_id, "RemoteModality": r.remote_modality,
+                 "ResourceType": "Instance", "SOPInstanceUID": r.sop_uid, "Seq": r.seq,
+                 "SeriesInstanceUID": r.series_uid, "StudyInstanceUID": r.study_uid}
+                for r in rows]
 
-    def set_peer(self, name: str, config: str | None) -> None:
+    def clear_exports(self) -> None:
         with self.write() as conn:
-            conn.execute(delete(s.peers).where(s.peers.c.name == name))
-            conn.execute(insert(s.peers).values(name=name, config=config))
+            conn.execute(delete(s.exported_resources))
 
-    def clear_peers(self) -> None:
+    # -- remote nodes defined over REST --------------------------------------------------
+
+    def overlaid(self, kind: str, configured: dict[str, Node],
+                 parse: Callable[[str, Any], Node]) -> dict[str, Node]:
+        """The configured nodes of a kind ("peer", "modality") with the REST changes
+        (stored as JSON, or None for a deletion) applied, by name."""
+        found = dict(configured)
+        with self.read() as conn:
+            rows = conn.execute(select(s.remote_nodes.c.name, s.remote_nodes.c.config)
+                                .where(s.remote_nodes.c.kind == kind)).all()
+        for name, stored in rows:
+            if stored is None:
+                found.pop(name, None)
+            else:
+                found[name] = parse(name, json.loads(stored))
+        return found
+
+    def set_remote_node(self, kind: str, name: str, config: Any) -> None:
+        """Define (JSON-able ``config``) or hide (None) a node of the configuration."""
+        table = s.remote_nodes
         with self.write() as conn:
-            conn.execute(delete(s.peers))
+            conn.execute(delete(table).where(table.c.kind == kind, table.c.name == name))
+            conn.execute(insert(table).values(
+                kind=kind, name=name, config=None if config is None else json.dumps(config)))
+
+    def clear_remote_nodes(self, kind: str) -> None:
+        with self.write() as conn:
+            conn.execute(delete(s.remote_nodes).where(s.remote_nodes.c.kind == kind))
 
     # -- statistics and maintenance ------------------------------------------------------
 

@@ -15,10 +15,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..config import ConfigError
 from ..dicom import parse_instance
 from ..dimse import scu
-from ..dimse.access import Modality, modality_named, parse_modalities
-from .common import answer, flag, server_of
+from ..dimse.access import Modality, all_modalities, modality_named, parse_modality
+from ..errors import BadRequest
+from .common import answer, flag, json_body, server_of
 from .sending import Destination, advance
 
 if TYPE_CHECKING:
@@ -26,11 +28,11 @@ if TYPE_CHECKING:
 
 
 def modality_of(request: Request) -> Modality:
-    return named_modality(server_of(request), request.path_params["id"])
+    return modality_named(server_of(request), request.path_params["id"])
 
 
 def list_modalities(request: Request) -> Response:
-    modalities = parse_modalities(server_of(request).config)
+    modalities = all_modalities(server_of(request))
     if flag(request, "expand"):
         return answer({name: m.configuration() for name, m in sorted(modalities.items())})
     return answer(sorted(modalities))
@@ -46,6 +48,17 @@ async def echo(request: Request) -> Response:
     return answer({})
 
 
+async def echo_anywhere(request: Request) -> Response:
+    """``POST /tools/dicom-echo``: C-ECHO to a modality given in the body, configured or
+    not (Orthanc's object form: AET, Host, Port, Timeout...)."""
+    try:
+        modality = parse_modality("(dicom-echo)", json_body(await request.body()))
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from None
+    await run_in_threadpool(scu.echo, server_of(request), modality)
+    return answer({})
+
+
 async def store(request: Request) -> Response:
     modality = modality_of(request)
     body = await request.body()
@@ -56,19 +69,20 @@ async def store(request: Request) -> Response:
 def send_to_modality(server: Server, parameters: dict[str, Any], checkpoint: dict[str, Any],
                      progress: Callable[[float], None] | None = None) -> None:
     """C-STORE the ``Instances`` of a store request, from ``checkpoint["Next"]`` on."""
-    modality = named_modality(server, parameters["Modality"])
+    modality = modality_named(server, parameters["Modality"])
     instances = parameters["Instances"]
     originator = (str(parameters.get("MoveOriginatorAet", "")),
                   parameters.get("MoveOriginatorID"))
     scu.store(server, modality, scu.plan(server, instances[checkpoint.get("Next", 0):]),
               originator=originator, permissive=bool(parameters.get("Permissive", False)),
-              after_each=lambda stored: advance(checkpoint, len(instances), stored, progress))
+              after_each=lambda stored: advance(server, parameters, checkpoint, stored, progress,
+                                                remote=modality.aet))
 
 
 def store_report(server: Server, parameters: dict[str, Any],
                  checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Orthanc's account of a store (the answer, or the job's content)."""
-    modality = named_modality(server, parameters["Modality"])
+    modality = modality_named(server, parameters["Modality"])
     report: dict[str, Any] = {
         "Description": "REST API",
         "FailedInstancesCount": checkpoint.get("Failed", 0),
@@ -79,10 +93,6 @@ def store_report(server: Server, parameters: dict[str, Any],
     if parameters["Resources"]:
         report["ParentResources"] = parameters["Resources"]
     return dict(sorted(report.items()))
-
-
-def named_modality(server: Server, name: str) -> Modality:
-    return modality_named(server.config, name)
 
 
 MODALITY = Destination("DicomModalityStore", send_to_modality, store_report)
@@ -110,12 +120,35 @@ async def store_straight(request: Request) -> Response:
                    "SOPInstanceUID": str(dataset.SOPInstanceUID)})
 
 
+async def put_modality(request: Request) -> Response:
+    """Define or replace a modality (Orthanc's object form); kept in the index, so every
+    process sees it (across restarts with ``DicomModalitiesInDatabase``)."""
+    name = request.path_params["id"]
+    try:
+        defined = parse_modality(name, json_body(await request.body()))
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from None
+    await run_in_threadpool(server_of(request).index.set_remote_node, "modality", name,
+                            defined.configuration())
+    return answer({})
+
+
+async def delete_modality(request: Request) -> Response:
+    modality = modality_of(request)
+    await run_in_threadpool(server_of(request).index.set_remote_node, "modality",
+                            modality.name, None)
+    return answer({})
+
+
 def routes() -> list[Route]:
     return [
         Route("/modalities", list_modalities, methods=["GET"]),
         Route("/modalities/{id}", operations, methods=["GET"]),
+        Route("/modalities/{id}", put_modality, methods=["PUT"]),
+        Route("/modalities/{id}", delete_modality, methods=["DELETE"]),
         Route("/modalities/{id}/store-straight", store_straight, methods=["POST"]),
         Route("/modalities/{id}/configuration", configuration, methods=["GET"]),
         Route("/modalities/{id}/echo", echo, methods=["POST"]),
+        Route("/tools/dicom-echo", echo_anywhere, methods=["POST"]),
         Route("/modalities/{id}/store", store, methods=["POST"]),
     ]

@@ -24,13 +24,14 @@ from starlette.routing import Route
 
 from ..dicom import Mode, dataset_json
 from ..dimse import remote
+from ..dimse.access import modality_named
 from ..dimse.request import WORKLIST
 from ..errors import BadRequest, UnknownResource
 from ..index.queries import QueryRecord
 from ..jobs import JobContext, JobType
 from ..model import Level
 from .common import answer, asynchronous, dicom_form, job_answer, json_body, server_of, text
-from .modalities import modality_of, named_modality
+from .modalities import modality_of
 
 if TYPE_CHECKING:
     from ..dimse.access import Modality
@@ -178,7 +179,7 @@ def child_query(child: Level):  # noqa: ANN201 - a Starlette endpoint
             if keyword in parent and keyword not in asked and parent.data_element(keyword).value:
                 setattr(asked, keyword, parent.data_element(keyword).value)
         server = server_of(request)
-        modality = named_modality(server, record.modality)
+        modality = modality_named(server, record.modality)
         created = await run_in_threadpool(_run_query, server, modality, child, asked,
                                           _timeout(body))
         return answer({"ID": created.id, "Path": f"/queries/{created.id}"})
@@ -252,7 +253,7 @@ def run_retrievals(server: Server, parameters: dict[str, Any], checkpoint: dict[
                    progress: Callable[[float], None] | None = None) -> None:
     """The C-MOVEs or C-GETs of a retrieval, one identifier after the other, from the
     checkpoint."""
-    modality = _with_local_aet(named_modality(server, parameters["Modality"]), parameters)
+    modality = _with_local_aet(modality_named(server, parameters["Modality"]), parameters)
     identifiers = parameters["Identifiers"]
     checkpoint.setdefault("Next", 0)
     while checkpoint["Next"] < len(identifiers):
@@ -269,7 +270,7 @@ def run_retrievals(server: Server, parameters: dict[str, Any], checkpoint: dict[
 
 def retrieve_report(server: Server, parameters: dict[str, Any]) -> dict[str, Any]:
     """Orthanc's account of a retrieval (the answer, or the job's content)."""
-    modality = _with_local_aet(named_modality(server, parameters["Modality"]), parameters)
+    modality = _with_local_aet(modality_named(server, parameters["Modality"]), parameters)
     return {"Description": "REST API",
             "LocalAet": modality.local_aet or server.config["DicomAet"],
             "Query": [dataset_json(Dataset.from_json(i), parameters["Form"])

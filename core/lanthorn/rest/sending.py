@@ -17,7 +17,6 @@ from starlette.responses import Response
 
 from ..errors import BadRequest, UnknownResource
 from ..jobs import JobContext, JobType
-from ..model import Level
 from .common import answer, asynchronous, job_answer
 
 if TYPE_CHECKING:
@@ -46,7 +45,7 @@ class Destination:
             if server.index.lookup(public_id) is None:
                 raise UnknownResource(f"resource {public_id} does not exist")
         parameters = {**options, **target, "Resources": resources,
-                      "Instances": instances_under(server, resources)}
+                      "Instances": server.index.instances_under(resources)}
         if asynchronous(options):
             job_id = server.jobs.submit(self.job_type, parameters,
                                         content=self.report(server, parameters, {}),
@@ -75,14 +74,20 @@ class Destination:
         return JobType(self.job_type, run, retry=True)
 
 
-def advance(checkpoint: dict[str, Any], total: int, stored: bool,
-            progress: Callable[[float], None] | None, size: int = 0) -> None:
-    """Count one more instance done (and whether it failed) in the checkpoint."""
-    checkpoint["Next"] = checkpoint.get("Next", 0) + 1
+def advance(server: Server, parameters: dict[str, Any], checkpoint: dict[str, Any],
+            stored: bool, progress: Callable[[float], None] | None, *, remote: str,
+            size: int = 0) -> None:
+    """Count one more instance done (and whether it failed) in the checkpoint; with
+    ``LogExportedResources``, record a stored one in ``/exports`` as sent to ``remote``."""
+    instances = parameters["Instances"]
+    done = checkpoint.get("Next", 0)
+    if stored and server.config["LogExportedResources"]:
+        server.index.log_export(instances[done], remote)
+    checkpoint["Next"] = done + 1
     checkpoint["Failed"] = checkpoint.get("Failed", 0) + (not stored)
     checkpoint["Size"] = checkpoint.get("Size", 0) + size
     if progress is not None:
-        progress(checkpoint["Next"] / total)
+        progress(checkpoint["Next"] / len(instances))
 
 
 def store_request(body: bytes) -> tuple[list[str], dict[str, Any]]:
@@ -101,13 +106,3 @@ def store_request(body: bytes) -> tuple[list[str], dict[str, Any]]:
     if not isinstance(resources, list) or not all(isinstance(r, str) and r for r in resources):
         raise BadRequest('"Resources" must be a list of Orthanc identifiers')
     return resources, options
-
-
-def instances_under(server: Server, public_ids: list[str]) -> list[str]:
-    """The instances under the given resources, in index order (deleted ones skipped)."""
-    ids: list[int] = []
-    for public_id in public_ids:
-        resource = server.index.lookup(public_id)
-        if resource is not None:
-            ids += server.index.descendants(resource.id, Level.INSTANCE)
-    return server.index.public_ids_of(ids)

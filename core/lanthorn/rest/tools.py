@@ -30,7 +30,7 @@ from ..errors import BadRequest, UnknownResource
 from ..index.records import Resource, ResourceInfo
 from ..model import Level, parse_tag
 from ..requested import first_header
-from .common import answer, dicom_form, level_of, resource_of, server_of, text
+from .common import answer, dicom_form, integer, level_of, resource_of, server_of, text
 from .resources import LEVELS
 
 if TYPE_CHECKING:
@@ -311,8 +311,16 @@ def _frame_count(tags: dict[int, str]) -> int:
 
 
 def exports(request: Request) -> Response:
-    """Resources sent to modalities or peers: none until Lanthorn can send (issue 5)."""
-    return answer({"Exports": [], "Done": True, "Last": 0})
+    """Instances sent to modalities or peers (recorded with ``LogExportedResources``)."""
+    since, limit = integer(request, "since"), integer(request, "limit", 100) or 100
+    found = server_of(request).index.exports(since, limit + 1)
+    last = found[:limit][-1]["Seq"] if found[:limit] else since
+    return answer({"Exports": found[:limit], "Done": len(found) <= limit, "Last": last})
+
+
+def clear_exports(request: Request) -> Response:
+    server_of(request).index.clear_exports()
+    return answer({})
 
 
 def routes() -> list[Route]:
@@ -334,4 +342,5 @@ def routes() -> list[Route]:
         Route("/instances/{id}/frames", frames, methods=["GET"]),
         Route("/series/{id}/ordered-slices", ordered_slices, methods=["GET"]),
         Route("/exports", exports, methods=["GET"]),
+        Route("/exports", clear_exports, methods=["DELETE"]),
     ]

@@ -1,4 +1,4 @@
-"""peers defined over REST
+"""remote nodes (peers, modalities) defined over REST
 
 Revision ID: 0006
 Revises: 0005
@@ -16,12 +16,13 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
-        "peers",
+        "remote_nodes",
+        sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("name", sa.String(length=128), nullable=False),
         sa.Column("config", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("name"),
+        sa.PrimaryKeyConstraint("kind", "name"),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("peers")
+    op.drop_table("remote_nodes")
