@@ -280,6 +280,42 @@ class SqlIndex:
             return conn.scalar(select(s.instance_headers.c.header)
                                .where(s.instance_headers.c.resource_id == instance_id)) or b""
 
+    def headers(self, instance_ids: Sequence[int]) -> dict[int, bytes]:
+        """The saved headers of several instances (DICOMweb series metadata), batched."""
+        found: dict[int, bytes] = {}
+        column = s.instance_headers.c
+        with self.read() as conn:
+            for start in range(0, len(instance_ids), self.ID_BATCH):
+                batch = instance_ids[start:start + self.ID_BATCH]
+                found.update(conn.execute(select(column.resource_id, column.header)
+                                          .where(column.resource_id.in_(batch))).all())
+        return found
+
+    def instance_json(self, instance_ids: Sequence[int]) -> dict[int, bytes]:
+        """The kept DICOM JSON of those instances that have some (see ``keep_json``)."""
+        found: dict[int, bytes] = {}
+        column = s.instance_json.c
+        with self.read() as conn:
+            for start in range(0, len(instance_ids), self.ID_BATCH):
+                batch = instance_ids[start:start + self.ID_BATCH]
+                found.update(conn.execute(select(column.resource_id, column.json)
+                                          .where(column.resource_id.in_(batch))).all())
+        return found
+
+    def keep_json(self, values: dict[int, bytes]) -> None:
+        """Keep rendered DICOM JSON (a cache: deleted with its instance, and losing a
+        race with a deletion or another writer loses nothing)."""
+        if not values:
+            return
+        column = s.instance_json.c
+        try:
+            with self.write() as conn:
+                conn.execute(delete(s.instance_json).where(column.resource_id.in_(list(values))))
+                conn.execute(insert(s.instance_json),
+                             [{"resource_id": k, "json": v} for k, v in values.items()])
+        except IntegrityError:  # an instance was deleted meanwhile: nothing to keep
+            pass
+
     def attachment(self, resource_id: int, content_type: int) -> Attachment | None:
         with self.read() as conn:
             row = conn.execute(select(s.attachments).where(
