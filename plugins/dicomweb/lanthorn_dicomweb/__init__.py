@@ -18,7 +18,7 @@ import lanthorn
 from lanthorn import BadRequest, Level, PluginRoute, Server
 from lanthorn.rest.common import json_body
 
-from . import qido, stow, wado, wado_uri
+from . import qido, rendered, stow, wado, wado_uri
 from .client import Servers
 from .options import read_options
 
@@ -71,6 +71,10 @@ def register_routes(server: Server) -> list[PluginRoute]:
         (INSTANCE + "/metadata", metadata),
         (INSTANCE + "/bulk/{path:path}", lambda r: wado.bulk(r, server)),
         (INSTANCE + "/frames/{frames}", lambda r: wado.frames(r, server)),
+        (INSTANCE + "/rendered", lambda r: rendered.rendered_resource(r, server)),
+        (INSTANCE + "/frames/{frames}/rendered", lambda r: rendered.rendered_resource(r, server)),
+        *((path + "/thumbnail", lambda r: rendered.thumbnail(r, server))
+          for path in (STUDY, SERIES, INSTANCE, INSTANCE + "/frames/{frames}")),
     ]
     servers = Servers(server, options)
 

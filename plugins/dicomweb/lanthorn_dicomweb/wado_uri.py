@@ -1,9 +1,8 @@
 """WADO-URI (PS3.18 9): ``/wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..``.
 
 ``contentType=application/dicom`` returns the stored file (transcoded when
-``transferSyntax`` names another syntax). JPEG and PNG renderings
-(the default content type) are not wired to the core's rendering (``lanthorn.pixels``)
-yet: they are refused with 406 and a message instead of being answered wrongly.
+``transferSyntax`` names another syntax); ``image/jpeg`` (the default) and ``image/png``
+a rendering of one frame (see ``rendered.wado_uri_picture``).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 
 from lanthorn import BadRequest, Level, Server
 
+from .rendered import MEDIA_TYPES, wado_uri_picture
 from .resources import instances
 from .responses import NotAcceptable
 from .wado import DICOM, dicom_part, stored_files, writable
@@ -29,11 +29,15 @@ def wado_uri(request: Request, server: Server) -> Response:
     if missing:
         raise BadRequest(f"missing parameter(s): {', '.join(missing)}")
     content_types = [t.strip() for t in params.get("contentType", "image/jpeg").split(",")]
-    if DICOM not in content_types:
-        raise NotAcceptable(f"only contentType={DICOM} is available (asked: "
-                            f"{', '.join(content_types)}); JPEG and PNG are not yet")
     uids = {keyword: params[name] for name, keyword in PARAMETERS.items()}
-    (attachment, syntax), *_ = stored_files(server, instances(server, Level.INSTANCE, uids))
+    found = instances(server, Level.INSTANCE, uids)
+    if DICOM not in content_types:
+        picture = next((t for t in content_types if t in MEDIA_TYPES), None)
+        if picture is None:
+            raise NotAcceptable(f"contentType is {DICOM}, image/jpeg or image/png, not "
+                                f"{', '.join(content_types)}")
+        return wado_uri_picture(request, server, found[0], picture)
+    (attachment, syntax), *_ = stored_files(server, found)
     asked = params.get("transferSyntax", syntax)
     target = writable(asked if asked != syntax else None)
     _, blocks = dicom_part(server, attachment, target or syntax, target is not None)

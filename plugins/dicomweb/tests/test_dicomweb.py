@@ -14,9 +14,11 @@ from typing import Any
 
 import httpx2
 import lanthorn_dicomweb
+import numpy
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
@@ -404,6 +406,36 @@ def test_malformed_stow_bodies_are_4xx_and_store_nothing(
     assert http.get("/statistics").json()["CountInstances"] == 0
 
 
+# -- rendered and thumbnail ------------------------------------------------------------
+
+
+def test_rendered_and_thumbnails_are_the_core_renderings(client: DICOMwebClient,
+                                                         http: httpx2.Client) -> None:
+    client.store_instances([_dataset(CT)])
+    instance = f"/dicom-web/studies/{CT_STUDY}/series/{CT_SERIES}/instances/{CT_SOP}"
+    png = http.get(f"{instance}/rendered", params={"window": "40,400,linear"},
+                   headers={"Accept": "image/png"})
+    assert png.headers["content-type"] == "image/png"
+    [core_id] = [found["ID"] for found in http.post("/tools/lookup", content=CT_SOP).json()]
+    core = http.get(f"/instances/{core_id}/rendered", headers={"Accept": "image/png"},
+                    params={"window-center": 40, "window-width": 400, "smooth": 1})
+    assert (numpy.asarray(Image.open(io.BytesIO(png.content))) ==
+            numpy.asarray(Image.open(io.BytesIO(core.content)))).all()
+    jpeg = client.retrieve_instance_rendered(CT_STUDY, CT_SERIES, CT_SOP,
+                                             params={"viewport": "64,64"})
+    assert Image.open(io.BytesIO(jpeg)).size == (64, 64)  # JPEG, the standard's default
+    framed = http.get(f"{instance}/frames/1/rendered")
+    assert framed.status_code == 200 and framed.headers["content-type"] == "image/jpeg"
+    study = f"/dicom-web/studies/{CT_STUDY}"
+    for path in (study, f"{study}/series/{CT_SERIES}", instance):
+        small = http.get(f"{path}/thumbnail")
+        assert max(Image.open(io.BytesIO(small.content)).size) <= 128, path
+    assert http.get(f"{instance}/frames/2/rendered").status_code == 404  # one frame
+    for bad in ({"window": "40"}, {"viewport": "big"}, {"quality": "0"}):
+        assert http.get(f"{instance}/rendered", params=bad).status_code == 400, bad
+    assert http.get(f"{instance}/rendered", headers={"Accept": "image/gif"}).status_code == 406
+
+
 # -- WADO-URI and configuration --------------------------------------------------------
 
 
@@ -414,7 +446,10 @@ def test_wado_uri(client: DICOMwebClient, http: httpx2.Client) -> None:
     response = http.get("/wado", params=params)
     assert response.status_code == 200 and response.content == CT
     assert response.headers["content-type"] == "application/dicom"
-    assert http.get("/wado", params={**params, "contentType": "image/jpeg"}).status_code == 406
+    jpeg = http.get("/wado", params={**params, "contentType": "image/jpeg", "rows": "64"})
+    assert jpeg.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(jpeg.content)).size == (64, 64)
+    assert http.get("/wado", params={**params, "contentType": "text/html"}).status_code == 406
     rle = http.get("/wado", params={**params, "transferSyntax": "1.2.840.10008.1.2.5"})
     assert _dataset(rle.content).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
     assert (_dataset(rle.content).pixel_array == _dataset(CT).pixel_array).all()
