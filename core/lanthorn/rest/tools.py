@@ -19,18 +19,29 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 from pynetdicom.sop_class import uid_to_service_class
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
 from ..dicom import dataset_json
+from ..dimse.find import CHARACTER_SETS
 from ..dimse.scp import make_application_entity
 from ..errors import BadRequest, UnknownResource
 from ..index.records import Resource, ResourceInfo
 from ..model import Level, parse_tag
+from ..reconstruct import reconstruct, reconstruct_all
 from ..requested import first_header
-from .common import answer, dicom_form, level_of, resource_of, server_of, text
+from .common import (
+    answer,
+    dicom_form,
+    json_body,
+    level_of,
+    resource_of,
+    server_of,
+    text,
+)
 from .resources import LEVELS
 
 if TYPE_CHECKING:
@@ -126,6 +137,17 @@ def default_encoding(request: Request) -> Response:
     return text(server_of(request).config["DefaultEncoding"])
 
 
+async def put_default_encoding(request: Request) -> Response:
+    """Only this process changes, until it restarts (as ``log-level``)."""
+    server = server_of(request)
+    encoding = (await request.body()).decode(errors="replace").strip()
+    if encoding not in CHARACTER_SETS:
+        raise BadRequest(f'the encoding must be one of {", ".join(CHARACTER_SETS)}, '
+                         f'not "{encoding}"')
+    server.config = server.config.with_overrides(DefaultEncoding=encoding)
+    return text(encoding)
+
+
 def unknown_sop_class_accepted(request: Request) -> Response:
     return text("1" if server_of(request).config["UnknownSopClassAccepted"] else "0")
 
@@ -204,6 +226,32 @@ def _category(request: Request) -> str:
     if category not in LOG_CATEGORIES:
         raise UnknownResource(f'no log category "{category}"')
     return category
+
+
+# -- reconstruction ----------------------------------------------------------------------
+
+async def reconstruct_resource(request: Request) -> Response:
+    """Re-read the resource's files; the index takes its main tags from them again."""
+    files = await _reconstruct_files(request)
+    resource = resource_of(request)
+    await run_in_threadpool(reconstruct, server_of(request), resource.id, files=files)
+    return text("")
+
+
+async def reconstruct_everything(request: Request) -> Response:
+    """All the instances, patient by patient (long: Orthanc advises its housekeeper)."""
+    files = await _reconstruct_files(request)
+    await run_in_threadpool(reconstruct_all, server_of(request), files=files)
+    return text("")
+
+
+async def _reconstruct_files(request: Request) -> bool:
+    data = await request.body()
+    body = json_body(data) if data.strip() else {}
+    files = body.get("ReconstructFiles", False) if isinstance(body, dict) else None
+    if not isinstance(files, bool):
+        raise BadRequest('the body must be a JSON object; "ReconstructFiles" a boolean')
+    return files
 
 
 # -- modules, frames and slices ---------------------------------------------------------
@@ -323,6 +371,7 @@ def routes() -> list[Route]:
         Route("/tools/now", now, methods=["GET"]),
         Route("/tools/now-local", now_local, methods=["GET"]),
         Route("/tools/default-encoding", default_encoding, methods=["GET"]),
+        Route("/tools/default-encoding", put_default_encoding, methods=["PUT"]),
         Route("/tools/accepted-transfer-syntaxes", accepted_transfer_syntaxes, methods=["GET"]),
         Route("/tools/accepted-sop-classes", accepted_sop_classes, methods=["GET"]),
         Route("/tools/unknown-sop-class-accepted", unknown_sop_class_accepted, methods=["GET"]),
@@ -334,4 +383,6 @@ def routes() -> list[Route]:
         Route("/instances/{id}/frames", frames, methods=["GET"]),
         Route("/series/{id}/ordered-slices", ordered_slices, methods=["GET"]),
         Route("/exports", exports, methods=["GET"]),
+        Route(f"/{LEVELS}/{{id}}/reconstruct", reconstruct_resource, methods=["POST"]),
+        Route("/tools/reconstruct", reconstruct_everything, methods=["POST"]),
     ]
