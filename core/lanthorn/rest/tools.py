@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 from pynetdicom.sop_class import uid_to_service_class
@@ -30,7 +29,7 @@ from ..dimse.find import CHARACTER_SETS
 from ..dimse.scp import make_application_entity
 from ..errors import BadRequest, UnknownResource
 from ..index.records import Resource, ResourceInfo
-from ..model import Level, parse_tag
+from ..model import MODULE_TAGS, Level, parse_tag
 from ..reconstruct import reconstruct, reconstruct_all
 from ..requested import first_header
 from .common import (
@@ -46,54 +45,6 @@ from .resources import LEVELS
 
 if TYPE_CHECKING:
     from ..index.sql import SqlIndex
-
-#: The attributes of the DICOM module of each level (PS3.3): Patient (C.7.1.1), General
-#: Study (C.7.2.1), General Series (C.7.3.1) and SOP Common (C.12.1).
-MODULES = {
-    Level.PATIENT: """PatientName PatientID IssuerOfPatientID IssuerOfPatientIDQualifiersSequence
-        TypeOfPatientID PatientBirthDate PatientBirthTime PatientBirthDateInAlternativeCalendar
-        PatientDeathDateInAlternativeCalendar PatientAlternativeCalendar PatientSex
-        QualityControlSubject ReferencedPatientPhotoSequence ReferencedPatientSequence
-        OtherPatientIDs OtherPatientIDsSequence OtherPatientNames EthnicGroup
-        EthnicGroupCodeSequence PatientComments PatientSpeciesDescription
-        PatientSpeciesCodeSequence PatientBreedDescription PatientBreedCodeSequence
-        BreedRegistrationSequence StrainDescription StrainNomenclature StrainCodeSequence
-        StrainAdditionalInformation StrainStockSequence GeneticModificationsSequence
-        ResponsiblePerson ResponsiblePersonRole ResponsibleOrganization PatientIdentityRemoved
-        DeidentificationMethod DeidentificationMethodCodeSequence
-        SourcePatientGroupIdentificationSequence GroupOfPatientsIdentificationSequence""",
-    Level.STUDY: """StudyInstanceUID StudyDate StudyTime ReferringPhysicianName
-        ReferringPhysicianIdentificationSequence ConsultingPhysicianName
-        ConsultingPhysicianIdentificationSequence StudyID AccessionNumber
-        IssuerOfAccessionNumberSequence StudyDescription PhysiciansOfRecord
-        PhysiciansOfRecordIdentificationSequence NameOfPhysiciansReadingStudy
-        PhysiciansReadingStudyIdentificationSequence RequestingServiceCodeSequence
-        ReferencedStudySequence ProcedureCodeSequence ReasonForPerformedProcedureCodeSequence""",
-    Level.SERIES: """Modality SeriesInstanceUID SeriesNumber Laterality SeriesDate SeriesTime
-        PerformingPhysicianName PerformingPhysicianIdentificationSequence ProtocolName
-        SeriesDescription SeriesDescriptionCodeSequence OperatorsName
-        OperatorIdentificationSequence ReferencedPerformedProcedureStepSequence
-        RelatedSeriesSequence AnatomicalOrientationType BodyPartExamined PatientPosition
-        SmallestPixelValueInSeries LargestPixelValueInSeries RequestAttributesSequence
-        PerformedProcedureStepID PerformedProcedureStepStartDate PerformedProcedureStepStartTime
-        PerformedProcedureStepEndDate PerformedProcedureStepEndTime
-        PerformedProcedureStepDescription PerformedProtocolCodeSequence
-        CommentsOnThePerformedProcedureStep TreatmentSessionUID""",
-    Level.INSTANCE: """SOPClassUID SOPInstanceUID SpecificCharacterSet InstanceCreationDate
-        InstanceCreationTime InstanceCoercionDateTime InstanceCreatorUID
-        RelatedGeneralSOPClassUID OriginalSpecializedSOPClassUID
-        CodingSchemeIdentificationSequence ContextGroupIdentificationSequence
-        MappingResourceIdentificationSequence TimezoneOffsetFromUTC
-        ContributingEquipmentSequence InstanceNumber SOPInstanceStatus SOPAuthorizationDateTime
-        SOPAuthorizationComment AuthorizationEquipmentCertificationNumber
-        MACParametersSequence DigitalSignaturesSequence EncryptedAttributesSequence
-        OriginalAttributesSequence HL7StructuredDocumentReferenceSequence
-        LongitudinalTemporalInformationModified QueryRetrieveView
-        ConversionSourceAttributesSequence ContentQualification
-        PrivateDataElementCharacteristicsSequence InstanceOriginStatus BarcodeValue""",
-}
-MODULE_TAGS = {level: sorted(tag_for_keyword(k) for k in keywords.split())  # type: ignore[type-var]
-               for level, keywords in MODULES.items()}
 
 #: Orthanc's verbosities as Python log levels.
 VERBOSITY = {"default": logging.WARNING, "verbose": logging.INFO, "trace": logging.DEBUG}
