@@ -228,7 +228,8 @@ def test_default_encoding_can_be_changed(lanthorn_client: Any) -> None:
 
 @pytest.mark.parametrize("path", ["/instances/{instance}/reconstruct",
                                   "/series/{series}/reconstruct",
-                                  "/studies/{study}/reconstruct", "/tools/reconstruct"])
+                                  "/studies/{study}/reconstruct",
+                                  "/patients/{patient}/reconstruct", "/tools/reconstruct"])
 def test_reconstruct_takes_the_parents_tags_from_the_files_again(
         path: str, lanthorn_client: Any) -> None:
     study = {"StudyInstanceUID": generate_uid(), "PatientID": "P"}
@@ -239,7 +240,7 @@ def test_reconstruct_takes_the_parents_tags_from_the_files_again(
     study_url = f"/studies/{first['ParentStudy']}"
     assert lanthorn_client.get(study_url).json()["MainDicomTags"]["StudyDescription"] == "FIRST"
     url = path.format(instance=second["ID"], series=second["ParentSeries"],
-                      study=first["ParentStudy"])
+                      study=first["ParentStudy"], patient=first["ParentPatient"])
     done = lanthorn_client.post(url)
     assert (done.status_code, done.text) == (200, "")
     # The instance read last (the second: in order of arrival) gives its parents' values.
