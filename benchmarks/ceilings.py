@@ -2,6 +2,8 @@
 
 - disk: write the dataset's files into a folder, without fsync, and with an fsync of each
   file and then of its folder (what a server that acknowledges durably does per instance);
+  and read them back from the page cache (what an archive of warm files can stream at
+  most);
 - loopback TCP: send the files one after the other over one connection on 127.0.0.1,
   waiting for a one-byte answer after each (what a client uploading instance after
   instance waits for), with Nagle's algorithm off on both ends.
@@ -30,6 +32,7 @@ def ceilings(specs: list[Spec], folder: Path, repeat: int) -> list[Metric]:
     probes: dict[str, Callable[[list[bytes], Path], float]] = {
         "disk write, no fsync": lambda files, into: _write(files, into, sync=False),
         "disk write, fsync file + folder": lambda files, into: _write(files, into, sync=True),
+        "disk read (page cache)": _read,
         "loopback TCP, answer per file": lambda files, _: _loopback(files),
     }
     metrics = []
@@ -60,6 +63,17 @@ def _write(files: list[bytes], folder: Path, sync: bool) -> float:
                 os.fsync(descriptor)
             finally:
                 os.close(descriptor)
+    return time.perf_counter() - start
+
+
+def _read(files: list[bytes], folder: Path) -> float:
+    """Seconds to read every file back, 64 KB at a time, after writing it (unclocked)."""
+    _write(files, folder, sync=False)
+    start = time.perf_counter()
+    for number in range(len(files)):
+        with open(folder / f"{number:06d}.dcm", "rb") as file:
+            while file.read(65536):
+                pass
     return time.perf_counter() - start
 
 

@@ -121,8 +121,8 @@ class Server:
         raise TimeoutError(f"{self.command[0]} did not answer within {START_TIMEOUT:.0f} s")
 
     def _echo(self) -> None:
-        """A real association, not a bare TCP connect: Lanthorn counts a connection that
-        never associates against DicomThreadsCount until DicomScpTimeout."""
+        """A real association, not a bare TCP connect: the listener must answer DICOM,
+        not only have its port open."""
         ae = AE(ae_title=SCU_AET)
         ae.add_requested_context(Verification)
         association = ae.associate("127.0.0.1", self.dicom_port, ae_title=self.aet)

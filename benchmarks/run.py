@@ -14,6 +14,9 @@ Steps (``--steps``, all by default):
 - ``cfind``: C-FIND latency at study level; "not available" if the server refuses it;
 - ``download``: ``GET /instances/{id}/file`` from 1 and 4 clients;
 - ``archive``: ``GET /studies/{id}/archive``; "not available" if the route is a 404;
+- ``preview``: ``GET /instances/{id}/preview`` (a PNG of the first frame), ms per image;
+- ``anonymize``: ``POST /studies/{id}/anonymize`` of each study (new resources stored,
+  then deleted out of the clock), instances/s;
 - ``memory``: peak resident memory (VmHWM) of ``--pid`` and its child processes.
 
 Ingest steps send a new copy of each ``--dataset`` (fresh UIDs from a derived seed) on
@@ -56,7 +59,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 #: Send files from disk without decoding them (pynetdicom's documented switch).
 _config.STORE_SEND_CHUNKED_DATASET = True
 
-STEPS = ("rest", "pynetdicom", "storescu", "find", "cfind", "download", "archive", "memory")
+STEPS = ("rest", "pynetdicom", "storescu", "find", "cfind", "download", "archive", "preview",
+         "anonymize", "memory")
+#: Steps that work on the copies loaded once (``--dataset`` with the base seed).
+ON_LOADED = frozenset({"find", "cfind", "download", "archive", "preview", "anonymize"})
 HTTP_TIMEOUT = 120.0
 DICOM_TIMEOUT = 60.0
 STORESCU_TIMEOUT = 1800.0
@@ -177,7 +183,7 @@ def benchmark(target: Target, options: Options) -> list[Metric]:
     """
     metrics: list[Metric] = []
     steps = options.steps
-    if steps & {"find", "cfind", "download", "archive"}:
+    if steps & ON_LOADED:
         for spec in _loaded_specs(options):
             metrics += _ensure_loaded(target, spec, max(options.clients))
     searched = _loaded(options.find_dataset or options.datasets[0], options)
@@ -189,6 +195,10 @@ def benchmark(target: Target, options: Options) -> list[Metric]:
                         for n in options.clients]
         if "archive" in steps:
             metrics.append(_archive(target, _loaded(spec, options), options))
+        if "preview" in steps:
+            metrics.append(_preview(target, _loaded(spec, options), options))
+        if "anonymize" in steps:
+            metrics.append(_anonymize(target, _loaded(spec, options), options))
     for spec in options.datasets:
         for step in SENDERS:
             if step in steps:
@@ -522,6 +532,51 @@ def _archive(target: Target, spec: Spec, options: Options) -> Metric:
             _progress(f"{metric.name} run {run + 1}: {metric.values[-1]:.1f} inst/s")
 
     return _guarded([metric], measure)[0]
+
+
+def _preview(target: Target, spec: Spec, options: Options) -> Metric:
+    """The median time of one preview, over every instance of the dataset."""
+    metric = Metric(f"preview [{spec}]", "ms", higher_is_better=False)
+
+    def measure() -> None:
+        ids = _ids(target, spec, "Instance")
+        with _client(target) as http:
+            for run in range(options.repeat):
+                times = []
+                for instance in ids:
+                    start = time.perf_counter()
+                    _get(http, f"/instances/{instance}/preview")
+                    times.append(1000 * (time.perf_counter() - start))
+                metric.values.append(statistics.median(times))
+                _progress(f"{metric.name} run {run + 1}: {metric.values[-1]:.1f} ms")
+
+    return _guarded([metric], measure)[0]
+
+
+def _anonymize(target: Target, spec: Spec, options: Options) -> Metric:
+    """Each study anonymized in turn; the new studies are deleted after the clock."""
+    metric = Metric(f"anonymize x1 [{spec}]", "inst/s")
+
+    def measure() -> None:
+        studies = _ids(target, spec, "Study")
+        with _client(target) as http:
+            for run in range(options.repeat):
+                start = time.perf_counter()
+                made = [_post(http, f"/studies/{study}/anonymize", {})["ID"]
+                        for study in studies]
+                metric.values.append(spec.count / (time.perf_counter() - start))
+                for study in made:
+                    http.delete(f"/studies/{study}")
+                _progress(f"{metric.name} run {run + 1}: {metric.values[-1]:.1f} inst/s")
+
+    return _guarded([metric], measure)[0]
+
+
+def _post(http: httpx2.Client, path: str, body: dict) -> dict:
+    response = http.post(path, json=body, timeout=600)
+    if response.status_code != 200:
+        raise BenchmarkError(f"POST {path}: {response.status_code}")
+    return response.json()
 
 
 def _zip_size(http: httpx2.Client, study: str) -> int:

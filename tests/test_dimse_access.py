@@ -281,3 +281,35 @@ def test_a_modality_added_over_rest_is_let_in_at_once(port: int, lanthorn_server
         client.put("/modalities/newcomer", json={"AET": "NEWCOMER", "Host": "127.0.0.1",
                                                  "Port": 104})
     assert find_accepted()
+
+
+def test_listener_settings_changed_over_rest_apply_to_the_next_association(
+        port: int, lanthorn_server: Any) -> None:
+    from starlette.testclient import TestClient
+
+    def accepted(*contexts: tuple[str, str]) -> list[tuple[str, str]]:
+        ae = AE(SCU_AET)
+        for context in contexts:
+            ae.add_requested_context(*context)
+        ae.add_requested_context(Verification)
+        association = ae.associate("127.0.0.1", port, ae_title="LANTHORN")
+        found = [(c.abstract_syntax, c.transfer_syntax[0]) for c in association.accepted_contexts
+                 if c.abstract_syntax != Verification]
+        association.release()
+        return found
+
+    implicit = (CTImageStorage, "1.2.840.10008.1.2")
+    private = (PRIVATE_SOP_CLASS, ExplicitVRLittleEndian)
+    assert accepted(implicit, private) == [implicit]
+    with TestClient(lanthorn_server.app) as client:
+        narrowed = client.put("/tools/accepted-transfer-syntaxes", json=[ExplicitVRLittleEndian])
+        assert narrowed.json() == [ExplicitVRLittleEndian]
+        assert client.put("/tools/unknown-sop-class-accepted", content="1").status_code == 200
+        assert client.get("/tools/unknown-sop-class-accepted").text == "1"
+        assert accepted(implicit, private) == [private]
+        assert client.put("/tools/accepted-transfer-syntaxes",
+                          json=["9.9.*"]).status_code == 400  # matches nothing
+        assert client.put("/tools/unknown-sop-class-accepted", content="maybe").status_code == 400
+        widened = client.put("/tools/accepted-transfer-syntaxes", json="1.2.840.10008.1.2*")
+        assert "1.2.840.10008.1.2" in widened.json()
+    assert accepted(implicit) == [implicit]

@@ -72,6 +72,17 @@ def test_echo(lanthorn_client: TestClient, remote: StoreSCP) -> None:
     assert 'cannot reach modality "down"' in down.json()["Details"]
 
 
+def test_echo_to_a_modality_given_in_the_body(lanthorn_client: TestClient,
+                                               remote: StoreSCP) -> None:
+    answer = lanthorn_client.post("/tools/dicom-echo", json={
+        "AET": PEER_AET, "Host": "127.0.0.1", "Port": remote.port})
+    assert (answer.status_code, answer.json()) == (200, {})
+    down = lanthorn_client.post("/tools/dicom-echo", json={
+        "AET": "DOWN", "Host": "127.0.0.1", "Port": free_port()})
+    assert down.json()["OrthancStatus"] == 9
+    assert lanthorn_client.post("/tools/dicom-echo", json={"AET": "X"}).status_code == 400
+
+
 def test_store_a_study_synchronously(lanthorn_server: lanthorn.Server,
                                      lanthorn_client: TestClient, remote: StoreSCP) -> None:
     uids = [store(lanthorn_server, PatientID="P1", StudyInstanceUID="1.2.3",
@@ -204,3 +215,22 @@ def test_rest_modalities_outlive_a_restart_only_when_kept_in_the_database(
     finally:
         second.stop()
         second.close()
+
+
+@pytest.mark.lanthorn_config(LogExportedResources=True)
+def test_exports_record_what_was_sent(lanthorn_server: lanthorn.Server,
+                                      lanthorn_client: TestClient, remote: StoreSCP) -> None:
+    uids = [store(lanthorn_server, PatientID="P1", StudyInstanceUID="1.2.3",
+                  SeriesInstanceUID="1.2.3.1").SOPInstanceUID for _ in range(2)]
+    [study] = lanthorn_client.get("/studies").json()
+    lanthorn_client.post("/modalities/peer/store", json={"Resources": [study]})
+    first = lanthorn_client.get("/exports?limit=1").json()
+    assert (len(first["Exports"]), first["Done"]) == (1, False)
+    rest = lanthorn_client.get(f"/exports?since={first['Last']}").json()
+    exported = first["Exports"] + rest["Exports"]
+    assert rest["Done"] and sorted(e["SOPInstanceUID"] for e in exported) == sorted(uids)
+    assert {(e["RemoteModality"], e["ResourceType"], e["StudyInstanceUID"], e["PatientID"])
+            for e in exported} == {(PEER_AET, "Instance", "1.2.3", "P1")}
+    assert exported[0]["Path"] == f"/instances/{exported[0]['ID']}"
+    assert lanthorn_client.delete("/exports").json() == {}
+    assert lanthorn_client.get("/exports").json() == {"Exports": [], "Done": True, "Last": 0}

@@ -24,7 +24,7 @@ from dimse_peers import (
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless, generate_uid
-from pynetdicom import build_role, evt
+from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     MRImageStorage,
@@ -232,3 +232,28 @@ def test_pynetdicom_c_get_at_image_level_in_the_patient_root(setup: Setup) -> No
         assert tcp_nodelay(accepted)
     assert statuses == [0xFF00, 0xFF00, 0x0000]
     assert sorted(received) == sorted(setup.uids[:2])
+
+
+def test_c_get_transcodes_what_the_requestor_cannot_take(setup: Setup,
+                                                         rle_instance: str) -> None:
+    """The requestor takes MR images in implicit little endian only: the RLE one is
+    decoded for it, over the same association."""
+    received: list[tuple[str, str]] = []
+
+    def on_store(event: Any) -> int:
+        received.append((event.request.AffectedSOPInstanceUID, event.context.transfer_syntax))
+        return 0x0000
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID, identifier.SOPInstanceUID = setup.study, rle_instance
+    ae = AE(SCU_AET)
+    ae.add_requested_context(GET)
+    ae.add_requested_context(MRImageStorage, ImplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", setup.port, ae_title="LANTHORN",
+                         ext_neg=[build_role(MRImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    statuses = [s.Status for s, _ in assoc.send_c_get(identifier, GET)]
+    assoc.release()
+    assert statuses[-1] == 0x0000
+    assert received == [(rle_instance, ImplicitVRLittleEndian)]

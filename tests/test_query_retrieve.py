@@ -304,3 +304,15 @@ def test_retrieve_by_c_get(client: TestClient, remote: httpx2.Client) -> None:
     assert len(client.get("/instances").json()) == 2
     bad = client.post(f"/queries/{query_id}/retrieve", json={"RetrieveMethod": "C-FTP"})
     assert bad.status_code == 400
+
+
+def test_the_deprecated_hierarchical_find(client: TestClient, remote: httpx2.Client) -> None:
+    fill(remote)
+    [patient] = client.post("/modalities/remote/find", json={"PatientID": "P1"}).json()
+    assert (patient["PatientName"], patient["PatientSex"]) == ("DOE^P1", "")  # main tags
+    studies = {s["StudyInstanceUID"]: s for s in patient["Studies"]}
+    assert sorted(studies) == ["1.2.1", "1.2.2"]
+    assert studies["1.2.1"]["StudyDescription"] == "study 1.2.1"
+    assert sorted(s["SeriesInstanceUID"] for s in studies["1.2.1"]["Series"]) == \
+        ["1.2.1.1", "1.2.1.2"]
+    assert {s["Modality"] for s in studies["1.2.2"]["Series"]} == {"CT"}

@@ -197,6 +197,15 @@ OPTIONS: tuple[Option, ...] = (
         int,
         "Seconds to wait for a remote modality to answer an outgoing request.",
     ),
+    Option("DicomTlsEnabled", False, bool, "The DICOM listener accepts only TLS "
+           "associations (DICOM TLS, PS3.15 B.1)."),
+    Option("DicomTlsCertificate", None, str, "PEM certificate of this server for DICOM TLS "
+           "(listener, and client certificate of the associations it requests)."),
+    Option("DicomTlsPrivateKey", None, str, "PEM private key of DicomTlsCertificate."),
+    Option("DicomTlsTrustedCertificates", None, str, "PEM file of the certificates (or CAs) "
+           "of the modalities trusted over DICOM TLS, both ways."),
+    Option("DicomTlsRemoteCertificateRequired", True, bool, "The listener refuses TLS "
+           "clients without a trusted certificate."),
     Option("DicomDefaultRetrieveMethod", "C-MOVE", str, "How /queries retrieves answers "
            "when the request does not say: C-MOVE or C-GET."),
     Option("DicomThreadsCount", 4, int, "Threads serving incoming DICOM associations."),
@@ -279,6 +288,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name: "
            "[url, username, password] or an object (Url, Username, Password, HttpHeaders, "
            "Timeout...)."),
+    Option("LogExportedResources", False, bool, "Record each instance sent to a modality or "
+           "a peer in /exports (an audit trail of what left the server)."),
     Option("DicomModalitiesInDatabase", False, bool, "Keep the modalities defined or "
            "deleted over REST (PUT/DELETE /modalities/{id}) across restarts."),
     Option("OrthancPeersInDatabase", False, bool, "Keep the peers defined or deleted over REST "
@@ -652,11 +663,10 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "BuiltinDecoderTranscoderOrder",
     "DeidentifyLogsDicomVersion",
     "DicomAssociationCloseDelay", "DicomEchoChecksFind",
-    "DicomScuPreferredTransferSyntax", "DicomTlsEnabled",
-    "DicomTlsRemoteCertificateRequired", "Dictionary", "ExecuteLuaEnabled",
+    "DicomScuPreferredTransferSyntax", "Dictionary", "ExecuteLuaEnabled",
     "HttpCompressionEnabled", "HttpProxy", "HttpRequestTimeout", "HttpVerbose",
     "HttpsCACertificates", "HttpsVerifyPeers",
-    "LoadPrivateDictionary", "LogExportedResources", "LuaScripts", "MallocArenaMax",
+    "LoadPrivateDictionary", "LuaScripts", "MallocArenaMax",
     "MaximumStorageCacheSize", "MediaArchiveSize",
     "OrthancExplorerEnabled", "SslCertificate",
     "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",

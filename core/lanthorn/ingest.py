@@ -55,8 +55,11 @@ class Ingester:
 
     def store(self, data: bytes, origin: Origin) -> StoredInstance:
         """Store one instance; raise BadFileFormat / Rejected with the reason."""
+        return self.store_parsed(parse_instance(data), origin)
+
+    def store_parsed(self, parsed: ParsedInstance, origin: Origin) -> StoredInstance:
+        """Store an instance its caller already parsed (STOW-RS checks its study first)."""
         hook = self.server.plugins.hook
-        parsed = parse_instance(data)
         replacement = hook.receive_instance(server=self.server, instance=parsed, origin=origin)
         if replacement is not None:
             parsed = parse_instance(replacement)

@@ -8,9 +8,13 @@ other tag the header the index saved for the resource's first instance.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from .dicom import element_string, read_header
@@ -31,6 +35,8 @@ COUNT_TAGS = {
 SOP_CLASSES_IN_STUDY = parse_tag("SOPClassesInStudy")
 #: Tags computed from the hierarchy: they can be returned, not matched.
 COMPUTED_TAGS = frozenset({*COUNT_TAGS, SOP_CLASSES_IN_STUDY})
+INTEGER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
+FLOAT_VRS = frozenset({"FL", "FD"})
 
 
 def index_values(server: Server, resource_id: int, level: Level,
@@ -40,20 +46,24 @@ def index_values(server: Server, resource_id: int, level: Level,
     chain = {r.level: r.id for r in index.ancestors(resource_id)}
     values: dict[int, str] = {}
     left = []
+    tags_of: dict[int, dict[int, str]] = {}  # one query per resource, not one per tag
     for tag in tags:
         owner = server.main_tags.level_of(tag)
         if tag in COUNT_TAGS and COUNT_TAGS[tag][0] == level:
             values[tag] = str(len(index.descendants(resource_id, COUNT_TAGS[tag][1])))
         elif tag == MODALITIES_IN_STUDY and level == Level.STUDY:
-            series = index.describe(index.descendants(resource_id, Level.SERIES))
-            values[tag] = "\\".join(sorted({s.main_tags.get(MODALITY, "") for s in series}
-                                           - {""}))
+            series = index.descendants(resource_id, Level.SERIES)
+            values[tag] = "\\".join(sorted({index.main_tags_of(s).get(MODALITY, "")
+                                            for s in series} - {""}))
         elif tag == SOP_CLASSES_IN_STUDY and level == Level.STUDY:
             instances = index.describe(index.descendants(resource_id, Level.INSTANCE))
             values[tag] = "\\".join(sorted({i.metadata.get("SopClassUid", "")
                                             for i in instances} - {""}))
         elif owner is not None and owner <= level:
-            found = index.main_tags_of(chain[owner]).get(tag)
+            owner_id = chain[owner]
+            if owner_id not in tags_of:
+                tags_of[owner_id] = index.main_tags_of(owner_id)
+            found = tags_of[owner_id].get(tag)
             if found is not None:
                 values[tag] = found
         else:
@@ -77,3 +87,31 @@ def requested_tags(server: Server, resource_id: int, level: Level,
             if tag in header:
                 values[tag] = element_string(header[tag]) or ""
     return values
+
+
+def requested_dataset(server: Server, resource_id: int, level: Level,
+                      asked: Sequence[DataElement]) -> Dataset:
+    """The asked elements with the resource's values, typed as DICOM (C-FIND answers,
+    QIDO-RS results): index values first, then the first instance's header; an element
+    nobody knows is returned empty, as DICOM wants."""
+    values, left = index_values(server, resource_id, level, [e.tag for e in asked])
+    header = first_header(server, resource_id) if left else None
+    answer = Dataset()
+    for element in asked:
+        if element.tag in values:
+            answer.add(_element(element, values[element.tag]))
+        elif header is not None and element.tag in header:
+            answer.add(copy.deepcopy(header[element.tag]))
+        else:
+            answer.add(DataElement(element.tag, element.VR, [] if element.VR == "SQ" else None))
+    return answer
+
+
+def _element(asked: DataElement, text: str) -> DataElement:
+    """An element from the index's string; stored values go back as they are."""
+    vr = dictionary_VR(asked.tag) if dictionary_has_tag(asked.tag) else asked.VR
+    if vr in INTEGER_VRS | FLOAT_VRS and text:
+        kind = int if vr in INTEGER_VRS else float
+        numbers = [kind(part) for part in text.split("\\")]
+        return DataElement(asked.tag, vr, numbers if len(numbers) > 1 else numbers[0])
+    return DataElement(asked.tag, vr, text, validation_mode=pydicom_config.IGNORE)

@@ -11,7 +11,8 @@ from ..dimse.access import parse_modalities
 from ..dimse.commitment import SCP_JOB_TYPE
 from ..dimse.find import core_find
 from ..dimse.retrieve import core_retrieve
-from ..dimse.scp import accepted_syntaxes
+from ..dimse.scp import RUNTIME_SETTINGS, accepted_syntaxes, set_listener_setting
+from ..dimse.tls import listener_context
 from ..plugins import hookimpl
 
 if TYPE_CHECKING:
@@ -27,7 +28,11 @@ log = logging.getLogger(__name__)
 @hookimpl
 def startup(server: Server) -> None:
     parse_modalities(server.config)  # a malformed DicomModalities entry stops start-up
-    accepted_syntaxes(server.config)  # so does an AcceptedTransferSyntaxes matching nothing
+    accepted_syntaxes(server)  # so does an AcceptedTransferSyntaxes matching nothing
+    listener_context(server.config)  # and DICOM TLS without its certificates
+    if not server.index.live_lease_holders():  # a fresh start forgets the REST changes
+        for name in RUNTIME_SETTINGS:
+            set_listener_setting(server, name, None)
 
 
 @hookimpl

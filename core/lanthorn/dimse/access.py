@@ -38,6 +38,7 @@ class Modality:
     local_aet: str = ""
     timeout: int = 0
     permissions: dict[str, bool] = field(default_factory=dict)
+    use_tls: bool = False  # request associations over DICOM TLS
 
     def allows(self, service: str) -> bool:
         return self.permissions.get(service, True)
@@ -48,7 +49,7 @@ class Modality:
                  for name in sorted((*SERVICES, *OTHER_PERMISSIONS))}
         return {"AET": self.aet, **allow, "Host": self.host, "LocalAet": self.local_aet,
                 "Manufacturer": self.manufacturer, "Port": self.port,
-                "Timeout": self.timeout, "UseDicomTls": False}
+                "Timeout": self.timeout, "UseDicomTls": self.use_tls}
 
 
 def all_modalities(server: Server) -> dict[str, Modality]:
@@ -87,11 +88,14 @@ def _modality(name: str, entry: Any) -> Modality:
                    if key.startswith("Allow") and key[5:] in flags}
     if not all(isinstance(value, bool) for value in permissions.values()):
         raise ConfigError(f"{where}: the Allow* flags must be booleans")
+    use_tls = entry.get("UseDicomTls", False)
+    if not isinstance(use_tls, bool):
+        raise ConfigError(f"{where}: UseDicomTls must be a boolean")
     return Modality(name, _aet(entry.get("AET"), where), _host(entry.get("Host"), where),
                     _port(entry.get("Port"), where),
                     str(entry.get("Manufacturer", "Generic")), str(entry.get("LocalAet", "")),
                     _integer(entry.get("Timeout", 0), f"{where}: the timeout", 0, 86400),
-                    permissions)
+                    permissions, use_tls)
 
 
 def _aet(value: Any, where: str) -> str:

@@ -9,22 +9,17 @@ instance headers. Files are never read.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from pydicom import config as pydicom_config
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_has_tag, dictionary_VR
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from ..errors import BadRequest
-from ..model import Level
 from ..query import build_query
-from ..requested import first_header, index_values
+from ..requested import requested_dataset
 from .request import WORKLIST, dimse_request, keys, matching
 
 if TYPE_CHECKING:
@@ -52,8 +47,6 @@ CHARACTER_SETS = {
 }
 UTF8 = "ISO_IR 192"
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
-INTEGER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
-FLOAT_VRS = frozenset({"FL", "FD"})
 
 
 # -- the listener side ------------------------------------------------------------------
@@ -113,36 +106,11 @@ def core_find(server: Server, request: DimseRequest) -> Iterator[Dataset]:
                         case_sensitive_pn=bool(server.config["CaseSensitivePN"]), limit=limit)
     preferred = CHARACTER_SETS.get(server.config["DefaultEncoding"], UTF8)
     for resource_id in server.index.find(query):
-        answer = _answer(server, resource_id, level, asked)
+        answer = requested_dataset(server, resource_id, level, asked)
         answer.QueryRetrieveLevel = request.identifier.QueryRetrieveLevel
         answer.RetrieveAETitle = server.config["DicomAet"]
         answer.SpecificCharacterSet = preferred if _encodable(answer, preferred) else UTF8
         yield answer
-
-
-def _answer(server: Server, resource_id: int, level: Level,
-            asked: list[DataElement]) -> Dataset:
-    values, left = index_values(server, resource_id, level, [e.tag for e in asked])
-    header = first_header(server, resource_id) if left else None
-    answer = Dataset()
-    for element in asked:
-        if element.tag in values:
-            answer.add(_element(element, values[element.tag]))
-        elif header is not None and element.tag in header:
-            answer.add(copy.deepcopy(header[element.tag]))
-        else:  # asked for but unknown: returned empty, as DICOM wants
-            answer.add(DataElement(element.tag, element.VR, [] if element.VR == "SQ" else None))
-    return answer
-
-
-def _element(asked: DataElement, text: str) -> DataElement:
-    """A return key from the index's string; stored values go back as they are."""
-    vr = dictionary_VR(asked.tag) if dictionary_has_tag(asked.tag) else asked.VR
-    if vr in INTEGER_VRS | FLOAT_VRS and text:
-        kind = int if vr in INTEGER_VRS else float
-        numbers = [kind(part) for part in text.split("\\")]
-        return DataElement(asked.tag, vr, numbers if len(numbers) > 1 else numbers[0])
-    return DataElement(asked.tag, vr, text, validation_mode=pydicom_config.IGNORE)
 
 
 def _encodable(dataset: Dataset, term: str) -> bool:

@@ -74,7 +74,8 @@ def dataset_of(values: dict[str, object]) -> Dataset:
             vr = dictionary_VR(tag)
         except KeyError:
             vr = "LO"
-        dataset.add_new(tag, vr if vr != "SQ" else "LO", value)
+        # An empty value is a return key; None fits every VR (numbers too).
+        dataset.add_new(tag, vr if vr != "SQ" else "LO", value or None)
     return dataset
 
 
@@ -138,7 +139,7 @@ def get(server: Server, modality: Modality, query: Dataset, timeout: float | Non
     common storage SOP classes, as many as fit beside the C-GET context.
     """
     model = get_model(level_of(query))
-    syntaxes = accepted_syntaxes(server.config)
+    syntaxes = accepted_syntaxes(server)
     storage = [c.abstract_syntax for c in StoragePresentationContexts][:MAX_CONTEXTS - 1]
     contexts = [build_context(model), *(build_context(uid, syntaxes) for uid in storage)]
     roles = [build_role(uid, scp_role=True) for uid in storage]

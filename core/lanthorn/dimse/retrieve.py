@@ -23,9 +23,11 @@ from ..errors import BadRequest
 from ..model import IDENTIFIER_KEYWORDS, format_tag, parse_tag
 from ..query import build_query
 from .request import dimse_request, keys, matching
-from .scu import SubOperation, load, plan, store_contexts
+from .scu import SubOperation, fitted, load, plan, store_contexts
+from .tls import client_context
 
 if TYPE_CHECKING:
+    from pynetdicom.association import Association
     from pynetdicom.events import Event
 
     from ..server import Server
@@ -62,9 +64,11 @@ def serve_move(event: Event, server: Server, rules: AccessRules) -> Iterator[Any
         yield 0  # pynetdicom answers success without associating
         return
     operations = _planned(server, request, "C-MOVE", items)
-    yield destination.host, destination.port, {
-        "ae_title": destination.aet, "contexts": store_contexts(operations),
-        "max_pdu": int(server.config["MaximumPduLength"])}
+    options = {"ae_title": destination.aet, "contexts": store_contexts(operations),
+               "max_pdu": int(server.config["MaximumPduLength"])}
+    if destination.use_tls:
+        options["tls_args"] = (client_context(server.config), None)
+    yield destination.host, destination.port, options
     yield len(operations)
     yield from _each(server, request, operations)
 
@@ -83,7 +87,7 @@ def serve_get(event: Event, server: Server) -> Iterator[Any]:
     request = _request(event, "C-GET")
     operations = _planned(server, request, "C-GET", _items(server, request, "C-GET"))
     yield len(operations)
-    yield from _each(server, request, operations)
+    yield from _each(server, request, operations, event.assoc)
 
 
 def _request(event: Event, name: str) -> DimseRequest:
@@ -112,13 +116,16 @@ def _planned(server: Server, request: DimseRequest, name: str,
     return operations
 
 
-def _each(server: Server, request: DimseRequest,
-          operations: list[SubOperation]) -> Iterator[tuple[int, Dataset | None]]:
+def _each(server: Server, request: DimseRequest, operations: list[SubOperation],
+          association: Association | None = None) -> Iterator[tuple[int, Dataset | None]]:
+    """Each dataset to send; over a C-GET's own ``association`` (whose accepted contexts
+    are known) a compressed instance is transcoded when the peer refused its syntax."""
     for op in operations:
         if request.is_cancelled():
             yield CANCEL, None
             return
-        yield PENDING, load(server, op)
+        dataset = load(server, op)
+        yield PENDING, fitted(server, association, dataset) if association else dataset
 
 
 # -- the core's answer ---------------------------------------------------------------

@@ -13,10 +13,11 @@ exception, as C-GET returns instances over them: C-STORE is checked per request.
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import socket
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -25,7 +26,7 @@ from pynetdicom import sop_class as sop
 from pynetdicom.sop_class import _STORAGE_CLASSES
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..config import Config, ConfigError
+from ..config import ConfigError
 from ..errors import BadFileFormat, LanthornError, Rejected, StorageFull
 from .access import AccessRules
 from .commitment import PUSH_MODEL, serve_n_action, serve_n_event_report
@@ -33,6 +34,7 @@ from .find import serve_find
 from .request import PATIENT_ROOT, STUDY_ROOT, WORKLIST, origin_of
 from .retrieve import serve_get, serve_move
 from .scu import LanthornAE
+from .tls import listener_context
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -53,6 +55,7 @@ NOT_AUTHORIZED = 0x0124
 MAX_ERROR_COMMENT = 64
 
 
+STORAGE_CLASSES = frozenset(c.abstract_syntax for c in AllStoragePresentationContexts)
 #: The presentation contexts of the services that access rules govern by negotiation.
 SERVICE_CONTEXTS = {
     "Echo": (sop.Verification,),
@@ -72,7 +75,7 @@ def make_application_entity(server: Server) -> LanthornAE:
     ae.add_supported_context(sop.Verification, ALL_TRANSFER_SYNTAXES)
     for uid in (*PATIENT_ROOT, *STUDY_ROOT, WORKLIST):
         ae.add_supported_context(uid)  # uncompressed syntaxes
-    syntaxes = accepted_syntaxes(server.config)
+    syntaxes = accepted_syntaxes(server)
     # Storage commitment: requests from modalities (SCP) and their reports to us (SCU).
     ae.add_supported_context(PUSH_MODEL, scu_role=True, scp_role=True)
     for context in AllStoragePresentationContexts:
@@ -82,14 +85,34 @@ def make_application_entity(server: Server) -> LanthornAE:
     return ae
 
 
-def accepted_syntaxes(config: Config) -> list[str]:
+def accepted_syntaxes(server: Server) -> list[str]:
     """The transfer syntaxes ``AcceptedTransferSyntaxes`` (with wildcards) lets in."""
-    patterns = config["AcceptedTransferSyntaxes"]
+    return matching_syntaxes(listener_setting(server, "AcceptedTransferSyntaxes"))
+
+
+def matching_syntaxes(patterns: list[str]) -> list[str]:
     found = [uid for uid in ALL_TRANSFER_SYNTAXES
              if any(fnmatch.fnmatchcase(uid, str(pattern)) for pattern in patterns)]
     if not found:
         raise ConfigError(f"AcceptedTransferSyntaxes {patterns} matches no transfer syntax")
     return found
+
+
+#: Listener options that ``PUT /tools/...`` changes while the server runs.
+RUNTIME_SETTINGS = ("AcceptedTransferSyntaxes", "UnknownSopClassAccepted")
+
+
+def listener_setting(server: Server, name: str) -> Any:
+    """An option of the listener as the configuration sets it, unless it was changed
+    over REST: kept in the index, so every process applies it from its next association
+    (until a fresh start, as Orthanc forgets it at a restart)."""
+    stored = server.index.global_property(f"listener:{name}")
+    return server.config[name] if stored is None else json.loads(stored)
+
+
+def set_listener_setting(server: Server, name: str, value: Any) -> None:
+    server.index.set_global_property(f"listener:{name}", None if value is None
+                                     else json.dumps(value))
 
 
 class SharedPortServer(ThreadedAssociationServer):
@@ -104,9 +127,17 @@ class SharedPortServer(ThreadedAssociationServer):
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        """Accept with Nagle's algorithm off, as ``LanthornAE`` does for its requests."""
-        client, address = super().get_request()
+        """Accept with Nagle's algorithm off, as ``LanthornAE`` does for its requests.
+
+        With DICOM TLS the handshake happens in the association's own thread, on its first
+        read: pynetdicom does it here, in the accept loop, where one client that never
+        completes it stalls every other connection.
+        """
+        client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
         return client, address
 
 
@@ -115,9 +146,7 @@ def start_listener(server: Server) -> ThreadedAssociationServer:
     ae = make_application_entity(server)
     rules = AccessRules(server)
     address = (server.config["DicomBindAddress"] or "0.0.0.0", int(server.config["DicomPort"]))
-    unknown = accepted_syntaxes(server.config) if server.config["UnknownSopClassAccepted"] \
-        else None
-    handlers = [(evt.EVT_REQUESTED, _on_requested, [rules, unknown]),
+    handlers = [(evt.EVT_REQUESTED, _on_requested, [rules, server]),
                 (evt.EVT_ABORTED, _on_aborted),
                 (evt.EVT_C_ECHO, _on_echo),
                 (evt.EVT_C_STORE, _on_store, [server, rules]),
@@ -126,7 +155,8 @@ def start_listener(server: Server) -> ThreadedAssociationServer:
                 (evt.EVT_C_GET, serve_get, [server]),
                 (evt.EVT_N_ACTION, serve_n_action, [server, rules]),
                 (evt.EVT_N_EVENT_REPORT, serve_n_event_report, [server, rules])]
-    listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer)
+    listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer,
+                              ssl_context=listener_context(server.config))
     # A short poll interval: stopping waits for one poll.
     threading.Thread(target=listener.serve_forever, args=(0.1,), name="lanthorn-dicom",
                      daemon=True).start()
@@ -134,10 +164,10 @@ def start_listener(server: Server) -> ThreadedAssociationServer:
     return listener
 
 
-def _on_requested(event: Event, rules: AccessRules, unknown_syntaxes: list[str] | None
-                  ) -> None:
-    """Reject the association, or accept only the contexts of the services allowed, and
-    those of unknown SOP classes when ``unknown_syntaxes`` (UnknownSopClassAccepted)."""
+def _on_requested(event: Event, rules: AccessRules, server: Server) -> None:
+    """Reject the association, or accept only the contexts of the services allowed, in
+    the transfer syntaxes accepted now, and those of unknown SOP classes when
+    UnknownSopClassAccepted."""
     association = event.assoc
     request = association.requestor.primitive
     calling, called = request.calling_ae_title.strip(), request.called_ae_title.strip()
@@ -150,8 +180,10 @@ def _on_requested(event: Event, rules: AccessRules, unknown_syntaxes: list[str] 
         association.kill()  # as pynetdicom does after its own rejections
         return
     proposed = {c.abstract_syntax for c in request.presentation_context_definition_list}
-    if unknown_syntaxes:
-        _accept_unknown_classes(association, proposed, unknown_syntaxes)
+    syntaxes = accepted_syntaxes(server)
+    _storage_in(association, syntaxes)
+    if listener_setting(server, "UnknownSopClassAccepted"):
+        _accept_unknown_classes(association, proposed, syntaxes)
     refused: set[str] = set()
     for service, uids in SERVICE_CONTEXTS.items():
         why = rules.refusal(service, calling, address) if proposed & set(uids) else None
@@ -163,6 +195,14 @@ def _on_requested(event: Event, rules: AccessRules, unknown_syntaxes: list[str] 
         association.acceptor.supported_contexts = [
             c for c in association.acceptor.supported_contexts
             if c.abstract_syntax not in refused]
+
+
+def _storage_in(association: Association, syntaxes: list[str]) -> None:
+    """Storage contexts of this association in the syntaxes accepted now (they may have
+    changed since the listener started)."""
+    for context in association.acceptor.supported_contexts:
+        if context.abstract_syntax in STORAGE_CLASSES:
+            context.transfer_syntax = syntaxes
 
 
 def _accept_unknown_classes(association: Association, proposed: set[str],

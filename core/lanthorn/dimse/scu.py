@@ -34,6 +34,7 @@ from ..ingest import DICOM_ATTACHMENT
 from ..model import Level
 from ..storage import read_all
 from ..transcode import transcode
+from .tls import client_context
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -111,6 +112,8 @@ def associate(server: Server, modality: Modality, contexts: list[PresentationCon
         timeout = float(modality.timeout or server.config["DicomScuTimeout"])
     timeout = timeout or None
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    if modality.use_tls:
+        options["tls_args"] = (client_context(server.config), None)
     association = ae.associate(modality.host, modality.port, contexts, modality.aet,
                                max_pdu=int(server.config["MaximumPduLength"]), **options)
     if not association.is_established:

@@ -95,6 +95,15 @@ instance_headers = Table(
     Column("header", LargeBinary, nullable=False),
 )
 
+#: DICOM JSON of an instance (DICOMweb metadata), derived from its header when first
+#: asked for and kept (compressed): a cache that may miss any row, never a source.
+instance_json = Table(
+    "instance_json",
+    metadata,
+    _resource_fk(primary_key=True),
+    Column("json", LargeBinary, nullable=False),
+)
+
 labels = Table(
     "labels",
     metadata,

@@ -293,6 +293,42 @@ class SqlIndex:
             return conn.scalar(select(s.instance_headers.c.header)
                                .where(s.instance_headers.c.resource_id == instance_id)) or b""
 
+    def headers(self, instance_ids: Sequence[int]) -> dict[int, bytes]:
+        """The saved headers of several instances (DICOMweb series metadata), batched."""
+        found: dict[int, bytes] = {}
+        column = s.instance_headers.c
+        with self.read() as conn:
+            for start in range(0, len(instance_ids), self.ID_BATCH):
+                batch = instance_ids[start:start + self.ID_BATCH]
+                found.update(conn.execute(select(column.resource_id, column.header)
+                                          .where(column.resource_id.in_(batch))).all())
+        return found
+
+    def instance_json(self, instance_ids: Sequence[int]) -> dict[int, bytes]:
+        """The kept DICOM JSON of those instances that have some (see ``keep_json``)."""
+        found: dict[int, bytes] = {}
+        column = s.instance_json.c
+        with self.read() as conn:
+            for start in range(0, len(instance_ids), self.ID_BATCH):
+                batch = instance_ids[start:start + self.ID_BATCH]
+                found.update(conn.execute(select(column.resource_id, column.json)
+                                          .where(column.resource_id.in_(batch))).all())
+        return found
+
+    def keep_json(self, values: dict[int, bytes]) -> None:
+        """Keep rendered DICOM JSON (a cache: deleted with its instance, and losing a
+        race with a deletion or another writer loses nothing)."""
+        if not values:
+            return
+        column = s.instance_json.c
+        try:
+            with self.write() as conn:
+                conn.execute(delete(s.instance_json).where(column.resource_id.in_(list(values))))
+                conn.execute(insert(s.instance_json),
+                             [{"resource_id": k, "json": v} for k, v in values.items()])
+        except IntegrityError:  # an instance was deleted meanwhile: nothing to keep
+            pass
+
     def attachment(self, resource_id: int, content_type: int) -> Attachment | None:
         with self.read() as conn:
             row = conn.execute(select(s.attachments).where(
@@ -658,6 +694,19 @@ class SqlIndex:
             return conn.execute(delete(s.pseudonyms).where(
                 s.pseudonyms.c.scope == scope, s.pseudonyms.c.patient == patient)).rowcount
 
+    def global_property(self, name: str) -> str | None:
+        with self.read() as conn:
+            return conn.scalar(select(s.global_properties.c.value)
+                               .where(s.global_properties.c.name == name))
+
+    def set_global_property(self, name: str, value: str | None) -> None:
+        """Set a global property, or forget it (``None``)."""
+        g = s.global_properties.c
+        with self.write() as conn:
+            conn.execute(delete(s.global_properties).where(g.name == name))
+            if value is not None:
+                conn.execute(insert(s.global_properties).values(name=name, value=value))
+
     def next_counter(self, name: str) -> int:
         """Increment and return a counter kept in the global properties."""
         g = s.global_properties.c
@@ -666,6 +715,39 @@ class SqlIndex:
             conn.execute(delete(s.global_properties).where(g.name == name))
             conn.execute(insert(s.global_properties).values(name=name, value=str(value)))
             return value
+
+    # -- exported resources (LogExportedResources) ---------------------------------------
+
+    def log_export(self, public_id: str, remote: str) -> None:
+        """Record that an instance was sent to ``remote`` (a modality's AET, a peer)."""
+        instance = self.lookup(public_id)
+        if instance is None:
+            return
+        tags: dict[int, str] = {}
+        for resource in (instance, *self.ancestors(instance.id)):
+            tags |= self.main_tags_of(resource.id)
+        uids = [tags.get(tag_for_keyword(IDENTIFIER_KEYWORDS[level]), "") for level in Level]
+        with self.write() as conn:
+            conn.execute(insert(s.exported_resources).values(
+                level=int(Level.INSTANCE), public_id=public_id, remote_modality=remote,
+                patient_id=uids[0], study_uid=uids[1], series_uid=uids[2], sop_uid=uids[3],
+                date=orthanc_date(time.time())))
+
+    def exports(self, since: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Orthanc's ``/exports`` entries after ``since``."""
+        table = s.exported_resources
+        with self.read() as conn:
+            rows = conn.execute(select(table).where(table.c.seq > since)
+                                .order_by(table.c.seq).limit(limit)).all()
+        return [{"Date": r.date, "ID": r.public_id, "Path": f"/instances/{r.public_id}",
+                 "PatientID": r.patient_id, "RemoteModality": r.remote_modality,
+                 "ResourceType": "Instance", "SOPInstanceUID": r.sop_uid, "Seq": r.seq,
+                 "SeriesInstanceUID": r.series_uid, "StudyInstanceUID": r.study_uid}
+                for r in rows]
+
+    def clear_exports(self) -> None:
+        with self.write() as conn:
+            conn.execute(delete(s.exported_resources))
 
     # -- remote nodes defined over REST --------------------------------------------------
 

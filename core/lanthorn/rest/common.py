@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..dicom import Mode
-from ..errors import BadRequest, UnknownResource
+from ..errors import BadRequest, RangeNotSatisfiable, UnknownResource
 from ..index.records import Resource
 from ..model import Level
 
@@ -83,3 +83,23 @@ def asynchronous(options: dict[str, Any]) -> bool:
 
 def job_answer(job_id: str) -> JSONResponse:
     return answer({"ID": job_id, "Path": f"/jobs/{job_id}"})
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int]:
+    """``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` as a half-open interval."""
+    if header is None:
+        return 0, size
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    try:
+        if unit.strip() != "bytes" or not dash or "," in spec:
+            raise ValueError
+        if not first:
+            start, end = max(0, size - int(last)), size
+        else:
+            start, end = int(first), min(size, int(last) + 1) if last else size
+    except ValueError:
+        raise RangeNotSatisfiable(f'unsupported Range "{header}": use one "bytes=a-b"') from None
+    if start >= end:
+        raise RangeNotSatisfiable(f'Range "{header}" is outside the {size} bytes of the file')
+    return start, end

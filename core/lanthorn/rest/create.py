@@ -29,10 +29,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..dicom import BINARY_VRS
-from ..dimse.find import CHARACTER_SETS, FLOAT_VRS, INTEGER_VRS, UTF8
+from ..dimse.find import CHARACTER_SETS, UTF8
 from ..errors import BadRequest, UnknownResource
 from ..model import MODULE_TAGS, Level, parse_tag
-from ..requested import first_header
+from ..requested import FLOAT_VRS, INTEGER_VRS, first_header
 from ..transcode import write
 from ..types import Origin
 from .common import answer, json_body, server_of

@@ -21,12 +21,12 @@ from ..dicom import (
     element_string,
     read_header,
 )
-from ..errors import BadFileFormat, BadRequest, Forbidden, InexistentItem, RangeNotSatisfiable
+from ..errors import BadFileFormat, BadRequest, Forbidden, InexistentItem
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level, format_tag, parse_tag
 from ..storage import COMPRESSION_NONE, read_all, read_chunks
 from ..types import Origin
-from .common import answer, dicom_form, resource_of, server_of
+from .common import answer, byte_range, dicom_form, resource_of, server_of
 
 if TYPE_CHECKING:
     from ..index.records import Attachment, Resource
@@ -93,33 +93,13 @@ def serve_attachment(request: Request, server: Server, attachment: Attachment,
     """Stream an attachment (inflated, or as ``stored`` on disk); one byte range allowed."""
     compression = COMPRESSION_NONE if stored else attachment.compression
     size = attachment.compressed_size if stored else attachment.uncompressed_size
-    start, end = _byte_range(request.headers.get("range"), size)
+    start, end = byte_range(request.headers.get("range"), size)
     chunks = read_chunks(server.storage, attachment.uuid, compression, start, end)
     headers = {**(headers or {}), "Content-Length": str(end - start), "Accept-Ranges": "bytes"}
     if "range" not in request.headers:
         return StreamingResponse(chunks, media_type=media_type, headers=headers)
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     return StreamingResponse(chunks, status_code=206, media_type=media_type, headers=headers)
-
-
-def _byte_range(header: str | None, size: int) -> tuple[int, int]:
-    """``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` as a half-open interval."""
-    if header is None:
-        return 0, size
-    unit, _, spec = header.partition("=")
-    first, dash, last = spec.strip().partition("-")
-    try:
-        if unit.strip() != "bytes" or not dash or "," in spec:
-            raise ValueError
-        if not first:
-            start, end = max(0, size - int(last)), size
-        else:
-            start, end = int(first), min(size, int(last) + 1) if last else size
-    except ValueError:
-        raise RangeNotSatisfiable(f'unsupported Range "{header}": use one "bytes=a-b"') from None
-    if start >= end:
-        raise RangeNotSatisfiable(f'Range "{header}" is outside the {size} bytes of the file')
-    return start, end
 
 
 def _dataset(request: Request):  # noqa: ANN202 - a pydicom Dataset

@@ -48,6 +48,17 @@ async def echo(request: Request) -> Response:
     return answer({})
 
 
+async def echo_anywhere(request: Request) -> Response:
+    """``POST /tools/dicom-echo``: C-ECHO to a modality given in the body, configured or
+    not (Orthanc's object form: AET, Host, Port, Timeout...)."""
+    try:
+        modality = parse_modality("(dicom-echo)", json_body(await request.body()))
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from None
+    await run_in_threadpool(scu.echo, server_of(request), modality)
+    return answer({})
+
+
 async def store(request: Request) -> Response:
     modality = modality_of(request)
     body = await request.body()
@@ -64,7 +75,8 @@ def send_to_modality(server: Server, parameters: dict[str, Any], checkpoint: dic
                   parameters.get("MoveOriginatorID"))
     scu.store(server, modality, scu.plan(server, instances[checkpoint.get("Next", 0):]),
               originator=originator, permissive=bool(parameters.get("Permissive", False)),
-              after_each=lambda stored: advance(checkpoint, len(instances), stored, progress))
+              after_each=lambda stored: advance(server, parameters, checkpoint, stored, progress,
+                                                remote=modality.aet))
 
 
 def store_report(server: Server, parameters: dict[str, Any],
@@ -137,5 +149,6 @@ def routes() -> list[Route]:
         Route("/modalities/{id}/store-straight", store_straight, methods=["POST"]),
         Route("/modalities/{id}/configuration", configuration, methods=["GET"]),
         Route("/modalities/{id}/echo", echo, methods=["POST"]),
+        Route("/tools/dicom-echo", echo_anywhere, methods=["POST"]),
         Route("/modalities/{id}/store", store, methods=["POST"]),
     ]

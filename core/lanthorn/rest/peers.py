@@ -91,7 +91,7 @@ def send_to_peer(server: Server, parameters: dict[str, Any], checkpoint: dict[st
         for public_id in instances[checkpoint.get("Next", 0):]:
             data = _file(server, public_id)
             if data is None:  # deleted since the request: nothing to send
-                advance(checkpoint, len(instances), True, progress)
+                advance(server, parameters, checkpoint, True, progress, remote=remote.name)
                 continue
             response = client.post("instances", content=data)
             if not response.is_success:
@@ -99,7 +99,8 @@ def send_to_peer(server: Server, parameters: dict[str, Any], checkpoint: dict[st
                            f"{response.status_code} {response.text[:300]}")
                 if not parameters.get("Permissive", False):
                     raise NetworkError(message)
-            advance(checkpoint, len(instances), response.is_success, progress, len(data))
+            advance(server, parameters, checkpoint, response.is_success, progress,
+                    remote=remote.name, size=len(data))
 
 
 def _file(server: Server, public_id: str) -> bytes | None:

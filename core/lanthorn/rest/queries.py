@@ -29,7 +29,7 @@ from ..dimse.request import WORKLIST
 from ..errors import BadRequest, UnknownResource
 from ..index.queries import QueryRecord
 from ..jobs import JobContext, JobType
-from ..model import Level
+from ..model import Level, format_tag
 from .common import answer, asynchronous, dicom_form, job_answer, json_body, server_of, text
 from .modalities import modality_of
 
@@ -81,14 +81,47 @@ def _normalized(server: Server, asked: Dataset, level: Level) -> Dataset:
 
 
 async def find_level(request: Request) -> Response:
-    """The deprecated ``/modalities/{id}/find-<level>``: a flat query, simplified answers."""
+    """The deprecated ``/modalities/{id}/find-<level>``: a flat query, simplified answers
+    with the level's main tags."""
     body = _object(await request.body())
     level = Level.parse(request.url.path.rsplit("find-", 1)[1])
     asked = remote.dataset_of(_mapping(body, "The body"))
-    answers = await run_in_threadpool(
-        remote.find, server_of(request), modality_of(request),
-        remote.identifier(asked, level), remote.find_model(level))
+    answers = await run_in_threadpool(_find_main_tags, server_of(request),
+                                      modality_of(request), level, asked)
     return answer([dataset_json(a, "simplify") for a in answers])
+
+
+async def find_hierarchy(request: Request) -> Response:
+    """The deprecated ``/modalities/{id}/find``: the patients a query matches, each with
+    its ``Studies``, each with its ``Series`` (one C-FIND per level and parent)."""
+    asked = remote.dataset_of(_mapping(_object(await request.body()), "The body"))
+    return answer(await run_in_threadpool(_hierarchy, server_of(request),
+                                          modality_of(request), asked))
+
+
+def _hierarchy(server: Server, modality: Modality, asked: Dataset) -> list[dict[str, Any]]:
+    def below(level: Level, parent: Dataset, key: str) -> list[Dataset]:
+        return _find_main_tags(server, modality, level,
+                               remote.dataset_of({key: str(parent.get(key, ""))}))
+
+    patients = []
+    for patient in _find_main_tags(server, modality, Level.PATIENT, asked):
+        studies = [{**dataset_json(study, "simplify"),
+                    "Series": [dataset_json(series, "simplify") for series in
+                               below(Level.SERIES, study, "StudyInstanceUID")]}
+                   for study in below(Level.STUDY, patient, "PatientID")]
+        patients.append({**dataset_json(patient, "simplify"), "Studies": studies})
+    return patients
+
+
+def _find_main_tags(server: Server, modality: Modality, level: Level,
+                    asked: Dataset) -> list[Dataset]:
+    """C-FIND at ``level`` asking for the level's main tags too, as Orthanc does."""
+    query = remote.dataset_of({format_tag(tag): "" for tag in server.main_tags.by_level[level]
+                               if tag not in asked})
+    query.update(asked)
+    return remote.find(server, modality, remote.identifier(query, level),
+                       remote.find_model(level))
 
 
 async def find_worklist(request: Request) -> Response:
@@ -349,6 +382,7 @@ def routes() -> list[Route]:
         Route("/modalities/{id}/move", retrieve_resources("C-MOVE"), methods=["POST"]),
         Route("/modalities/{id}/get", retrieve_resources("C-GET"), methods=["POST"]),
         Route("/modalities/{id}/find-worklist", find_worklist, methods=["POST"]),
+        Route("/modalities/{id}/find", find_hierarchy, methods=["POST"]),
         *(Route(f"/modalities/{{id}}/find-{level.name.lower()}", find_level, methods=["POST"])
           for level in Level),
         Route("/queries", list_queries, methods=["GET"]),

@@ -74,14 +74,20 @@ class Destination:
         return JobType(self.job_type, run, retry=True)
 
 
-def advance(checkpoint: dict[str, Any], total: int, stored: bool,
-            progress: Callable[[float], None] | None, size: int = 0) -> None:
-    """Count one more instance done (and whether it failed) in the checkpoint."""
-    checkpoint["Next"] = checkpoint.get("Next", 0) + 1
+def advance(server: Server, parameters: dict[str, Any], checkpoint: dict[str, Any],
+            stored: bool, progress: Callable[[float], None] | None, *, remote: str,
+            size: int = 0) -> None:
+    """Count one more instance done (and whether it failed) in the checkpoint; with
+    ``LogExportedResources``, record a stored one in ``/exports`` as sent to ``remote``."""
+    instances = parameters["Instances"]
+    done = checkpoint.get("Next", 0)
+    if stored and server.config["LogExportedResources"]:
+        server.index.log_export(instances[done], remote)
+    checkpoint["Next"] = done + 1
     checkpoint["Failed"] = checkpoint.get("Failed", 0) + (not stored)
     checkpoint["Size"] = checkpoint.get("Size", 0) + size
     if progress is not None:
-        progress(checkpoint["Next"] / total)
+        progress(checkpoint["Next"] / len(instances))
 
 
 def store_request(body: bytes) -> tuple[list[str], dict[str, Any]]:

@@ -24,9 +24,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
+from ..config import ConfigError
 from ..dicom import dataset_json
 from ..dimse.find import CHARACTER_SETS
-from ..dimse.scp import make_application_entity
+from ..dimse.scp import (
+    listener_setting,
+    make_application_entity,
+    matching_syntaxes,
+    set_listener_setting,
+)
 from ..errors import BadRequest, UnknownResource
 from ..index.records import Resource, ResourceInfo
 from ..model import MODULE_TAGS, Level, parse_tag
@@ -35,6 +41,7 @@ from ..requested import first_header
 from .common import (
     answer,
     dicom_form,
+    integer,
     json_body,
     level_of,
     resource_of,
@@ -100,7 +107,34 @@ async def put_default_encoding(request: Request) -> Response:
 
 
 def unknown_sop_class_accepted(request: Request) -> Response:
-    return text("1" if server_of(request).config["UnknownSopClassAccepted"] else "0")
+    accepted = listener_setting(server_of(request), "UnknownSopClassAccepted")
+    return text("1" if accepted else "0")
+
+
+async def set_unknown_sop_class_accepted(request: Request) -> Response:
+    """Orthanc's body: "1"/"0" or "true"/"false"; every process applies it at once."""
+    value = (await request.body()).decode(errors="replace").strip().lower()
+    if value not in ("1", "0", "true", "false"):
+        raise BadRequest('the body must be "1", "0", "true" or "false"')
+    await run_in_threadpool(set_listener_setting, server_of(request),
+                            "UnknownSopClassAccepted", value in ("1", "true"))
+    return text("")
+
+
+async def set_accepted_transfer_syntaxes(request: Request) -> Response:
+    """A list of transfer syntax UIDs (``*``/``?`` wildcards) or one; the answer is
+    the syntaxes accepted from now on."""
+    patterns = json_body(await request.body())
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise BadRequest("the body must be a list of transfer syntax UIDs")
+    try:
+        matching_syntaxes(patterns)
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from None
+    server = server_of(request)
+    await run_in_threadpool(set_listener_setting, server, "AcceptedTransferSyntaxes", patterns)
+    return accepted_transfer_syntaxes(request)
 
 
 def accepted_transfer_syntaxes(request: Request) -> Response:
@@ -310,8 +344,16 @@ def _frame_count(tags: dict[int, str]) -> int:
 
 
 def exports(request: Request) -> Response:
-    """Resources sent to modalities or peers: none until Lanthorn can send (issue 5)."""
-    return answer({"Exports": [], "Done": True, "Last": 0})
+    """Instances sent to modalities or peers (recorded with ``LogExportedResources``)."""
+    since, limit = integer(request, "since"), integer(request, "limit", 100) or 100
+    found = server_of(request).index.exports(since, limit + 1)
+    last = found[:limit][-1]["Seq"] if found[:limit] else since
+    return answer({"Exports": found[:limit], "Done": len(found) <= limit, "Last": last})
+
+
+def clear_exports(request: Request) -> Response:
+    server_of(request).index.clear_exports()
+    return answer({})
 
 
 def routes() -> list[Route]:
@@ -326,6 +368,10 @@ def routes() -> list[Route]:
         Route("/tools/accepted-transfer-syntaxes", accepted_transfer_syntaxes, methods=["GET"]),
         Route("/tools/accepted-sop-classes", accepted_sop_classes, methods=["GET"]),
         Route("/tools/unknown-sop-class-accepted", unknown_sop_class_accepted, methods=["GET"]),
+        Route("/tools/unknown-sop-class-accepted", set_unknown_sop_class_accepted,
+              methods=["PUT"]),
+        Route("/tools/accepted-transfer-syntaxes", set_accepted_transfer_syntaxes,
+              methods=["PUT"]),
         Route("/tools/dicom-conformance", dicom_conformance, methods=["GET"]),
         *(Route(path, get_log_level, methods=["GET"]) for path in log_paths),
         *(Route(path, put_log_level, methods=["PUT"]) for path in log_paths),
@@ -334,6 +380,7 @@ def routes() -> list[Route]:
         Route("/instances/{id}/frames", frames, methods=["GET"]),
         Route("/series/{id}/ordered-slices", ordered_slices, methods=["GET"]),
         Route("/exports", exports, methods=["GET"]),
+        Route("/exports", clear_exports, methods=["DELETE"]),
         Route(f"/{LEVELS}/{{id}}/reconstruct", reconstruct_resource, methods=["POST"]),
         Route("/tools/reconstruct", reconstruct_everything, methods=["POST"]),
     ]

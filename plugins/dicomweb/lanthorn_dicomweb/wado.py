@@ -1,0 +1,297 @@
+"""WADO-RS (PS3.18 10.4): instances, metadata, bulk data and frames.
+
+Instances stream from the storage area one after the other. Metadata comes from the
+headers the index saved at ingest, never from the files; bulk data and frames read
+only the byte ranges they need.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import pydicom.encaps
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from lanthorn import BadRequest, Level, Server, UnknownResource
+from lanthorn.dicom import read_header
+from lanthorn.errors import InexistentItem
+from lanthorn.index.records import Attachment
+from lanthorn.ingest import DICOM_ATTACHMENT
+from lanthorn.rest.common import byte_range
+from lanthorn.storage import read_all, read_chunks
+from lanthorn.transcode import WRITABLE, check_syntax, transcode
+
+from .json_model import BINARY_VRS, PIXEL_DATA, dataset_json
+from .multipart import new_boundary, related_type, write_parts
+from .options import Options
+from .resources import base_url, instances, path_level, path_uids, retrieve_url
+from .responses import NotAcceptable, choose, json_array, require_json, wanted
+
+DICOM = "application/dicom"
+OCTETS = "application/octet-stream"
+SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
+#: Media types of compressed frames (PS3.18 Table 8.7.3-4).
+FRAME_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg", "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx", "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc", "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc", "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+#: Explicit VRs whose element header has a 4-byte length (PS3.5 7.1.2).
+LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+
+
+# -- instances ------------------------------------------------------------------------
+
+
+def retrieve(request: Request, server: Server) -> Response:
+    """Every instance of the study, series or instance, as multipart application/dicom:
+    the stored files, or transcoded one by one when the client asks for another syntax."""
+    ids = instances(server, path_level(request), path_uids(request))
+    wants = wanted(request, DICOM)
+    files = stored_files(server, ids)
+    targets = [writable(choose(wants, DICOM, syntax)) for _, syntax in files]
+    sent = {target or syntax for (_, syntax), target in zip(files, targets, strict=True)}
+    boundary = new_boundary()
+    parts = (dicom_part(server, attachment, target or syntax, target is not None)
+             for (attachment, syntax), target in zip(files, targets, strict=True))
+    media_type = related_type(DICOM, boundary, sent.pop() if len(sent) == 1 else "")
+    return StreamingResponse(write_parts(parts, boundary), media_type=media_type)
+
+
+def writable(syntax: str | None) -> str | None:
+    """A transfer syntax the core's transcoding can write; 406 naming it otherwise."""
+    if syntax is not None and check_syntax(syntax) not in WRITABLE:
+        raise NotAcceptable(f"cannot transcode to {syntax}; possible: {', '.join(WRITABLE)}")
+    return syntax
+
+
+def dicom_part(server: Server, attachment: Attachment, syntax: str,
+                transcoded: bool) -> tuple[str, Iterable[bytes]]:
+    """One instance: its stored bytes streamed, or (lazily) transcoded to ``syntax``."""
+    blocks: Iterable[bytes] = read_chunks(server.storage, attachment.uuid,
+                                          attachment.compression)
+    if transcoded:
+        blocks = _transcoded(server, attachment, syntax)
+    return f"{DICOM}; transfer-syntax={syntax}", blocks
+
+
+def _transcoded(server: Server, attachment: Attachment, syntax: str) -> Iterator[bytes]:
+    yield transcode(server, read_all(server.storage, attachment.uuid, attachment.compression),
+                    [syntax])
+
+
+def stored_files(server: Server, ids: Sequence[int]) -> list[tuple[Attachment, str]]:
+    """Each instance's file and transfer syntax, read in batches before streaming."""
+    result = []
+    for start in range(0, len(ids), server.index.ID_BATCH):
+        for info in server.index.describe(ids[start:start + server.index.ID_BATCH]):
+            attachment = info.attachments.get(DICOM_ATTACHMENT)
+            if attachment is None:
+                raise InexistentItem(f"instance {info.resource.public_id} has no DICOM file")
+            result.append((attachment, info.metadata.get("TransferSyntax", "")))
+    return result
+
+
+# -- metadata --------------------------------------------------------------------------
+
+
+def metadata(request: Request, server: Server, options: Options) -> Response:
+    """The DICOM JSON of every instance, streamed: kept JSON where there is some, else
+    rendered from the saved header (and kept, with ``EnableMetadataCache``)."""
+    require_json(request)
+    ids = instances(server, path_level(request), path_uids(request))
+    base = json.dumps(base_url(request, options))[1:-1].encode()
+
+    def items() -> Iterator[bytes]:
+        for start in range(0, len(ids), server.index.ID_BATCH):
+            batch = ids[start:start + server.index.ID_BATCH]
+            kept = server.index.instance_json(batch) if options.metadata_cache else {}
+            rendered = _render(server, [i for i in batch if i not in kept])
+            if options.metadata_cache:
+                server.index.keep_json({i: zlib.compress(j, 1) for i, j in rendered.items()})
+            for instance in batch:
+                text = zlib.decompress(kept[instance]) if instance in kept \
+                    else rendered.get(instance)
+                if text is not None:  # None: deleted since the look-up
+                    yield text.replace(BASE_MARKER, base)
+
+    return json_array(items())
+
+
+#: Stands for the base URL in kept JSON (clients reach the server under several names).
+BASE_MARKER = b"\\u0000lanthorn-base\\u0000"
+
+
+def _render(server: Server, ids: list[int]) -> dict[int, bytes]:
+    """DICOM JSON of instances from their saved headers, with BASE_MARKER as base URL."""
+    if not ids:
+        return {}
+    headers = server.index.headers(ids)
+    marker = json.loads(b'"' + BASE_MARKER + b'"')
+    return {info.resource.id: json.dumps(
+                instance_json(read_header(headers[info.resource.id]), info.metadata, marker),
+                ensure_ascii=False, separators=(",", ":")).encode()
+            for info in server.index.describe(ids) if info.resource.id in headers}
+
+
+def instance_json(header: Dataset, metadata: dict[str, str], base: str) -> dict[str, Any]:
+    """One instance's metadata; the pixel data (cut from the header) as a BulkDataURI."""
+    url = retrieve_url(base, str(header.StudyInstanceUID), str(header.SeriesInstanceUID),
+                       str(header.SOPInstanceUID))
+    result = dataset_json(header, lambda path: f"{url}/bulk/{path}")
+    if "PixelDataOffset" in metadata:
+        encapsulated = UID(metadata.get("TransferSyntax", "")).is_encapsulated
+        wide = int(header.get("BitsAllocated", 8) or 8) > 8
+        result[f"{PIXEL_DATA:08X}"] = {"vr": "OW" if wide and not encapsulated else "OB",
+                                       "BulkDataURI": f"{url}/bulk/{PIXEL_DATA:08x}"}
+    return result
+
+
+# -- bulk data and frames -------------------------------------------------------------
+
+
+class _Instance:
+    """One stored instance: its file, header and where its pixel data lies in the file."""
+
+    def __init__(self, server: Server, request: Request) -> None:
+        self.server = server
+        (self.id,) = instances(server, Level.INSTANCE, path_uids(request))[:1]
+        attachment = server.index.attachment(self.id, DICOM_ATTACHMENT)
+        if attachment is None:
+            raise InexistentItem("this instance has no DICOM file")
+        self.file = attachment
+        self.metadata = server.index.metadata(self.id)
+        self.syntax = self.metadata.get("TransferSyntax", "")
+        self.header = read_header(server.index.header(self.id))
+
+    def read(self, start: int, end: int) -> bytes:
+        return b"".join(read_chunks(self.server.storage, self.file.uuid, self.file.compression,
+                                    start, end))
+
+    def pixel_span(self) -> tuple[int, int, bool]:
+        """Start and end of the pixel data value in the file, and whether encapsulated."""
+        if "PixelDataOffset" not in self.metadata:
+            raise InexistentItem("this instance has no pixel data")
+        offset = int(self.metadata["PixelDataOffset"])
+        implicit = UID(self.syntax).is_implicit_VR
+        head = self.read(offset, offset + 12)
+        little = UID(self.syntax).is_little_endian
+        if implicit:
+            size, start = struct.unpack("<I" if little else ">I", head[4:8])[0], offset + 8
+        elif head[4:6] in LONG_VRS:
+            size, start = struct.unpack("<I" if little else ">I", head[8:12])[0], offset + 12
+        else:
+            size, start = struct.unpack("<H" if little else ">H", head[6:8])[0], offset + 8
+        if size != 0xFFFFFFFF:
+            return start, start + size, False
+        value = self.read(start, self.file.uncompressed_size)
+        return start, start + value.rfind(SEQUENCE_DELIMITER), True
+
+
+def bulk(request: Request, server: Server) -> Response:
+    """A bulk data value (any element the metadata gave a BulkDataURI), with Range."""
+    instance = _Instance(server, request)
+    path = request.path_params["path"].strip("/").lower()
+    if path == f"{PIXEL_DATA:08x}":
+        start, end, _ = instance.pixel_span()
+        size = end - start
+        low, high = byte_range(request.headers.get("range"), size)
+        blocks: Any = read_chunks(server.storage, instance.file.uuid, instance.file.compression,
+                                  start + low, start + high)
+    else:
+        value = _element_bytes(instance.header, path)
+        size = len(value)
+        low, high = byte_range(request.headers.get("range"), size)
+        blocks = [value[low:high]]
+    boundary = new_boundary()
+    status, headers = 200, {}
+    if "range" in request.headers:
+        status, headers = 206, {"Content-Range": f"bytes {low}-{high - 1}/{size}"}
+    return StreamingResponse(write_parts([(OCTETS, blocks)], boundary), status_code=status,
+                             media_type=related_type(OCTETS, boundary), headers=headers)
+
+
+def _element_bytes(dataset: Dataset, path: str) -> bytes:
+    """The raw value at ``tag/item/tag...`` in the header; 404 naming the path if absent."""
+    steps = path.split("/")
+    node: Dataset = dataset
+    for position in range(0, len(steps), 2):
+        try:
+            tag = int(steps[position], 16)
+        except ValueError:
+            raise InexistentItem(f'"{path}" is not a path of tags and item numbers') from None
+        if tag not in node:
+            raise InexistentItem(f'no element "{path}" in this instance')
+        if position + 1 == len(steps):
+            raw, element = node.get_item(tag), node[tag]
+            if element.VR not in BINARY_VRS or not isinstance(element.value, bytes):
+                raise InexistentItem(f'"{path}" is not bulk data')
+            return raw.value if isinstance(raw, RawDataElement) else element.value
+        items = node[tag].value
+        index = steps[position + 1]
+        if not index.isdigit() or int(index) >= len(items or []):
+            raise InexistentItem(f'no item "{index}" in "{steps[position]}"')
+        node = items[int(index)]
+    raise InexistentItem(f'"{path}" names a sequence item, not an element')
+
+
+def frames(request: Request, server: Server) -> Response:
+    """Frames (1-based numbers, "1,3,5") as stored: native bytes or compressed fragments."""
+    instance = _Instance(server, request)
+    header = instance.header
+    count = int(header.get("NumberOfFrames", 1) or 1)
+    numbers = _frame_numbers(request.path_params["frames"], count)
+    encapsulated_syntax = UID(instance.syntax).is_encapsulated
+    media_type = FRAME_TYPES.get(instance.syntax, OCTETS) if encapsulated_syntax else OCTETS
+    if choose(wanted(request, OCTETS), media_type, instance.syntax) is not None:
+        raise NotAcceptable(f"the frames are stored in {instance.syntax}; transcoding "
+                            "frames is not available yet")
+    start, end, encapsulated = instance.pixel_span()
+    if encapsulated:
+        value = instance.read(start, end)
+        contents = [pydicom.encaps.get_frame(io.BytesIO(value), n - 1, number_of_frames=count)
+                    for n in numbers]
+        parts: list[tuple[str, Any]] = [(f"{media_type}; transfer-syntax={instance.syntax}",
+                                         [c]) for c in contents]
+    else:
+        size = _frame_size(header)
+        if start + size * count > end:
+            raise InexistentItem(f"the pixel data is shorter than {count} frames")
+        parts = [(f"{OCTETS}; transfer-syntax={instance.syntax}",
+                  read_chunks(server.storage, instance.file.uuid, instance.file.compression,
+                              start + (n - 1) * size, start + n * size)) for n in numbers]
+    boundary = new_boundary()
+    return StreamingResponse(write_parts(parts, boundary),
+                             media_type=related_type(media_type, boundary, instance.syntax))
+
+
+def _frame_numbers(text: str, count: int) -> list[int]:
+    numbers = []
+    for item in text.split(","):
+        if not item.strip().isdigit() or int(item) < 1:
+            raise BadRequest(f'frame numbers are positive integers separated by ",": "{text}"')
+        if int(item) > count:
+            raise UnknownResource(f"frame {int(item)} does not exist: the instance has {count}")
+        numbers.append(int(item))
+    return numbers
+
+
+def _frame_size(header: Dataset) -> int:
+    bits = int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1)) \
+        * int(header.BitsAllocated)
+    if bits % 8:
+        raise InexistentItem("frames of this instance do not start on byte boundaries")
+    return bits // 8
