@@ -476,17 +476,22 @@ def test_an_interrupted_operation_resumes_from_its_state(lanthorn_server: Server
     assert _count(lanthorn_client) == 6
 
 
+def _finished(client: Any, submitted: dict[str, Any]) -> dict[str, Any]:
+    """The job once it has succeeded or failed."""
+    assert submitted["Path"] == f"/jobs/{submitted['ID']}"
+    deadline = time.monotonic() + 30
+    while (job := client.get(submitted["Path"]).json())["State"] not in ("Success", "Failure"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
 def test_asynchronous_anonymization_is_a_resource_modification_job(
         lanthorn_client: Any) -> None:
     first = _study(lanthorn_client)
     submitted = lanthorn_client.post(f"/studies/{first['ParentStudy']}/anonymize",
                                      json={"Asynchronous": True}).json()
-    assert submitted["Path"] == f"/jobs/{submitted['ID']}"
-    deadline = time.monotonic() + 30
-    while (job := lanthorn_client.get(submitted["Path"]).json())["State"] not in \
-            ("Success", "Failure"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
+    job = _finished(lanthorn_client, submitted)
     assert (job["Type"], job["State"]) == ("ResourceModification", "Success")
     assert (job["Content"]["InstancesCount"], job["Content"]["IsAnonymization"]) == (3, True)
     assert _count(lanthorn_client) == 6
@@ -581,3 +586,92 @@ def test_pseudonyms_are_off_unless_asked(lanthorn_client: Any) -> None:
         f"/studies/{study}/anonymize", json={"PersistentPseudonyms": "yes"}))
     assert json.loads(lanthorn_client.post("/tools/pseudonyms", json={
         "Scope": "x", "PatientID": "unknown"}).text)["Mappings"] == []
+
+
+# -- split and merge --------------------------------------------------------------------
+
+def test_split_series_into_a_new_study(lanthorn_client: Any) -> None:
+    first = _study(lanthorn_client)
+    study = first["ParentStudy"]
+    answer = lanthorn_client.post(f"/studies/{study}/split", json={
+        "Series": [first["ParentSeries"]], "Replace": {"StudyDescription": "Split",
+                                                       "PatientID": "OTHER"},
+        "Remove": ["AccessionNumber"]})
+    assert answer.status_code == 200, answer.text
+    split = answer.json()
+    assert set(split) == {"Description", "FailedInstancesCount", "InstancesCount",
+                          "TargetStudy", "TargetStudyUID"}
+    assert (split["InstancesCount"], split["FailedInstancesCount"]) == (2, 0)
+    moved = _datasets(lanthorn_client, split["TargetStudy"])
+    assert {d.StudyInstanceUID for d in moved} == {split["TargetStudyUID"]} != {STUDY}
+    assert {(d.StudyDescription, d.PatientID) for d in moved} == {("Split", "OTHER")}
+    assert all("AccessionNumber" not in d for d in moved)
+    assert {d.SeriesInstanceUID for d in moved} & {*SERIES} == set()
+    assert {d.SOPInstanceUID for d in moved} & {*SOPS} == set()
+    assert len({d.SeriesInstanceUID for d in moved}) == 1
+    # KeepSource is false by default: the series left the original study.
+    left = lanthorn_client.get(f"/studies/{study}/series").json()
+    assert [s["MainDicomTags"]["SeriesInstanceUID"] for s in left] == [SERIES[1]]
+
+
+def test_split_instances_keeping_the_source(lanthorn_client: Any) -> None:
+    first = _study(lanthorn_client)
+    split = lanthorn_client.post(f"/studies/{first['ParentStudy']}/split", json={
+        "Instances": [first["ID"]], "KeepSource": True}).json()
+    assert split["InstancesCount"] == 1 and _count(lanthorn_client) == 4
+    assert lanthorn_client.get(f"/studies/{split['TargetStudy']}").json()["MainDicomTags"][
+        "StudyInstanceUID"] == split["TargetStudyUID"]
+
+
+def test_split_refuses_what_it_cannot_do(lanthorn_client: Any) -> None:
+    first = _study(lanthorn_client)
+    other = _upload(lanthorn_client, make_instance())
+    url = f"/studies/{first['ParentStudy']}/split"
+    assert "Series" in _error(lanthorn_client.post(url, json={}))
+    assert "not in the patient or study module" in _error(lanthorn_client.post(url, json={
+        "Series": [first["ParentSeries"]], "Replace": {"SeriesDescription": "x"}}))
+    assert "not in the patient or study module" in _error(lanthorn_client.post(url, json={
+        "Series": [first["ParentSeries"]], "Replace": {"StudyInstanceUID": "1.2.3"}}))
+    assert "is not part of the study" in _error(lanthorn_client.post(url, json={
+        "Instances": [other["ID"]]}))
+    _error(lanthorn_client.post(url, json={"Series": ["nope"]}), 404)
+    _error(lanthorn_client.post(f"/studies/{first['ParentSeries']}/split",
+                                json={"Series": [first["ParentSeries"]]}), 404)
+    assert _count(lanthorn_client) == 4
+
+
+def test_merge_takes_the_target_study_attributes(lanthorn_client: Any) -> None:
+    target = _study(lanthorn_client)
+    source = _upload(lanthorn_client, make_instance(PatientID="SOURCE", PatientName="Src^Pat",
+                                                    StudyDescription="Source study"))
+    answer = lanthorn_client.post(f"/studies/{target['ParentStudy']}/merge", json={
+        "Resources": [source["ParentStudy"]]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"Description": "REST API", "FailedInstancesCount": 0,
+                             "InstancesCount": 1, "TargetStudy": target["ParentStudy"]}
+    merged = _datasets(lanthorn_client, target["ParentStudy"])
+    assert len(merged) == 4 and {d.StudyInstanceUID for d in merged} == {STUDY}
+    newcomer = next(d for d in merged if d.SOPInstanceUID not in SOPS)
+    assert (newcomer.PatientID, newcomer.StudyDescription, newcomer.AccessionNumber) == \
+        (PHI["PatientID"], PHI["StudyDescription"], PHI["AccessionNumber"])
+    assert newcomer.SeriesInstanceUID not in SERIES
+    assert lanthorn_client.get(f"/studies/{source['ParentStudy']}").status_code == 404
+    assert "already part of" in _error(lanthorn_client.post(
+        f"/studies/{target['ParentStudy']}/merge", json={"Resources": [target["ID"]]}))
+    assert "Resources" in _error(lanthorn_client.post(
+        f"/studies/{target['ParentStudy']}/merge", json={}))
+
+
+def test_asynchronous_split_and_merge_are_jobs(lanthorn_client: Any) -> None:
+    first = _study(lanthorn_client)
+    study = first["ParentStudy"]
+    split = _finished(lanthorn_client, lanthorn_client.post(f"/studies/{study}/split", json={
+        "Series": [first["ParentSeries"]], "Asynchronous": True}).json())
+    assert (split["Type"], split["State"]) == ("SplitStudy", "Success")
+    assert split["Content"]["InstancesCount"] == 2
+    merge = _finished(lanthorn_client, lanthorn_client.post(f"/studies/{study}/merge", json={
+        "Resources": [split["Content"]["TargetStudy"]], "Asynchronous": True}).json())
+    assert (merge["Type"], merge["State"]) == ("MergeStudy", "Success")
+    assert merge["Content"]["TargetStudy"] == study
+    assert len(lanthorn_client.get(f"/studies/{study}/instances").json()) == 3
+    assert len(lanthorn_client.get("/studies").json()) == 1

@@ -1,6 +1,7 @@
 """``POST /tools/reset``: ``lanthorn serve`` (one process, or a supervisor and its
 workers) stops cleanly and starts again in the same process, reading its configuration
-files anew; a server not run by ``lanthorn serve`` refuses."""
+files anew; ``/tools/shutdown`` stops it the same way for good. A server not run by
+``lanthorn serve`` refuses both."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx2
 import pytest
 from starlette.testclient import TestClient
 
-from lanthorn.testing import ServerProcess, make_instance
+from lanthorn.testing import ServerProcess, make_instance, wait_for_exit
 
 
 def wait_for_name(process: ServerProcess, name: str, timeout: float = 60) -> None:
@@ -48,4 +49,22 @@ def test_reset_restarts_with_the_configuration_read_again(
 
 def test_reset_is_refused_outside_lanthorn_serve(lanthorn_client: TestClient) -> None:
     refused = lanthorn_client.post("/tools/reset")
+    assert refused.status_code == 400 and "lanthorn serve" in refused.json()["Details"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["single", "workers"])
+def test_shutdown_stops_every_process(lanthorn_process: ServerProcess,
+                                      workers: list[str]) -> None:
+    lanthorn_process.extra_args = workers
+    lanthorn_process.start()
+    pids = [lanthorn_process.process.pid, *lanthorn_process.workers()]
+    answer = httpx2.post(lanthorn_process.url + "/tools/shutdown", timeout=10)
+    assert (answer.status_code, answer.json()) == (200, {})
+    assert lanthorn_process.process.wait(60) == 0
+    assert wait_for_exit(pids, 30) == []
+
+
+def test_shutdown_is_refused_outside_lanthorn_serve(lanthorn_client: TestClient) -> None:
+    refused = lanthorn_client.post("/tools/shutdown")
     assert refused.status_code == 400 and "lanthorn serve" in refused.json()["Details"]

@@ -281,3 +281,86 @@ def test_file_byte_ranges(compressed: bool, lanthorn_config: Any,
             assert client.get(url, headers={"Range": "lines=1-2"}).status_code == 416
     finally:
         server.close()
+
+
+def test_deleting_changes_empties_the_log_and_numbering_goes_on(
+        lanthorn_client: Any, ct_instance: MakeInstance) -> None:
+    lanthorn_client.post("/instances", content=ct_instance())
+    before = lanthorn_client.get("/changes").json()["Last"]
+    deleted = lanthorn_client.delete("/changes")
+    assert (deleted.status_code, deleted.text) == (200, "")
+    assert lanthorn_client.get("/changes").json() == {"Changes": [], "Done": True, "Last": 0}
+    lanthorn_client.post("/instances", content=ct_instance())
+    assert lanthorn_client.get("/changes").json()["Changes"][0]["Seq"] > before
+
+
+def test_instances_tags_of_each_level(lanthorn_client: Any, ct_instance: MakeInstance) -> None:
+    study = {"StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid()}
+    ids = [lanthorn_client.post("/instances", content=ct_instance(**study, InstanceNumber=n))
+           .json() for n in (1, 2)]
+    first = ids[0]
+    for level, key in (("patients", "ParentPatient"), ("studies", "ParentStudy"),
+                       ("series", "ParentSeries")):
+        tags = lanthorn_client.get(f"/{level}/{first[key]}/instances-tags").json()
+        assert tags == {i["ID"]: lanthorn_client.get(f"/instances/{i['ID']}/tags").json()
+                        for i in ids}
+    simplified = lanthorn_client.get(f"/series/{first['ParentSeries']}/instances-tags"
+                                     "?simplify").json()
+    assert sorted(t["InstanceNumber"] for t in simplified.values()) == ["1", "2"]
+    assert simplified[first["ID"]]["PixelData"] is None  # as Orthanc: present, not shown
+    short = lanthorn_client.get(f"/studies/{first['ParentStudy']}/instances-tags?short").json()
+    assert short[first["ID"]]["0020,0013"] == "1"
+    assert lanthorn_client.get(f"/instances/{first['ID']}/instances-tags").status_code == 404
+    assert lanthorn_client.get(f"/studies/{first['ParentSeries']}/instances-tags") \
+        .status_code == 404
+
+
+def test_bulk_content(lanthorn_client: Any, ct_instance: MakeInstance) -> None:
+    study = {"StudyInstanceUID": generate_uid()}
+    stored = [lanthorn_client.post("/instances", content=ct_instance(**study)).json()
+              for _ in range(2)]
+    study_id = stored[0]["ParentStudy"]
+    answer = lanthorn_client.post("/tools/bulk-content", json={
+        "Resources": [study_id], "Level": "Series"}).json()
+    assert sorted(s["ID"] for s in answer) == sorted(i["ParentSeries"] for i in stored)
+    assert answer[0]["Metadata"] == lanthorn_client.get(
+        f"/series/{answer[0]['ID']}/metadata?expand").json()
+    assert {k: v for k, v in answer[0].items() if k != "Metadata"} == \
+        lanthorn_client.get(f"/series/{answer[0]['ID']}").json()
+    up = lanthorn_client.post("/tools/bulk-content", json={
+        "Resources": [i["ID"] for i in stored], "Level": "Patient", "Short": True,
+        "Metadata": False}).json()
+    assert len(up) == 1 and "Metadata" not in up[0]
+    assert up[0]["MainDicomTags"]["0010,0020"] == "1CT1"
+    same = lanthorn_client.post("/tools/bulk-content", json={"Resources": [study_id],
+                                                            "Full": True}).json()
+    assert [s["ID"] for s in same] == [study_id]
+    assert same[0]["MainDicomTags"]["0020,000d"]["Name"] == "StudyInstanceUID"
+    for body, status in (({"Resources": "x"}, 400), ({"Resources": [study_id], "Level": "X"}, 400),
+                         ({"Resources": ["nope"]}, 404)):
+        assert lanthorn_client.post("/tools/bulk-content", json=body).status_code == status
+
+
+def test_export_is_refused_unless_enabled(lanthorn_client: Any, ct_instance: MakeInstance,
+                                          tmp_path: Path) -> None:
+    instance = lanthorn_client.post("/instances", content=ct_instance()).json()["ID"]
+    refused = lanthorn_client.post(f"/instances/{instance}/export",
+                                   content=str(tmp_path / "x.dcm"))
+    assert refused.status_code == 403 and "RestApiWriteToFileSystemEnabled" in \
+        refused.json()["Details"]
+    assert not (tmp_path / "x.dcm").exists()
+
+
+@pytest.mark.lanthorn_config(RestApiWriteToFileSystemEnabled=True, StorageCompression=True)
+def test_export_writes_the_file(lanthorn_client: Any, ct_instance: MakeInstance,
+                                tmp_path: Path) -> None:
+    data = ct_instance()
+    instance = lanthorn_client.post("/instances", content=data).json()["ID"]
+    written = lanthorn_client.post(f"/instances/{instance}/export",
+                                   content=str(tmp_path / "x.dcm"))
+    assert (written.status_code, written.json()) == (200, {})
+    assert (tmp_path / "x.dcm").read_bytes() == data
+    missing_folder = lanthorn_client.post(f"/instances/{instance}/export",
+                                          content=str(tmp_path / "no" / "x.dcm"))
+    assert missing_folder.status_code == 400
+    assert lanthorn_client.post("/instances/nope/export", content="x").status_code == 404

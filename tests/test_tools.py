@@ -215,3 +215,55 @@ def test_ordered_slices_as_orthanc(lanthorn_client: Any) -> None:
 
 def test_exports_shape(lanthorn_client: Any) -> None:
     assert lanthorn_client.get("/exports").json() == {"Exports": [], "Done": True, "Last": 0}
+
+
+def test_default_encoding_can_be_changed(lanthorn_client: Any) -> None:
+    changed = lanthorn_client.put("/tools/default-encoding", content="Utf8")
+    assert (changed.status_code, changed.text) == (200, "Utf8")
+    assert lanthorn_client.get("/tools/default-encoding").text == "Utf8"
+    refused = lanthorn_client.put("/tools/default-encoding", content="Klingon")
+    assert refused.status_code == 400 and "Latin1" in refused.json()["Details"]
+    assert lanthorn_client.get("/tools/default-encoding").text == "Utf8"
+
+
+@pytest.mark.parametrize("path", ["/instances/{instance}/reconstruct",
+                                  "/series/{series}/reconstruct",
+                                  "/studies/{study}/reconstruct",
+                                  "/patients/{patient}/reconstruct", "/tools/reconstruct"])
+def test_reconstruct_takes_the_parents_tags_from_the_files_again(
+        path: str, lanthorn_client: Any) -> None:
+    study = {"StudyInstanceUID": generate_uid(), "PatientID": "P"}
+    first = lanthorn_client.post("/instances", content=make_instance(
+        **study, StudyDescription="FIRST", PatientName="A")).json()
+    second = lanthorn_client.post("/instances", content=make_instance(
+        **study, StudyDescription="SECOND", PatientName="B")).json()
+    study_url = f"/studies/{first['ParentStudy']}"
+    assert lanthorn_client.get(study_url).json()["MainDicomTags"]["StudyDescription"] == "FIRST"
+    url = path.format(instance=second["ID"], series=second["ParentSeries"],
+                      study=first["ParentStudy"], patient=first["ParentPatient"])
+    done = lanthorn_client.post(url)
+    assert (done.status_code, done.text) == (200, "")
+    # The instance read last (the second: in order of arrival) gives its parents' values.
+    assert lanthorn_client.get(study_url).json()["MainDicomTags"]["StudyDescription"] == "SECOND"
+    assert lanthorn_client.get(f"/patients/{first['ParentPatient']}").json()[
+        "MainDicomTags"]["PatientName"] == "B"
+    assert lanthorn_client.get(f"/instances/{second['ID']}/metadata/TransferSyntax").text == \
+        "1.2.840.10008.1.2.1"
+
+
+def test_reconstruct_files_applies_storage_compression(
+        lanthorn_server: Any, lanthorn_client: Any) -> None:
+    data = make_instance()
+    instance = lanthorn_client.post("/instances", content=data).json()["ID"]
+    compressed = f"/instances/{instance}/attachments/dicom/is-compressed"
+    assert lanthorn_client.get(compressed).text == "0"
+    lanthorn_server.config = lanthorn_server.config.with_overrides(StorageCompression=True)
+    assert lanthorn_client.post(f"/instances/{instance}/reconstruct").status_code == 200
+    assert lanthorn_client.get(compressed).text == "0"  # the files only when asked
+    done = lanthorn_client.post(f"/instances/{instance}/reconstruct",
+                                json={"ReconstructFiles": True})
+    assert done.status_code == 200 and lanthorn_client.get(compressed).text == "1"
+    assert lanthorn_client.get(f"/instances/{instance}/file").content == data
+    assert lanthorn_client.post("/tools/reconstruct", json={"ReconstructFiles": 1}) \
+        .status_code == 400
+    assert lanthorn_client.post("/studies/nope/reconstruct").status_code == 404

@@ -278,6 +278,8 @@ OPTIONS: tuple[Option, ...] = (
         "Require HTTP basic authentication; null means only when RemoteAccessAllowed is on.",
     ),
     Option("RegisteredUsers", {}, dict, "HTTP users, as an object of username: password."),
+    Option("RestApiWriteToFileSystemEnabled", False, bool, "Allow POST /instances/{id}/export "
+           "to write files anywhere the server's user may write."),
     Option("HttpDescribeErrors", True, bool, "Describe errors as JSON in failed REST answers."),
     Option("HttpThreadsCount", 50, int, "Threads serving HTTP requests."),
     Option("KeepAlive", True, bool, "Keep HTTP connections open between requests."),

@@ -63,7 +63,7 @@ class Ingester:
         replacement = hook.receive_instance(server=self.server, instance=parsed, origin=origin)
         if replacement is not None:
             parsed = parse_instance(replacement)
-        parsed = self._transcoded(parsed)
+        parsed = self.transcoded(parsed)
         if False in hook.filter_incoming_instance(server=self.server, instance=parsed,
                                                   origin=origin):
             raise Rejected("A plugin refused this instance")
@@ -73,7 +73,7 @@ class Ingester:
                                        instance=stored, dataset=parsed.dataset)
         return stored
 
-    def _transcoded(self, parsed: ParsedInstance) -> ParsedInstance:
+    def transcoded(self, parsed: ParsedInstance) -> ParsedInstance:
         """``IngestTranscoding``: the instance in that syntax, or as received when it
         cannot be converted (with a warning, as Orthanc)."""
         config = self.server.config
@@ -98,7 +98,7 @@ class Ingester:
         overwrite = bool(server.config["OverwriteInstances"])
         # No look-up first: the index transaction decides about duplicates, and a
         # duplicate (rare) only costs writing a file that is then removed.
-        attachment = self._write_file(parsed.data)
+        attachment = self.write_file(parsed.data)
         now = time.time()
         try:
             outcome = server.index.store_instance(
@@ -120,7 +120,7 @@ class Ingester:
             server.storage.remove(uuid)
         return StoredInstance(ids, "Success" if outcome.stored else "AlreadyStored", parsed.uids)
 
-    def _write_file(self, data: bytes) -> Attachment:
+    def write_file(self, data: bytes) -> Attachment:
         uuid = new_uuid()
         md5 = hashlib.md5(data).hexdigest()
         if self.server.config["StorageCompression"]:
@@ -171,11 +171,14 @@ def _metadata(parsed: ParsedInstance, origin: Origin, now: float) -> dict[str, s
         "RemoteAET": origin.remote_aet,
         "RemoteIP": origin.remote_ip,
         "HttpUsername": origin.username,
-        "TransferSyntax": parsed.transfer_syntax,
-        "SopClassUid": parsed.sop_class,
     }
     if origin.called_aet:  # Orthanc records it only for the DICOM protocol
         values["CalledAET"] = origin.called_aet
-    if parsed.pixel_data_offset is not None:
-        values["PixelDataOffset"] = str(parsed.pixel_data_offset)
-    return values
+    return {**values, **{k: v for k, v in file_metadata(parsed).items() if v is not None}}
+
+
+def file_metadata(parsed: ParsedInstance) -> dict[str, str | None]:
+    """The metadata that depend on the file alone (None: this file has no such value)."""
+    offset = parsed.pixel_data_offset
+    return {"TransferSyntax": parsed.transfer_syntax, "SopClassUid": parsed.sop_class,
+            "PixelDataOffset": None if offset is None else str(offset)}

@@ -190,3 +190,52 @@ def parse_tag(text: str) -> int:
 def tag_name(tag: int) -> str:
     """The keyword of a tag, or its Orthanc spelling when the dictionary has none."""
     return keyword_for_tag(tag) or format_tag(tag)
+
+
+#: The attributes of the DICOM module of each level (PS3.3): Patient (C.7.1.1), General
+#: Study (C.7.2.1), General Series (C.7.3.1) and SOP Common (C.12.1).
+MODULES = {
+    Level.PATIENT: """PatientName PatientID IssuerOfPatientID IssuerOfPatientIDQualifiersSequence
+        TypeOfPatientID PatientBirthDate PatientBirthTime PatientBirthDateInAlternativeCalendar
+        PatientDeathDateInAlternativeCalendar PatientAlternativeCalendar PatientSex
+        QualityControlSubject ReferencedPatientPhotoSequence ReferencedPatientSequence
+        OtherPatientIDs OtherPatientIDsSequence OtherPatientNames EthnicGroup
+        EthnicGroupCodeSequence PatientComments PatientSpeciesDescription
+        PatientSpeciesCodeSequence PatientBreedDescription PatientBreedCodeSequence
+        BreedRegistrationSequence StrainDescription StrainNomenclature StrainCodeSequence
+        StrainAdditionalInformation StrainStockSequence GeneticModificationsSequence
+        ResponsiblePerson ResponsiblePersonRole ResponsibleOrganization PatientIdentityRemoved
+        DeidentificationMethod DeidentificationMethodCodeSequence
+        SourcePatientGroupIdentificationSequence GroupOfPatientsIdentificationSequence""",
+    Level.STUDY: """StudyInstanceUID StudyDate StudyTime ReferringPhysicianName
+        ReferringPhysicianIdentificationSequence ConsultingPhysicianName
+        ConsultingPhysicianIdentificationSequence StudyID AccessionNumber
+        IssuerOfAccessionNumberSequence StudyDescription PhysiciansOfRecord
+        PhysiciansOfRecordIdentificationSequence NameOfPhysiciansReadingStudy
+        PhysiciansReadingStudyIdentificationSequence RequestingServiceCodeSequence
+        ReferencedStudySequence ProcedureCodeSequence ReasonForPerformedProcedureCodeSequence""",
+    Level.SERIES: """Modality SeriesInstanceUID SeriesNumber Laterality SeriesDate SeriesTime
+        PerformingPhysicianName PerformingPhysicianIdentificationSequence ProtocolName
+        SeriesDescription SeriesDescriptionCodeSequence OperatorsName
+        OperatorIdentificationSequence ReferencedPerformedProcedureStepSequence
+        RelatedSeriesSequence AnatomicalOrientationType BodyPartExamined PatientPosition
+        SmallestPixelValueInSeries LargestPixelValueInSeries RequestAttributesSequence
+        PerformedProcedureStepID PerformedProcedureStepStartDate PerformedProcedureStepStartTime
+        PerformedProcedureStepEndDate PerformedProcedureStepEndTime
+        PerformedProcedureStepDescription PerformedProtocolCodeSequence
+        CommentsOnThePerformedProcedureStep TreatmentSessionUID""",
+    Level.INSTANCE: """SOPClassUID SOPInstanceUID SpecificCharacterSet InstanceCreationDate
+        InstanceCreationTime InstanceCoercionDateTime InstanceCreatorUID
+        RelatedGeneralSOPClassUID OriginalSpecializedSOPClassUID
+        CodingSchemeIdentificationSequence ContextGroupIdentificationSequence
+        MappingResourceIdentificationSequence TimezoneOffsetFromUTC
+        ContributingEquipmentSequence InstanceNumber SOPInstanceStatus SOPAuthorizationDateTime
+        SOPAuthorizationComment AuthorizationEquipmentCertificationNumber
+        MACParametersSequence DigitalSignaturesSequence EncryptedAttributesSequence
+        OriginalAttributesSequence HL7StructuredDocumentReferenceSequence
+        LongitudinalTemporalInformationModified QueryRetrieveView
+        ConversionSourceAttributesSequence ContentQualification
+        PrivateDataElementCharacteristicsSequence InstanceOriginStatus BarcodeValue""",
+}
+MODULE_TAGS = {level: sorted(parse_tag(k) for k in keywords.split())
+               for level, keywords in MODULES.items()}

@@ -175,9 +175,9 @@ def parse_request(server: Server, body: Any, *, anonymize: bool, level: Level | 
     syntax = body.get("Transcode")
     if syntax is not None and not isinstance(syntax, str):
         raise BadRequest('"Transcode" must be a transfer syntax UID')
-    replace = _replacements(body.get("Replace", {}))
-    remove = tuple(parse_path(p) for p in _list(body, "Remove"))
-    keep = tuple(parse_path(p) for p in _list(body, "Keep"))
+    replace = parse_replacements(body.get("Replace", {}))
+    remove = tuple(parse_path(p) for p in option_list(body, "Remove"))
+    keep = tuple(parse_path(p) for p in option_list(body, "Keep"))
     version = body.get("DicomVersion")
     if anonymize and version is not None and version not in DICOM_VERSIONS:
         raise BadRequest(f'unsupported "DicomVersion" {version!r}: use one of '
@@ -194,44 +194,45 @@ def parse_request(server: Server, body: Any, *, anonymize: bool, level: Level | 
     return ModifyRequest(
         level=level, resources=resources, anonymize=anonymize, replace=replace,
         remove=remove, keep=keep,
-        keep_private_tags=_flag(body, "KeepPrivateTags", False) if anonymize
-        else not _flag(body, "RemovePrivateTags", False),
-        private_creator=private_creator, keep_source=_flag(body, "KeepSource", True),
-        keep_labels=_flag(body, "KeepLabels", False), permissive=_flag(body, "Permissive", False),
+        keep_private_tags=option_flag(body, "KeepPrivateTags", False) if anonymize
+        else not option_flag(body, "RemovePrivateTags", False),
+        private_creator=private_creator, keep_source=option_flag(body, "KeepSource", True),
+        keep_labels=option_flag(body, "KeepLabels", False),
+        permissive=option_flag(body, "Permissive", False),
         pseudonyms=parse_policy(policy_source) if anonymize else None,
         bulk=bulk, origin=origin or Origin("RestApi"),
         transcode=check_syntax(syntax) if syntax else None)
 
 
-def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
+def option_flag(body: dict[str, Any], key: str, default: bool) -> bool:
     value = body.get(key, default)
     if not isinstance(value, bool):
         raise BadRequest(f'"{key}" must be a boolean')
     return value
 
 
-def _list(body: dict[str, Any], key: str) -> list[Any]:
+def option_list(body: dict[str, Any], key: str) -> list[Any]:
     value = body.get(key, [])
     if not isinstance(value, list):
         raise BadRequest(f'"{key}" must be a list of tags')
     return value
 
 
-def _replacements(value: Any) -> tuple[tuple[TagPath, Any], ...]:
+def parse_replacements(value: Any) -> tuple[tuple[TagPath, Any], ...]:
     if not isinstance(value, dict):
         raise BadRequest('"Replace" must be an object of tag: value')
     for name, new in value.items():
-        if not _valid_value(new):
+        if not valid_value(new):
             raise BadRequest(f'the value of "{name}" in "Replace" must be a string (or, for a '
                              "sequence, a list of objects)")
     return tuple((parse_path(name), new) for name, new in value.items())
 
 
-def _valid_value(value: Any) -> bool:
+def valid_value(value: Any) -> bool:
     if isinstance(value, str):
         return True
     return isinstance(value, list) and all(
-        isinstance(item, dict) and all(_valid_value(v) for v in item.values()) for item in value)
+        isinstance(item, dict) and all(valid_value(v) for v in item.values()) for item in value)
 
 
 def _resources(body: dict[str, Any]) -> tuple[str, ...]:
@@ -259,7 +260,7 @@ def _check_identifiers(body: dict[str, Any], level: Level, anonymize: bool,
                        keep: tuple[TagPath, ...]) -> None:
     """Identifiers change only with ``Force``, are never removed, and a modification may
     not move a resource under another parent (Orthanc's rules)."""
-    force = _flag(body, "Force", False)
+    force = option_flag(body, "Force", False)
     replaced = {p.tag for p, _ in replace if p.top_level} & set(IDENTIFIER_LEVEL)
     for verb, tags in (("removed", {p.tag for p in remove if p.top_level}),
                        ("replaced", replaced), ("kept", {p.tag for p in keep if p.top_level})):

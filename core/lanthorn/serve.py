@@ -11,7 +11,8 @@ operation before they are aborted.
 
 ``POST /tools/reset`` restarts: the server (with ``Workers``, the supervisor and all its
 workers) stops as on SIGTERM, then executes its own command line again, so the
-configuration files are read anew; the process ID stays the same.
+configuration files are read anew; the process ID stays the same. ``POST /tools/shutdown``
+stops it the same way, for good.
 """
 
 from __future__ import annotations
@@ -60,18 +61,20 @@ def serve(config: Config, workers: int | None = None) -> int:
     return status
 
 
-def _ask_restart(target: int, sig: signal.Signals) -> None:
-    """What ``/tools/reset`` calls: stop ``target`` (this process or the supervisor)."""
-    _restart.set()
-    os.kill(target, sig)
+def _ask_stop(supervisor: int | None, restart: bool) -> None:
+    """What ``/tools/reset`` and ``/tools/shutdown`` call: stop this process, or the
+    supervisor (which stops every worker), and start again if ``restart``."""
+    if restart:
+        _restart.set()
+    os.kill(supervisor or os.getpid(),
+            signal.SIGHUP if restart and supervisor else signal.SIGTERM)
 
 
 def run_server(config: Config, http_socket: socket.socket | None,
                supervisor: int | None = None) -> None:
     """One server process: start, serve until a signal, stop cleanly."""
     server = Server(config)
-    server.request_restart = (lambda: _ask_restart(supervisor, signal.SIGHUP)) if supervisor \
-        else (lambda: _ask_restart(os.getpid(), signal.SIGTERM))
+    server.request_stop = lambda restart: _ask_stop(supervisor, restart)
     server.start()
     listener = None
     try:

@@ -80,8 +80,9 @@ class Server:
         self.jobs = JobEngine(self)
         self.metrics = Metrics(bool(self.config["MetricsEnabled"]))
         self.events: EventDispatcher | None = None
-        #: Set by ``lanthorn serve``: stops this server and starts it again (/tools/reset).
-        self.request_restart: Callable[[], None] | None = None
+        #: Set by ``lanthorn serve``: stops this server (with ``Workers``, all of them),
+        #: then starts it again if asked (``/tools/reset``, ``/tools/shutdown``).
+        self.request_stop: Callable[[bool], None] | None = None
         self._app: Starlette | None = None
 
     # -- configuration checks ------------------------------------------------------------

@@ -158,13 +158,26 @@ class SqlIndex:
             "level": level, "public_id": new.public_ids[level], "parent_id": parent,
             "last_update": new.timestamp, "is_stable": False, "protected": False,
         }).inserted_primary_key[0]
-        tags = new.main_tags.get(level, {})
-        if tags:
-            conn.execute(insert(s.main_tags), [
-                {"resource_id": resource_id, "tag": tag, "value": value, "norm": normalize(value)}
-                for tag, value in tags.items()
-            ])
+        _insert_main_tags(conn, resource_id, new.main_tags.get(level, {}))
         return resource_id
+
+    def reconstruct_instance(self, instance_id: int, main_tags: dict[Level, dict[int, str]],
+                             metadata: dict[str, str | None], header: bytes) -> None:
+        """Rewrite what the index took from an instance's file: the main tags of the
+        instance and its ancestors (theirs become this file's), the given metadata (None
+        removes one), and the saved header."""
+        chain = self.ancestors(instance_id)
+        m = s.metadata_table.c
+        with self.write() as conn:
+            for resource in chain:
+                conn.execute(delete(s.main_tags).where(s.main_tags.c.resource_id == resource.id))
+                _insert_main_tags(conn, resource.id, main_tags.get(resource.level, {}))
+            conn.execute(delete(s.metadata_table).where(m.resource_id == instance_id,
+                                                        m.name.in_(list(metadata))))
+            _insert_metadata(conn, instance_id,
+                             {k: v for k, v in metadata.items() if v is not None})
+            conn.execute(update(s.instance_headers).where(
+                s.instance_headers.c.resource_id == instance_id).values(header=header))
 
     # -- lookups --------------------------------------------------------------------
 
@@ -554,6 +567,10 @@ class SqlIndex:
                                 .order_by(s.changes.c.seq).limit(limit))
             return [_change(r) for r in rows]
 
+    def clear_changes(self) -> None:
+        with self.write() as conn:
+            conn.execute(delete(s.changes))
+
     def last_change(self) -> Change | None:
         with self.read() as conn:
             row = conn.execute(select(s.changes).order_by(s.changes.c.seq.desc()).limit(1)).first()
@@ -824,6 +841,14 @@ _SIZES = select(*(cast(func.coalesce(func.sum(column), 0), BigInteger) for colum
     s.attachments.c.compressed_size, s.attachments.c.uncompressed_size)))
 _TOUCH = update(s.resources).where(s.resources.c.id == bindparam("key")).values(
     last_update=bindparam("now"), is_stable=False)
+
+
+def _insert_main_tags(conn: Connection, resource_id: int, tags: dict[int, str]) -> None:
+    if tags:
+        conn.execute(insert(s.main_tags), [
+            {"resource_id": resource_id, "tag": tag, "value": value, "norm": normalize(value)}
+            for tag, value in tags.items()
+        ])
 
 
 def _insert_metadata(conn: Connection, resource_id: int, values: dict[str, str]) -> None:

@@ -31,12 +31,11 @@ from starlette.routing import Route
 from ..dicom import BINARY_VRS
 from ..dimse.find import CHARACTER_SETS, UTF8
 from ..errors import BadRequest, UnknownResource
-from ..model import Level, parse_tag
+from ..model import MODULE_TAGS, Level, parse_tag
 from ..requested import FLOAT_VRS, INTEGER_VRS, first_header
 from ..transcode import write
 from ..types import Origin
 from .common import answer, json_body, server_of
-from .tools import MODULE_TAGS
 
 if TYPE_CHECKING:
     from ..server import Server

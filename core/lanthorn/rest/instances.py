@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -20,15 +21,15 @@ from ..dicom import (
     element_string,
     read_header,
 )
-from ..errors import BadFileFormat, InexistentItem
+from ..errors import BadFileFormat, BadRequest, Forbidden, InexistentItem
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level, format_tag, parse_tag
-from ..storage import COMPRESSION_NONE, read_chunks
+from ..storage import COMPRESSION_NONE, read_all, read_chunks
 from ..types import Origin
 from .common import answer, byte_range, dicom_form, resource_of, server_of
 
 if TYPE_CHECKING:
-    from ..index.records import Attachment
+    from ..index.records import Attachment, Resource
     from ..server import Server
 
 
@@ -62,6 +63,30 @@ def instance_file(request: Request) -> Response:
     return serve_attachment(request, server, attachment, "application/dicom")
 
 
+async def export(request: Request) -> Response:
+    """Write the file to a path on the server (``RestApiWriteToFileSystemEnabled``):
+    any path the server's user may write, as in Orthanc, so only for trusted clients."""
+    server = server_of(request)
+    if not server.config["RestApiWriteToFileSystemEnabled"]:
+        raise Forbidden("writing to the file system is disabled: set "
+                        "RestApiWriteToFileSystemEnabled to true to allow it")
+    path = (await request.body()).decode(errors="replace").strip()
+    if not path:
+        raise BadRequest("the body must be the path of the file to write")
+    await run_in_threadpool(_export, server, resource_of(request, Level.INSTANCE), Path(path))
+    return answer({})
+
+
+def _export(server: Server, instance: Resource, path: Path) -> None:
+    attachment = server.index.attachment(instance.id, DICOM_ATTACHMENT)
+    if attachment is None:
+        raise InexistentItem("this instance has no DICOM file")
+    try:
+        path.write_bytes(read_all(server.storage, attachment.uuid, attachment.compression))
+    except OSError as exc:
+        raise BadRequest(f"cannot write {path}: {exc.strerror}") from None
+
+
 def serve_attachment(request: Request, server: Server, attachment: Attachment,
                      media_type: str, *, stored: bool = False,
                      headers: dict[str, str] | None = None) -> Response:
@@ -78,24 +103,46 @@ def serve_attachment(request: Request, server: Server, attachment: Attachment,
 
 
 def _dataset(request: Request):  # noqa: ANN202 - a pydicom Dataset
-    server = server_of(request)
-    instance = resource_of(request, Level.INSTANCE)
-    has_pixels = "PixelDataOffset" in server.index.metadata(instance.id)
-    return read_header(server.index.header(instance.id)), has_pixels
+    return _stored_dataset(server_of(request), resource_of(request, Level.INSTANCE).id)
+
+
+def _stored_dataset(server: Server, instance_id: int,
+                    metadata: dict[str, str] | None = None):  # noqa: ANN202 - a pydicom Dataset
+    """The saved header, and whether the file has pixel data (the header leaves it out)."""
+    metadata = server.index.metadata(instance_id) if metadata is None else metadata
+    return read_header(server.index.header(instance_id)), "PixelDataOffset" in metadata
 
 
 def tags(request: Request) -> Response:
-    return _tags_answer(request, dicom_form(request))
+    return answer(_tags(server_of(request), resource_of(request, Level.INSTANCE).id,
+                        dicom_form(request)))
 
 
 def simplified_tags(request: Request) -> Response:
-    return _tags_answer(request, "simplify")
+    return answer(_tags(server_of(request), resource_of(request, Level.INSTANCE).id,
+                        "simplify"))
 
 
-def _tags_answer(request: Request, mode: Mode) -> Response:
-    dataset, has_pixels = _dataset(request)
+def _tags(server: Server, instance_id: int, mode: Mode,
+          metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    dataset, has_pixels = _stored_dataset(server, instance_id, metadata)
     dataset.file_meta = None  # /tags shows the data set; /header shows the file meta
-    return answer(dataset_json(dataset, mode, with_pixel_data=has_pixels))
+    return dataset_json(dataset, mode, with_pixel_data=has_pixels)
+
+
+def instances_tags(level: Level):  # noqa: ANN201 - a Starlette endpoint
+    """``/{patients|studies|series}/{id}/instances-tags``: the tags of each instance
+    below, by instance ID, read from the saved headers (not the files)."""
+
+    def endpoint(request: Request) -> Response:
+        server = server_of(request)
+        ids = server.index.descendants(resource_of(request, level).id, Level.INSTANCE)
+        mode = dicom_form(request)
+        return answer({info.resource.public_id:
+                       _tags(server, info.resource.id, mode, info.metadata)
+                       for info in server.index.describe(ids)})
+
+    return endpoint
 
 
 def header(request: Request) -> Response:
@@ -152,7 +199,10 @@ def routes() -> list[Route]:
     return [
         Route("/instances", upload, methods=["POST"]),
         Route("/instances/{id}/file", instance_file, methods=["GET"]),
+        Route("/instances/{id}/export", export, methods=["POST"]),
         Route("/instances/{id}/tags", tags, methods=["GET"]),
+        *(Route(f"/{level.plural}/{{id}}/instances-tags", instances_tags(level),
+                methods=["GET"]) for level in (Level.PATIENT, Level.STUDY, Level.SERIES)),
         Route("/instances/{id}/simplified-tags", simplified_tags, methods=["GET"]),
         Route("/instances/{id}/header", header, methods=["GET"]),
         Route("/instances/{id}/content", content, methods=["GET"]),

@@ -1,4 +1,5 @@
-"""``/modify``, ``/anonymize`` and the bulk tools; the pseudonym look-up (administrators).
+"""``/modify``, ``/anonymize``, the bulk tools, a study's ``/split`` and ``/merge``; the
+pseudonym look-up (administrators).
 
 The work is ``lanthorn.modify``: these handlers parse the body, run the operation in a
 thread, and shape the answer (a DICOM file for one instance, Orthanc's JSON otherwise).
@@ -14,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import modify
-from ..errors import BadRequest
+from .. import modify, studies
+from ..errors import BadRequest, UnknownResource
 from ..jobs import JobContext, JobType
 from ..model import Level
 from ..types import Origin
@@ -32,6 +33,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..index.sql import SqlIndex
+    from ..server import Server
 
 
 async def _body(request: Request) -> Any:
@@ -85,12 +87,17 @@ def _run(request: Request, body: Any, anonymize: bool, level: Level | None,
     parsed = modify.parse_request(server, body, anonymize=anonymize, level=level,
                                   resource=resource, origin=origin)
     if isinstance(body, dict) and asynchronous(body):
-        parameters = {"Body": body, "Anonymize": anonymize, "Resource": resource,
-                      "Level": None if level is None else int(level),
-                      "Origin": dataclasses.asdict(origin)}
-        return job_answer(server.jobs.submit(JOB_TYPE.name, parameters,
-                                             priority=int(body.get("Priority", 0))))
+        return _submit(server, JOB_TYPE, body, {
+            "Anonymize": anonymize, "Resource": resource,
+            "Level": None if level is None else int(level), "Origin": dataclasses.asdict(origin)})
     return answer(modify.run(server, parsed))
+
+
+def _submit(server: Server, job_type: JobType, body: dict[str, Any],
+            parameters: dict[str, Any]) -> Response:
+    """Run as a job: the body goes with it, to be parsed again when the job runs."""
+    return job_answer(server.jobs.submit(job_type.name, {"Body": body, **parameters},
+                                         priority=int(body.get("Priority", 0))))
 
 
 def _run_job(context: JobContext) -> None:
@@ -105,6 +112,44 @@ def _run_job(context: JobContext) -> None:
 
 
 JOB_TYPE = JobType("ResourceModification", _run_job)
+
+
+def study_endpoint(*, split: bool):  # noqa: ANN201 - a Starlette endpoint
+    """``POST /studies/{id}/split|merge`` (see ``lanthorn.studies``)."""
+
+    async def endpoint(request: Request) -> Response:
+        body = await _body(request)
+        return await run_in_threadpool(_study_operation, request, body, split)
+
+    return endpoint
+
+
+def _study_operation(request: Request, body: Any, split: bool) -> Response:
+    server, origin = server_of(request), _origin(request)
+    study = resource_of(request, Level.STUDY)
+    parsed = (studies.parse_split if split else studies.parse_merge)(server, study, body, origin)
+    if asynchronous(body):
+        return _submit(server, SPLIT_JOB_TYPE if split else MERGE_JOB_TYPE, body,
+                       {"Study": study.public_id, "Origin": dataclasses.asdict(origin)})
+    return answer(studies.run(server, parsed, lambda _: None, split=split))
+
+
+def _study_job(*, split: bool):  # noqa: ANN202 - a job's function
+    def run_job(context: JobContext) -> None:
+        parameters, server = context.parameters, context.server
+        study = server.index.lookup(parameters["Study"], Level.STUDY)
+        if study is None:
+            raise UnknownResource(f"the study {parameters['Study']} does not exist any more")
+        parsed = (studies.parse_split if split else studies.parse_merge)(
+            server, study, parameters["Body"], Origin(**parameters["Origin"]))
+        context.content = studies.run(server, parsed, context.progress, context.checkpoint,
+                                      split=split)
+
+    return run_job
+
+
+SPLIT_JOB_TYPE = JobType("SplitStudy", _study_job(split=True))
+MERGE_JOB_TYPE = JobType("MergeStudy", _study_job(split=False))
 
 
 async def bulk_delete(request: Request) -> Response:
@@ -150,6 +195,8 @@ def routes() -> list[Route]:
         Route(f"/{levels}/{{id}}/modify", resource_endpoint(anonymize=False), methods=["POST"]),
         Route(f"/{levels}/{{id}}/anonymize", resource_endpoint(anonymize=True),
               methods=["POST"]),
+        Route("/studies/{id}/split", study_endpoint(split=True), methods=["POST"]),
+        Route("/studies/{id}/merge", study_endpoint(split=False), methods=["POST"]),
         Route("/tools/bulk-modify", bulk_endpoint(anonymize=False), methods=["POST"]),
         Route("/tools/bulk-anonymize", bulk_endpoint(anonymize=True), methods=["POST"]),
         Route("/tools/bulk-delete", bulk_delete, methods=["POST"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
@@ -9,19 +11,24 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..dicom import dataset_json, read_header
-from ..errors import BadFileFormat
+from ..errors import BadFileFormat, BadRequest, UnknownResource
+from ..index.records import Resource
 from ..model import Level
 from .common import (
     answer,
     dicom_form,
     flag,
     integer,
+    json_body,
     level_of,
     resource_of,
     server_of,
     text,
 )
 from .describe import describe_many, parse_requested
+
+if TYPE_CHECKING:
+    from ..server import Server
 
 LEVELS = "{level:lanthorn_level}"
 COUNT_KEYS = {Level.PATIENT: "CountPatients", Level.STUDY: "CountStudies",
@@ -116,6 +123,49 @@ def shared_tags(request: Request) -> Response:
     return answer(shared)
 
 
+async def bulk_content(request: Request) -> Response:
+    """``POST /tools/bulk-content``: the descriptions of ``Resources`` (or of their
+    ancestors or descendants at ``Level``), with their metadata unless ``Metadata``
+    is false, in one call."""
+    body = json_body(await request.body())
+    if not isinstance(body, dict):
+        raise BadRequest("The body must contain a JSON object")
+    resources, level = body.get("Resources"), body.get("Level")
+    if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
+        raise BadRequest('"Resources" must be a list of resource IDs')
+    try:
+        target = None if level is None else Level.parse(str(level))
+    except ValueError:
+        raise BadRequest('"Level" must be Patient, Study, Series or Instance') from None
+    form = "full" if body.get("Full") is True else "short" if body.get("Short") is True \
+        else "simplify"
+    return answer(await run_in_threadpool(_bulk_content, server_of(request), resources, target,
+                                          form, body.get("Metadata", True) is not False))
+
+
+def _bulk_content(server: Server, public_ids: list[str], level: Level | None, form: str,
+                  with_metadata: bool) -> list[dict[str, Any]]:
+    ids: dict[int, None] = {}
+    for public_id in public_ids:
+        resource = server.index.lookup(public_id)
+        if resource is None:
+            raise UnknownResource(f"no resource has the ID {public_id}")
+        at = resource.level if level is None else level
+        ids.update(dict.fromkeys(_at_level(server, resource, at)))
+    found = describe_many(server, list(ids), form=form)
+    if with_metadata:
+        for description, resource_id in zip(found, ids, strict=True):
+            description["Metadata"] = server.index.metadata(resource_id)
+    return found
+
+
+def _at_level(server: Server, resource: Resource, level: Level) -> list[int]:
+    """The resource's ancestor at ``level``, or its descendants there."""
+    if level < resource.level:
+        return [next(r.id for r in server.index.ancestors(resource.id) if r.level == level)]
+    return server.index.descendants(resource.id, level)
+
+
 def statistics(request: Request) -> Response:
     server, resource = server_of(request), resource_of(request)
     stats = server.index.statistics(resource.id)
@@ -154,6 +204,7 @@ def routes() -> list[Route]:
         Route(f"/{LEVELS}/{{id}}", delete_resource, methods=["DELETE"]),
         Route(f"/{LEVELS}/{{id}}/shared-tags", shared_tags, methods=["GET"]),
         Route(f"/{LEVELS}/{{id}}/statistics", statistics, methods=["GET"]),
+        Route("/tools/bulk-content", bulk_content, methods=["POST"]),
         Route("/patients/{id}/protected", protected, methods=["GET"]),
         Route("/patients/{id}/protected", put_protected, methods=["PUT"]),
         *nav,

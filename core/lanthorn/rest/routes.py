@@ -51,4 +51,5 @@ def register_routes(server: Server) -> list[BaseRoute]:
 @hookimpl
 def register_job_types(server: Server) -> list[JobType]:
     return [archives.ARCHIVE_JOB_TYPE, archives.MEDIA_JOB_TYPE, modalities.STORE_JOB_TYPE,
-            *queries.RETRIEVE_JOB_TYPES, modify.JOB_TYPE, peers.STORE_JOB_TYPE]
+            *queries.RETRIEVE_JOB_TYPES, modify.JOB_TYPE, modify.SPLIT_JOB_TYPE,
+            modify.MERGE_JOB_TYPE, peers.STORE_JOB_TYPE]

@@ -1,4 +1,4 @@
-"""``/system``, ``/statistics``, ``/changes`` and ``/plugins``."""
+"""``/system``, ``/statistics``, ``/changes``, ``/plugins``, reset and shutdown."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import BadRequest, UnknownResource
 from ..index.records import Change
-from .common import answer, flag, integer, server_of
+from .common import answer, flag, integer, server_of, text
 
 #: The Orthanc REST API level Lanthorn implements; clients gate features on it.
 ORTHANC_API_VERSION = "1.12.11"
@@ -89,23 +89,41 @@ def plugin(request: Request) -> Response:
     return answer(found.as_json())
 
 
+def clear_changes(request: Request) -> Response:
+    """Empty the change log; sequence numbers go on from where they were (a consumer's
+    cursor stays valid), and changes not yet delivered to a consumer are lost with it."""
+    server_of(request).index.clear_changes()
+    return text("")
+
+
 def reset(request: Request) -> Response:
     """Restart (``lanthorn serve`` runs its command line again: the configuration is
     read anew); the answer is sent before the server stops."""
-    restart = server_of(request).request_restart
-    if restart is None:
+    return _stop(request, restart=True)
+
+
+def shutdown(request: Request) -> Response:
+    """Stop ``lanthorn serve`` as SIGTERM does (with ``Workers``, every worker)."""
+    return _stop(request, restart=False)
+
+
+def _stop(request: Request, *, restart: bool) -> Response:
+    stop = server_of(request).request_stop
+    if stop is None:
         raise BadRequest("this server was not started by `lanthorn serve`: it cannot "
-                         "restart itself")
-    restart()
+                         f"{'restart' if restart else 'stop'} itself")
+    stop(restart)
     return answer({})
 
 
 def routes() -> list[Route]:
     return [
         Route("/tools/reset", reset, methods=["POST"]),
+        Route("/tools/shutdown", shutdown, methods=["POST"]),
         Route("/system", system, methods=["GET"]),
         Route("/statistics", statistics, methods=["GET"]),
         Route("/changes", changes, methods=["GET"]),
+        Route("/changes", clear_changes, methods=["DELETE"]),
         Route("/plugins", plugins, methods=["GET"]),
         Route("/plugins/{name}", plugin, methods=["GET"]),
     ]

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 from pynetdicom.sop_class import uid_to_service_class
@@ -27,6 +26,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..config import ConfigError
 from ..dicom import dataset_json
+from ..dimse.find import CHARACTER_SETS
 from ..dimse.scp import (
     listener_setting,
     make_application_entity,
@@ -35,7 +35,8 @@ from ..dimse.scp import (
 )
 from ..errors import BadRequest, UnknownResource
 from ..index.records import Resource, ResourceInfo
-from ..model import Level, parse_tag
+from ..model import MODULE_TAGS, Level, parse_tag
+from ..reconstruct import reconstruct, reconstruct_all
 from ..requested import first_header
 from .common import (
     answer,
@@ -51,54 +52,6 @@ from .resources import LEVELS
 
 if TYPE_CHECKING:
     from ..index.sql import SqlIndex
-
-#: The attributes of the DICOM module of each level (PS3.3): Patient (C.7.1.1), General
-#: Study (C.7.2.1), General Series (C.7.3.1) and SOP Common (C.12.1).
-MODULES = {
-    Level.PATIENT: """PatientName PatientID IssuerOfPatientID IssuerOfPatientIDQualifiersSequence
-        TypeOfPatientID PatientBirthDate PatientBirthTime PatientBirthDateInAlternativeCalendar
-        PatientDeathDateInAlternativeCalendar PatientAlternativeCalendar PatientSex
-        QualityControlSubject ReferencedPatientPhotoSequence ReferencedPatientSequence
-        OtherPatientIDs OtherPatientIDsSequence OtherPatientNames EthnicGroup
-        EthnicGroupCodeSequence PatientComments PatientSpeciesDescription
-        PatientSpeciesCodeSequence PatientBreedDescription PatientBreedCodeSequence
-        BreedRegistrationSequence StrainDescription StrainNomenclature StrainCodeSequence
-        StrainAdditionalInformation StrainStockSequence GeneticModificationsSequence
-        ResponsiblePerson ResponsiblePersonRole ResponsibleOrganization PatientIdentityRemoved
-        DeidentificationMethod DeidentificationMethodCodeSequence
-        SourcePatientGroupIdentificationSequence GroupOfPatientsIdentificationSequence""",
-    Level.STUDY: """StudyInstanceUID StudyDate StudyTime ReferringPhysicianName
-        ReferringPhysicianIdentificationSequence ConsultingPhysicianName
-        ConsultingPhysicianIdentificationSequence StudyID AccessionNumber
-        IssuerOfAccessionNumberSequence StudyDescription PhysiciansOfRecord
-        PhysiciansOfRecordIdentificationSequence NameOfPhysiciansReadingStudy
-        PhysiciansReadingStudyIdentificationSequence RequestingServiceCodeSequence
-        ReferencedStudySequence ProcedureCodeSequence ReasonForPerformedProcedureCodeSequence""",
-    Level.SERIES: """Modality SeriesInstanceUID SeriesNumber Laterality SeriesDate SeriesTime
-        PerformingPhysicianName PerformingPhysicianIdentificationSequence ProtocolName
-        SeriesDescription SeriesDescriptionCodeSequence OperatorsName
-        OperatorIdentificationSequence ReferencedPerformedProcedureStepSequence
-        RelatedSeriesSequence AnatomicalOrientationType BodyPartExamined PatientPosition
-        SmallestPixelValueInSeries LargestPixelValueInSeries RequestAttributesSequence
-        PerformedProcedureStepID PerformedProcedureStepStartDate PerformedProcedureStepStartTime
-        PerformedProcedureStepEndDate PerformedProcedureStepEndTime
-        PerformedProcedureStepDescription PerformedProtocolCodeSequence
-        CommentsOnThePerformedProcedureStep TreatmentSessionUID""",
-    Level.INSTANCE: """SOPClassUID SOPInstanceUID SpecificCharacterSet InstanceCreationDate
-        InstanceCreationTime InstanceCoercionDateTime InstanceCreatorUID
-        RelatedGeneralSOPClassUID OriginalSpecializedSOPClassUID
-        CodingSchemeIdentificationSequence ContextGroupIdentificationSequence
-        MappingResourceIdentificationSequence TimezoneOffsetFromUTC
-        ContributingEquipmentSequence InstanceNumber SOPInstanceStatus SOPAuthorizationDateTime
-        SOPAuthorizationComment AuthorizationEquipmentCertificationNumber
-        MACParametersSequence DigitalSignaturesSequence EncryptedAttributesSequence
-        OriginalAttributesSequence HL7StructuredDocumentReferenceSequence
-        LongitudinalTemporalInformationModified QueryRetrieveView
-        ConversionSourceAttributesSequence ContentQualification
-        PrivateDataElementCharacteristicsSequence InstanceOriginStatus BarcodeValue""",
-}
-MODULE_TAGS = {level: sorted(tag_for_keyword(k) for k in keywords.split())  # type: ignore[type-var]
-               for level, keywords in MODULES.items()}
 
 #: Orthanc's verbosities as Python log levels.
 VERBOSITY = {"default": logging.WARNING, "verbose": logging.INFO, "trace": logging.DEBUG}
@@ -140,6 +93,17 @@ def now_local(request: Request) -> Response:
 
 def default_encoding(request: Request) -> Response:
     return text(server_of(request).config["DefaultEncoding"])
+
+
+async def put_default_encoding(request: Request) -> Response:
+    """Only this process changes, until it restarts (as ``log-level``)."""
+    server = server_of(request)
+    encoding = (await request.body()).decode(errors="replace").strip()
+    if encoding not in CHARACTER_SETS:
+        raise BadRequest(f'the encoding must be one of {", ".join(CHARACTER_SETS)}, '
+                         f'not "{encoding}"')
+    server.config = server.config.with_overrides(DefaultEncoding=encoding)
+    return text(encoding)
 
 
 def unknown_sop_class_accepted(request: Request) -> Response:
@@ -247,6 +211,32 @@ def _category(request: Request) -> str:
     if category not in LOG_CATEGORIES:
         raise UnknownResource(f'no log category "{category}"')
     return category
+
+
+# -- reconstruction ----------------------------------------------------------------------
+
+async def reconstruct_resource(request: Request) -> Response:
+    """Re-read the resource's files; the index takes its main tags from them again."""
+    files = await _reconstruct_files(request)
+    resource = resource_of(request)
+    await run_in_threadpool(reconstruct, server_of(request), resource.id, files=files)
+    return text("")
+
+
+async def reconstruct_everything(request: Request) -> Response:
+    """All the instances, patient by patient (long: Orthanc advises its housekeeper)."""
+    files = await _reconstruct_files(request)
+    await run_in_threadpool(reconstruct_all, server_of(request), files=files)
+    return text("")
+
+
+async def _reconstruct_files(request: Request) -> bool:
+    data = await request.body()
+    body = json_body(data) if data.strip() else {}
+    files = body.get("ReconstructFiles", False) if isinstance(body, dict) else None
+    if not isinstance(files, bool):
+        raise BadRequest('the body must be a JSON object; "ReconstructFiles" a boolean')
+    return files
 
 
 # -- modules, frames and slices ---------------------------------------------------------
@@ -374,6 +364,7 @@ def routes() -> list[Route]:
         Route("/tools/now", now, methods=["GET"]),
         Route("/tools/now-local", now_local, methods=["GET"]),
         Route("/tools/default-encoding", default_encoding, methods=["GET"]),
+        Route("/tools/default-encoding", put_default_encoding, methods=["PUT"]),
         Route("/tools/accepted-transfer-syntaxes", accepted_transfer_syntaxes, methods=["GET"]),
         Route("/tools/accepted-sop-classes", accepted_sop_classes, methods=["GET"]),
         Route("/tools/unknown-sop-class-accepted", unknown_sop_class_accepted, methods=["GET"]),
@@ -390,4 +381,6 @@ def routes() -> list[Route]:
         Route("/series/{id}/ordered-slices", ordered_slices, methods=["GET"]),
         Route("/exports", exports, methods=["GET"]),
         Route("/exports", clear_exports, methods=["DELETE"]),
+        Route(f"/{LEVELS}/{{id}}/reconstruct", reconstruct_resource, methods=["POST"]),
+        Route("/tools/reconstruct", reconstruct_everything, methods=["POST"]),
     ]
