@@ -13,7 +13,11 @@ from lanthorn.testing import ServerProcess, make_instance
 
 
 def test_a_pyorthanc_script(lanthorn_process: ServerProcess) -> None:
-    client = pyorthanc.Orthanc(lanthorn_process.start().url)
+    with pyorthanc.Orthanc(lanthorn_process.start().url) as client:
+        script(client)
+
+
+def script(client: pyorthanc.Orthanc) -> None:
     for number in range(3):
         dataset = pydicom.dcmread(io.BytesIO(make_instance(
             PatientID="PY1", PatientName="PYTHON^MONTY", StudyInstanceUID="1.2.840.99.1",
