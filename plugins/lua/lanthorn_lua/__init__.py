@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from starlette.routing import Route
 
 import lanthorn
 from lanthorn import ChangeType, Level, PluginRoute, Rejected, Server
+from lanthorn.changes import LEASE, LEASE_SECONDS
 from lanthorn.config import ConfigError
 from lanthorn.dicom import ParsedInstance, dataset_json
 from lanthorn.errors import BadRequest, Forbidden
@@ -39,6 +41,7 @@ config_sections = ("Lua", "LuaScripts", "LuaHeartBeatPeriod", "ExecuteLuaEnabled
 log = logging.getLogger(__name__)
 
 _engines: weakref.WeakKeyDictionary[Server, LuaEngine] = weakref.WeakKeyDictionary()
+_heartbeats: weakref.WeakKeyDictionary[Server, threading.Event] = weakref.WeakKeyDictionary()
 
 _STABLE = {ChangeType.StablePatient: "OnStablePatient", ChangeType.StableStudy: "OnStableStudy",
            ChangeType.StableSeries: "OnStableSeries"}
@@ -62,10 +65,18 @@ def startup(server: Server) -> None:
     except (BadRequest, LuaCallError) as exc:
         raise ConfigError(f"LuaScripts: {exc}") from None
     _engines[server] = engine
+    period = float(server.config.get("LuaHeartBeatPeriod") or 0)
+    if period > 0 and engine.has("OnHeartBeat"):
+        stop = _heartbeats[server] = threading.Event()
+        threading.Thread(target=_beat, args=(server, engine, period, stop),
+                         name="lanthorn-lua-heartbeat", daemon=True).start()
 
 
 @lanthorn.hookimpl
 def shutdown(server: Server) -> None:
+    stop = _heartbeats.pop(server, None)
+    if stop is not None:
+        stop.set()
     engine = _engines.pop(server, None)
     if engine is not None:
         _logged(engine, "Finalize")
@@ -103,9 +114,11 @@ def filter_incoming_instance(server: Server, instance: ParsedInstance,
     engine = _engines.get(server)
     if engine is None or FROM_LUA.get():
         return None
-    filters = ["ReceivedInstanceFilter"]
-    if origin.kind == "DicomProtocol":
-        filters.append("IncomingCStoreInstanceFilter")
+    filters = [name for name in ("ReceivedInstanceFilter", "IncomingCStoreInstanceFilter")
+               if engine.has(name) and (origin.kind == "DicomProtocol"
+                                        or name == "ReceivedInstanceFilter")]
+    if not filters:
+        return None
     tags = dataset_json(instance.dataset, "simplify")
     origin_table = {"RequestOrigin": origin.kind, "RemoteIp": origin.remote_ip,
                     "RemoteAet": origin.remote_aet, "CalledAet": origin.called_aet,
@@ -116,8 +129,8 @@ def filter_incoming_instance(server: Server, instance: ParsedInstance,
             verdict = engine.call(name, tags, origin_table, info)
         except LuaCallError as exc:
             raise Rejected(f"the Lua filter failed, instance refused: {exc}") from None
-        if verdict is False or (name == "IncomingCStoreInstanceFilter"
-                                and isinstance(verdict, int) and verdict != 0):
+        status = not isinstance(verdict, bool) and isinstance(verdict, int | float)
+        if verdict is False or (status and verdict != 0):  # or a non-zero DIMSE status
             raise Rejected(f"the Lua {name} refused this instance")
     return None
 
@@ -135,6 +148,20 @@ def register_routes(server: Server) -> list[PluginRoute]:
 
     return [PluginRoute(Route("/tools/execute-script", execute_script, methods=["POST"]),
                         permission="admin")]
+
+
+def _beat(server: Server, engine: LuaEngine, period: float, stop: threading.Event) -> None:
+    """``OnHeartBeat`` every ``period`` seconds, in the process delivering events (so
+    once per cluster, like the callbacks)."""
+    while not stop.wait(period):
+        try:
+            delivering = server.events is not None and server.index.acquire_lease(
+                LEASE, server.identity, LEASE_SECONDS)
+        except Exception:
+            log.exception("Lua: cannot tell whether this process delivers events")
+            continue
+        if delivering:
+            _logged(engine, "OnHeartBeat")
 
 
 def _logged(engine: LuaEngine, function: str, *args: Any) -> None:

@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import lanthorn_lua
 import pydicom
 import pytest
 from dimse_peers import PEER_AET, StoreSCP
 
+import lanthorn_lua
 from lanthorn import Server
 from lanthorn.config import Config
 from lanthorn.testing import make_instance
