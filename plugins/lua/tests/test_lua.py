@@ -6,14 +6,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from dimse_peers import PEER_AET, StoreSCP
+from dimse_peers import StoreSCP
+from waiting import wait_for
 
 import lanthorn_lua
 from lanthorn import Server
@@ -27,28 +27,6 @@ pytestmark = pytest.mark.lanthorn_plugins(lanthorn_lua)
 
 def scripts(*names: str) -> dict[str, Any]:
     return {"LuaScripts": [str(SCRIPTS / name) for name in names]}
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
-@pytest.fixture
-def peer() -> Iterator[StoreSCP]:
-    with StoreSCP().running() as scp:
-        yield scp
-
-
-@pytest.fixture
-def lanthorn_config(lanthorn_config: Config, peer: StoreSCP) -> Config:
-    return lanthorn_config.with_overrides(
-        DicomModalities={"sample": [PEER_AET, "127.0.0.1", peer.port]})
 
 
 def execute(client: Any, code: str) -> str:
