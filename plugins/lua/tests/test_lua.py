@@ -12,8 +12,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from dimse_peers import StoreSCP
-from waiting import wait_for
+from lua_support import StoreSCP, config_with_sample, sample_peer, wait_for  # noqa: F401
 
 import lanthorn_lua
 from lanthorn import Server

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx2
 import pydicom
 import pytest
-from dimse_peers import scu
+from lua_support import config_with_sample, sample_peer, scu  # noqa: F401
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
 from lanthorn.testing import ServerProcess, make_instance

@@ -9,8 +9,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from dimse_peers import StoreSCP
-from waiting import wait_for
+from lua_support import StoreSCP, config_with_sample, sample_peer, wait_for  # noqa: F401
 
 from lanthorn.testing import make_instance
 
@@ -56,10 +55,11 @@ def test_anonymize_then_forward(lanthorn_client: Any, peer: StoreSCP) -> None:
 @recipe("delete_after_forward")
 def test_delete_after_forward(lanthorn_client: Any, peer: StoreSCP) -> None:
     lanthorn_client.post("/instances", content=make_instance(SOPInstanceUID="1.2.3.5"))
-    wait_for(lambda: lanthorn_client.get("/instances").json() == [])
+    [job] = wait_for(lambda: [j for j in lanthorn_client.get("/jobs?expand").json()
+                              if j["State"] == "Success"])
+    assert job["Type"] == "ForwardThenDelete"
     assert [r.sop_instance for r in peer.received] == ["1.2.3.5"]
-    [job] = lanthorn_client.get("/jobs?expand").json()
-    assert (job["Type"], job["State"]) == ("ForwardThenDelete", "Success")
+    assert lanthorn_client.get("/instances").json() == []
 
 
 @recipe("delete_after_forward")
