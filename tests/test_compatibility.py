@@ -1,6 +1,8 @@
 """docs/compatibility.md cannot lie: it lists every operation of Orthanc's OpenAPI document
-once; a row is "implemented" exactly when the server registers a route that serves it,
-and then names a test that exists; its summary line is computed here.
+once; a row is "implemented" exactly when the server (with the official plugins that
+serve Orthanc core routes, such as lanthorn-lua's ``/tools/execute-script``) registers
+a route that serves it, and then names a test that exists (in ``tests/`` or a plugin's
+tests); its summary line is computed here.
 
 ``python tests/test_compatibility.py`` rewrites the summary line after the table changes.
 Also here: the level-generic routes of the core, exercised at every level.
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 from starlette.routing import BaseRoute, Match
 
+import lanthorn_lua
 from lanthorn.config import Config
 from lanthorn.server import Server
 
@@ -67,7 +70,7 @@ def orthanc_operations() -> list[tuple[str, str]]:
 def registered_routes() -> tuple[BaseRoute, ...]:
     with tempfile.TemporaryDirectory() as folder:
         config = Config.defaults().with_overrides(StorageDirectory=folder)
-        server = Server(config, load_entry_points=False)
+        server = Server(config, load_entry_points=False, plugins=[lanthorn_lua])
         try:
             return tuple(server.app.routes)
         finally:
@@ -83,7 +86,8 @@ def served(method: str, orthanc_path: str) -> bool:
 
 @cache
 def defined_tests() -> frozenset[str]:
-    return frozenset(f"{module.name}::{node.name}" for module in TESTS.glob("test_*.py")
+    modules = [*TESTS.glob("test_*.py"), *TESTS.parent.glob("plugins/*/tests/test_*.py")]
+    return frozenset(f"{module.name}::{node.name}" for module in modules
                      for node in ast.parse(module.read_text()).body
                      if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"))
 

@@ -41,19 +41,31 @@ class Destination:
         ``target`` names the destination in the job's parameters (e.g. the modality).
         """
         resources, options = store_request(body)
-        for public_id in resources:
-            if server.index.lookup(public_id) is None:
-                raise UnknownResource(f"resource {public_id} does not exist")
-        parameters = {**options, **target, "Resources": resources,
-                      "Instances": server.index.instances_under(resources)}
+        parameters = self._parameters(server, resources, options, target)
         if asynchronous(options):
-            job_id = server.jobs.submit(self.job_type, parameters,
-                                        content=self.report(server, parameters, {}),
-                                        priority=int(options.get("Priority", 0)))
-            return job_answer(job_id)
+            return job_answer(self._submit(server, parameters))
         checkpoint: dict[str, Any] = {}
         self.send(server, parameters, checkpoint, None)
         return answer(self.report(server, parameters, checkpoint))
+
+    def submit(self, server: Server, resources: list[str], target: dict[str, Any],
+               options: dict[str, Any] | None = None) -> str:
+        """Queue a store job for ``resources`` (public IDs); its ID. How plugins send:
+        network failures are retried and the job stays visible in ``/jobs``."""
+        return self._submit(server, self._parameters(server, resources, options or {}, target))
+
+    def _parameters(self, server: Server, resources: list[str], options: dict[str, Any],
+                    target: dict[str, Any]) -> dict[str, Any]:
+        for public_id in resources:
+            if server.index.lookup(public_id) is None:
+                raise UnknownResource(f"resource {public_id} does not exist")
+        return {**options, **target, "Resources": resources,
+                "Instances": server.index.instances_under(resources)}
+
+    def _submit(self, server: Server, parameters: dict[str, Any]) -> str:
+        return server.jobs.submit(self.job_type, parameters,
+                                  content=self.report(server, parameters, {}),
+                                  priority=int(parameters.get("Priority", 0)))
 
     def job(self) -> JobType:
         """The job type: sends with progress, retried on network failures."""
