@@ -9,6 +9,7 @@ import re
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -16,9 +17,11 @@ import trustme
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
+import lanthorn
 from lanthorn.auth import ROLES, Users, basic_credentials, hash_password
 from lanthorn.cli import main
 from lanthorn.config import Config, ConfigError
+from lanthorn.errors import PluginError
 from lanthorn.rest.access import route_permission
 from lanthorn.rest.app import collect_routes
 from lanthorn.server import Server
@@ -252,3 +255,20 @@ def test_roles_of_the_issue(client: TestClient) -> None:
                       headers=basic("editor")).status_code == 403
     assert client.put("/modalities/x", json=["X", "127.0.0.1", 104],
                       headers=basic("admin")).status_code == 200
+
+
+class MisdeclaredRoute:
+    @lanthorn.hookimpl
+    def register_routes(self) -> list[lanthorn.PluginRoute]:
+        route = Route("/misdeclared", lambda request: None, methods=["GET"])
+        return [lanthorn.PluginRoute(route, permission="root")]
+
+
+def test_an_unknown_permission_stops_start_up(lanthorn_config: Config,
+                                              lanthorn_make_server: Any) -> None:
+    server = lanthorn_make_server(lanthorn_config, [MisdeclaredRoute()])
+    try:
+        with pytest.raises(PluginError, match='/misdeclared: unknown permission "root"'):
+            server.app  # noqa: B018 - building the application is the point
+    finally:
+        server.close()

@@ -64,10 +64,10 @@ def collect_routes(server: Server) -> list[PluginRoute]:
     for batch in server.plugins.hook.register_routes(server=server):
         for item in batch:
             spec = item if isinstance(item, PluginRoute) else PluginRoute(item)
-            if spec.permission is not None and spec.permission not in PERMISSIONS:
-                raise PluginError(f"{_route_key(spec.route)[0]}: unknown permission "
-                                  f'"{spec.permission}" (one of {", ".join(PERMISSIONS)})')
             key = _route_key(spec.route)
+            if spec.permission is not None and spec.permission not in PERMISSIONS:
+                raise PluginError(f"{key[0]}: unknown permission "
+                                  f'"{spec.permission}" (one of {", ".join(PERMISSIONS)})')
             if key in chosen and not spec.overrides_core:
                 if not chosen[key].overrides_core:
                     raise PluginError(f"two plugins serve {sorted(key[1])} {key[0]}; "
