@@ -303,11 +303,11 @@ def test_docs_option_table_matches_options() -> None:
 
 def test_orthanc_only_options_give_one_notice_not_a_warning_each(tmp_path: Path) -> None:
     path = tmp_path / "orthanc.json"
-    path.write_text('{"SslEnabled": false, "ZipLoaderThreads": 0, "HttpPrt": 1}')
+    path.write_text('{"SslMinimumProtocolVersion": 4, "ZipLoaderThreads": 0, "HttpPrt": 1}')
     warnings = load_config(path).unknown_key_warnings([])
     assert len(warnings) == 2
     assert '"HttpPrt"' in warnings[0] and "HttpPort" in warnings[0]
-    assert warnings[1].endswith("ignored: SslEnabled, ZipLoaderThreads")
+    assert warnings[1].endswith("ignored: SslMinimumProtocolVersion, ZipLoaderThreads")
 
 
 def test_an_implemented_option_is_no_longer_listed_as_orthanc_only() -> None:

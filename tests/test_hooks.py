@@ -53,6 +53,7 @@ from lanthorn.changes import EventDispatcher
 from lanthorn.config import Config
 from lanthorn.errors import PluginError
 from lanthorn.index import SqlIndex, upgrade
+from lanthorn.rest.access import required_permission
 from lanthorn.storage import FilesystemStorage
 from lanthorn.testing import make_image
 
@@ -420,6 +421,54 @@ def test_a_failing_handle_exception_falls_back_to_the_core_error(
     answer = lanthorn_client.get("/no-such-route")
     assert (answer.status_code, answer.json()["HttpStatus"]) == (404, 404)
     assert "the renderer is broken" in caplog.text
+
+
+class ApiKeys:
+    """Identifies robots by a header; the core's basic authentication comes after."""
+
+    @lanthorn.hookimpl
+    def authenticate(self, request: Any) -> lanthorn.Principal | None:
+        if request.headers.get("x-api-key") == "robot-key":
+            return lanthorn.Principal("robot", frozenset({"viewer"}), "api-key")
+        return None
+
+
+@pytest.mark.lanthorn_plugins(ApiKeys())
+@pytest.mark.lanthorn_config(AuthenticationEnabled=True, RegisteredUsers={"alice": "pw"})
+def test_hook_authenticate(lanthorn_client: TestClient) -> None:
+    assert lanthorn_client.get("/patients", headers={"x-api-key": "robot-key"}).json() == []
+    assert lanthorn_client.get("/patients", headers={"x-api-key": "wrong"}).status_code == 401
+    # A viewer: the roles the plugin gave apply.
+    assert lanthorn_client.delete("/patients/x",
+                                  headers={"x-api-key": "robot-key"}).status_code == 403
+    # The core's basic authentication still answers when the plugin passes.
+    assert lanthorn_client.get("/patients", auth=("alice", "pw")).status_code == 200
+
+
+class NoDeletesOnFridays:
+    """A plugin's own rule: nobody deletes, not even an admin; it sees who asks."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+
+    @lanthorn.hookimpl
+    def filter_http_request(self, request: Any, principal: lanthorn.Principal) -> bool:
+        self.seen.append((principal.name, required_permission(request)))
+        return request.method != "DELETE"
+
+
+FRIDAY = NoDeletesOnFridays()
+
+
+@pytest.mark.lanthorn_plugins(FRIDAY)
+@pytest.mark.lanthorn_config(AuthenticationEnabled=True, RegisteredUsers={"alice": "pw"})
+def test_hook_filter_http_request(lanthorn_client: TestClient) -> None:
+    answer = lanthorn_client.delete("/patients/x", auth=("alice", "pw"))
+    assert answer.status_code == 403 and answer.json()["OrthancStatus"] == 11
+    assert lanthorn_client.get("/patients/x", auth=("alice", "pw")).status_code == 404
+    assert FRIDAY.seen == [("alice", "write"), ("alice", "read")]
+    assert lanthorn_client.get("/patients").status_code == 401  # no one: no filter called
+    assert len(FRIDAY.seen) == 2
 
 
 # -- ingest -----------------------------------------------------------------------------

@@ -219,7 +219,8 @@ def test_plugins(lanthorn_client: Any) -> None:
 
 
 @pytest.mark.parametrize("allowed", [
-    pytest.param(allowed, marks=pytest.mark.lanthorn_config(RemoteAccessAllowed=allowed))
+    pytest.param(allowed, marks=pytest.mark.lanthorn_config(RemoteAccessAllowed=allowed,
+                                                             AuthenticationEnabled=False))
     for allowed in (False, True)])
 def test_remote_access(allowed: bool, lanthorn_server: Any) -> None:
     with TestClient(lanthorn_server.app, client=("10.1.2.3", 1234)) as remote:

@@ -17,6 +17,7 @@ from .types import (
     IndexBackendFactory,
     Origin,
     PluginRoute,
+    Principal,
     StorageAreaFactory,
     StoredInstance,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Level",
     "Origin",
     "PluginRoute",
+    "Principal",
     "Rejected",
     "Server",
     "StorageAreaFactory",

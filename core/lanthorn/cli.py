@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import sys
 from collections.abc import Sequence
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     _command(commands, "config", "print a commented default configuration", _print_config,
              config=False)
     _command(commands, "plugins", "list installed plugins and their status", _plugins)
+    _command(commands, "passwd", "print a password hash for RegisteredUsers (the password "
+             "is asked for, or read from standard input)", _passwd, config=False)
 
     importer = _command(commands, "import", "import DICOM files, folders and ZIP archives",
                         _import)
@@ -101,6 +104,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _print_config(args: argparse.Namespace) -> int:
     sys.stdout.write(default_config_text())
+    return 0
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    from .auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("lanthorn: error: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("lanthorn: error: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
     return 0
 
 

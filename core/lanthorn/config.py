@@ -275,9 +275,18 @@ OPTIONS: tuple[Option, ...] = (
         "AuthenticationEnabled",
         None,
         bool,
-        "Require HTTP basic authentication; null means only when RemoteAccessAllowed is on.",
+        "Require credentials on every HTTP request; null means only when RemoteAccessAllowed "
+        "is on.",
     ),
-    Option("RegisteredUsers", {}, dict, "HTTP users, as an object of username: password."),
+    Option("RegisteredUsers", {}, dict, "HTTP users: name: password (Orthanc's form, an "
+           "admin), or name: {\"Password\": hash from `lanthorn passwd`, \"Roles\": [...]}."),
+    Option("SslEnabled", False, bool, "Serve HTTPS instead of HTTP."),
+    Option("SslCertificate", "certificate.pem", str, "PEM file with the HTTPS server's "
+           "certificate (and its chain) followed by its private key."),
+    Option("SslVerifyPeers", False, bool, "Require HTTPS clients to present a certificate "
+           "signed by one in SslTrustedClientCertificates."),
+    Option("SslTrustedClientCertificates", "trustedClientCertificates.pem", str,
+           "PEM file of the certificates (or CAs) HTTPS clients are verified against."),
     Option("RestApiWriteToFileSystemEnabled", False, bool, "Allow POST /instances/{id}/export "
            "to write files anywhere the server's user may write."),
     Option("HttpDescribeErrors", True, bool, "Describe errors as JSON in failed REST answers."),
@@ -668,8 +677,7 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "HttpsCACertificates", "HttpsVerifyPeers",
     "LoadPrivateDictionary", "LuaScripts", "MallocArenaMax",
     "MaximumStorageCacheSize", "MediaArchiveSize",
-    "OrthancExplorerEnabled", "SslCertificate",
-    "SslEnabled", "SslMinimumProtocolVersion", "SslTrustedClientCertificates", "SslVerifyPeers",
+    "OrthancExplorerEnabled", "SslMinimumProtocolVersion",
     "StoreDicom", "StoreMD5ForAttachments",
     "SynchronousZipStream", "TranscodeDicomProtocol", "WebDavDeleteAllowed", "WebDavEnabled",
     "WebDavUploadAllowed", "ZipLoaderThreads",

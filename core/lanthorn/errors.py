@@ -70,6 +70,14 @@ class NotAcceptable(LanthornError):
     orthanc_error = "Bad request"
 
 
+class Unauthorized(LanthornError):
+    """No credentials, or credentials that identify no one (HTTP 401)."""
+
+    http_status = 401
+    orthanc_status = 30
+    orthanc_error = "Unauthorized"
+
+
 class Forbidden(LanthornError):
     http_status = 403
     orthanc_status = 11

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         IndexBackendFactory,
         Origin,
         PluginRoute,
+        Principal,
         StorageAreaFactory,
         StoredInstance,
     )
@@ -98,6 +99,28 @@ def register_routes(server: Server) -> list[PluginRoute | Any]:
 
     A path that a core route already serves is a start-up error unless the
     ``PluginRoute`` says ``overrides_core=True``.
+    """
+
+
+@hookspec(firstresult=True)
+def authenticate(server: Server, request: Request) -> Principal | None:
+    """Who is calling: a ``Principal`` (name, roles, method), or ``None`` to pass.
+
+    Called for every request while authentication is enabled, in a worker thread,
+    before routing. firstresult; the core's HTTP basic authentication against
+    ``RegisteredUsers`` is ``trylast``. When every implementation passes, the answer is
+    401. Do not read the body.
+    """
+
+
+@hookspec
+def filter_http_request(server: Server, request: Request, principal: Principal) -> bool:
+    """Authorization: return ``False`` to refuse ``request`` to ``principal`` (403).
+
+    A veto: any ``False`` refuses. Called after ``authenticate`` (with an anonymous
+    admin when authentication is disabled), before routing. The core's own implementation
+    checks the principal's roles against the route's permission
+    (``lanthorn.rest.access.required_permission(request)``; None when no route matches).
     """
 
 

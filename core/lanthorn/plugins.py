@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "lanthorn.builtin.filesystem",
     "lanthorn.builtin.sqlite",
     "lanthorn.builtin.errors",
+    "lanthorn.builtin.auth",
     "lanthorn.builtin.dimse",
     "lanthorn.builtin.codecs",
     "lanthorn.builtin.metrics",

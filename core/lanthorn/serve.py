@@ -24,13 +24,15 @@ import multiprocessing
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
+from typing import Any
 
 import uvicorn
 
-from .config import Config
+from .config import Config, ConfigError
 from .server import Server
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ _restart = threading.Event()
 
 
 def serve(config: Config, workers: int | None = None) -> int:
+    https_options(config)  # a bad certificate stops start-up before anything listens
     count = int(workers or config["Workers"])
     if count <= 1:
         run_server(config, None)
@@ -122,11 +125,30 @@ def _run_http(server: Server, http_socket: socket.socket | None) -> None:
         timeout_keep_alive=int(config["HttpTimeout"]) if config["KeepAlive"] else 0,
         access_log=False,
         proxy_headers=False,  # the peer address is the client (RemoteAccessAllowed)
+        **https_options(config),
     ))
     for sig in (signal.SIGINT, signal.SIGTERM):  # a stop asked before uvicorn listens
         signal.signal(sig, lambda *_: setattr(http, "should_exit", True))
     log.info("REST API on port %s (process %d)", config["HttpPort"], os.getpid())
     http.run(sockets=[http_socket] if http_socket else None)
+
+
+def https_options(config: Config) -> dict[str, Any]:
+    """uvicorn's TLS arguments from ``Ssl*`` (none without ``SslEnabled``), checked by
+    loading them once: a missing or wrong file is a ConfigError, not a worker crash."""
+    if not config["SslEnabled"]:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": config["SslCertificate"]}
+    if config["SslVerifyPeers"]:
+        options |= {"ssl_cert_reqs": ssl.CERT_REQUIRED,
+                    "ssl_ca_certs": config["SslTrustedClientCertificates"]}
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
+                                             cafile=options.get("ssl_ca_certs"))
+        context.load_cert_chain(options["ssl_certfile"])  # the key follows the certificate
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"HTTPS (SslEnabled): cannot load the certificates: {exc}") from None
+    return options
 
 
 def _wait_for_signal() -> None:

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from .auth import Users
 from .config import Config, ConfigError
 from .errors import PluginError
 from .ingest import Ingester
@@ -73,6 +74,7 @@ class Server:
         self._check_sections()
         check_peers(self.config)
         check_user_types(self.config)
+        self.users = Users.from_config(self.config)
         self.main_tags = MainTags(self.config["ExtraMainDicomTags"])
         self.storage: StorageArea = self._open_storage()
         self.index: SqlIndex = self._open_index()

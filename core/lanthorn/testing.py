@@ -239,10 +239,13 @@ class ServerProcess:
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    https: bool = False
+    #: httpx arguments (``verify``, ``auth``) with which ``wait_ready`` reaches the server.
+    client_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.https else 'http'}://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30) -> ServerProcess:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the handle
@@ -262,7 +265,9 @@ class ServerProcess:
             if self.process and self.process.poll() is not None:
                 raise RuntimeError(f"lanthorn serve exited:\n{self.log_path.read_text()}")
             try:
-                if httpx2.get(self.url + "/system", timeout=1).status_code == 200:
+                # With authentication on, a 401 is an answer too.
+                if httpx2.get(self.url + "/system", timeout=1,
+                              **self.client_options).status_code in (200, 401):
                     return
             except httpx2.HTTPError:
                 time.sleep(0.1)
@@ -340,7 +345,7 @@ def lanthorn_process(lanthorn_config: Config, tmp_path: Path) -> Iterator[Server
     config_path.write_text(json.dumps({**options, "DicomBindAddress": "127.0.0.1",
                                        "HttpBindAddress": "127.0.0.1"}))
     child = ServerProcess(config_path, lanthorn_config["HttpPort"], lanthorn_config["DicomPort"],
-                          tmp_path / "server.log")
+                          tmp_path / "server.log", https=bool(lanthorn_config["SslEnabled"]))
     try:
         yield child
     finally:

@@ -93,9 +93,21 @@ class PluginRoute:
     """A route with the metadata the core enforces."""
 
     route: BaseRoute
-    permission: str = "read"  # "read", "write" or "admin"
+    #: "read", "store", "write" or "admin" (docs/security.md); None: by HTTP method.
+    permission: str | None = None
     public: bool = False  # reachable without authentication
     overrides_core: bool = False  # deliberately replaces a core route with the same path
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, as the ``authenticate`` hook established it."""
+
+    name: str
+    roles: frozenset[str]
+    #: How: "basic", "token", "certificate", a plugin's own word, or "anonymous"
+    #: (authentication disabled).
+    method: str
 
 
 @dataclass(frozen=True)

@@ -17,53 +17,64 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..auth import PERMISSIONS
 from ..errors import Forbidden, LanthornError, PluginError
 from ..types import PluginRoute
+from .access import AccessControl
 
 if TYPE_CHECKING:
     from ..server import Server
 
 log = logging.getLogger(__name__)
 
-HTTP_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+HTTP_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
                 405: "Method Not Allowed", 406: "Not Acceptable", 415: "Unsupported Media Type",
                 416: "Range Not Satisfiable",
                 500: "Internal Server Error", 507: "Insufficient Storage"}
 
 
 def build_app(server: Server) -> Starlette:
-    routes = collect_routes(server)
+    specs = collect_routes(server)
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        try:
-            return server.plugins.hook.handle_exception(server=server, request=request, exc=exc)
-        except Exception:  # a broken renderer must not turn an error into a bare 500
-            log.exception("a plugin failed in handle_exception")
-            return error_response(request, exc)
+        return render_error(server, request, exc)
 
-    app = Starlette(routes=routes,
+    app = Starlette(routes=[spec.route for spec in specs],
                     exception_handlers={Exception: on_error, HTTPException: on_error,
                                         LanthornError: on_error})
     app.state.server = server
+    app.add_middleware(AccessControl, server=server, specs=specs)
     if not server.config["RemoteAccessAllowed"]:
-        app.add_middleware(LoopbackOnly)
+        app.add_middleware(LoopbackOnly)  # added last: runs first
     return app
 
 
-def collect_routes(server: Server) -> list[BaseRoute]:
+def render_error(server: Server, request: Request, exc: Exception) -> Response:
+    """The ``handle_exception`` hook's answer, Orthanc's JSON error if that fails."""
+    try:
+        return server.plugins.hook.handle_exception(server=server, request=request, exc=exc)
+    except Exception:  # a broken renderer must not turn an error into a bare 500
+        log.exception("a plugin failed in handle_exception")
+        return error_response(request, exc)
+
+
+def collect_routes(server: Server) -> list[PluginRoute]:
     """Every plugin's routes; a path served twice is an error unless declared an override."""
     chosen: dict[tuple[str, frozenset[str]], PluginRoute] = {}
     for batch in server.plugins.hook.register_routes(server=server):
         for item in batch:
             spec = item if isinstance(item, PluginRoute) else PluginRoute(item)
             key = _route_key(spec.route)
+            if spec.permission is not None and spec.permission not in PERMISSIONS:
+                raise PluginError(f"{key[0]}: unknown permission "
+                                  f'"{spec.permission}" (one of {", ".join(PERMISSIONS)})')
             if key in chosen and not spec.overrides_core:
                 if not chosen[key].overrides_core:
                     raise PluginError(f"two plugins serve {sorted(key[1])} {key[0]}; "
                                       "declare overrides_core=True to replace a core route")
                 continue
             chosen[key] = spec
-    return [spec.route for spec in chosen.values()]
+    return list(chosen.values())
 
 
 def _route_key(route: BaseRoute) -> tuple[str, frozenset[str]]:

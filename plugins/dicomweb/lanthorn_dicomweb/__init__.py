@@ -89,7 +89,7 @@ def register_routes(server: Server) -> list[PluginRoute]:
     root = options.root
     routes = [PluginRoute(Route(root + path, endpoint, methods=["GET"]), permission="read")
               for path, endpoint in reads]
-    routes += [PluginRoute(Route(root + path, store, methods=["POST"]), permission="write")
+    routes += [PluginRoute(Route(root + path, store, methods=["POST"]), permission="store")
                for path in ("/studies", STUDY)]
     routes += [PluginRoute(Route(root + "/servers", servers.list, methods=["GET"])),
                PluginRoute(Route(root + "/servers/{name}", servers.operations, methods=["GET"]))]

@@ -1,0 +1,125 @@
+"""Authentication and authorization of every HTTP request, before routing.
+
+Each route needs a permission (``read``, ``store``, ``write`` or ``admin``): the one its
+``PluginRoute`` declares, else the core's rule — ``GET``/``HEAD`` read, anything else
+writes — with the exceptions in ``EXCEPTIONS``. Identity comes from the ``authenticate``
+hook, then every ``filter_http_request`` may veto (the core's own checks the roles). A
+request that matches no route still needs credentials: a stranger learns nothing, not
+even which resources exist (401, not 404).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.routing import Match
+
+from ..auth import ANONYMOUS, authentication_enabled
+from ..errors import Forbidden, Unauthorized
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from ..server import Server
+    from ..types import PluginRoute, Principal
+
+LEVEL = "/{level:lanthorn_level}/{id}"
+#: Routes whose permission is not the one their HTTP method implies.
+EXCEPTIONS: dict[tuple[str, str], str] = {
+    **{("POST", path): "store" for path in (
+        "/instances", "/modalities/{id}/echo", "/tools/dicom-echo")},
+    **{("POST", path): "read" for path in (  # queries and downloads that change nothing
+        "/tools/find", "/tools/count-resources", "/tools/lookup", LEVEL + "/archive",
+        LEVEL + "/media", "/tools/create-archive", "/tools/create-media",
+        "/tools/create-media-extended", LEVEL + "/attachments/{name}/verify-md5")},
+    **{("POST", path): "admin" for path in (
+        "/tools/reset", "/tools/shutdown", "/tools/execute-script", "/tools/pseudonyms")},
+    **{(method, path): "admin" for method in ("PUT", "DELETE")
+       for path in ("/modalities/{id}", "/peers/{id}")},
+    **{("PUT", path): "admin" for path in (
+        "/tools/log-level", "/tools/log-level-{category}", "/tools/metrics",
+        "/tools/accepted-transfer-syntaxes", "/tools/unknown-sop-class-accepted")},
+    ("GET", "/peers/{id}/configuration"): "admin",  # holds the peer's password
+    ("DELETE", "/exports"): "admin",
+}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PERMISSION_KEY = "lanthorn.permission"
+PRINCIPAL_KEY = "lanthorn.principal"
+
+
+def route_permission(spec: PluginRoute, method: str) -> str:
+    """The permission ``method`` on this route needs."""
+    if spec.permission is not None:
+        return spec.permission
+    path = getattr(spec.route, "path", "")
+    default = "read" if method in SAFE_METHODS else "write"
+    return EXCEPTIONS.get((method, path), default)
+
+
+def required_permission(request: Request) -> str | None:
+    """The permission of the route ``request`` matched; None when it matched none."""
+    return request.scope.get(PERMISSION_KEY)
+
+
+def principal_of(request: Request) -> Principal | None:
+    """Who is calling (set before the endpoint runs)."""
+    return request.scope.get(PRINCIPAL_KEY)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    permission: str | None  # None: the request matches no route (answered 404 or 405)
+    public: bool = False
+
+
+class AccessControl:
+    """ASGI middleware: identify the caller, then let plugins and roles decide."""
+
+    def __init__(self, app: ASGIApp, server: Server, specs: list[PluginRoute]) -> None:
+        self.app = app
+        self.server = server
+        self.specs = specs
+        self.enabled = authentication_enabled(server.config)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        requirement = self.requirement(scope)
+        scope[PERMISSION_KEY] = requirement.permission
+        request = Request(scope, receive)
+        if not requirement.public:
+            refusal = await run_in_threadpool(self.decide, request)
+            if refusal is not None:
+                from .app import render_error
+
+                response = render_error(self.server, request, refusal)
+                if isinstance(refusal, Unauthorized):
+                    response.headers["WWW-Authenticate"] = 'Basic realm="Lanthorn"'
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def requirement(self, scope: Scope) -> Requirement:
+        for spec in self.specs:
+            match, _ = spec.route.matches(scope)
+            if match is Match.FULL:
+                return Requirement(route_permission(spec, scope["method"]), spec.public)
+        return Requirement(None)
+
+    def decide(self, request: Request) -> Unauthorized | Forbidden | None:
+        """The refusal to answer, or None to go on (``request`` then carries the principal)."""
+        hook = self.server.plugins.hook
+        principal = hook.authenticate(server=self.server, request=request) \
+            if self.enabled else ANONYMOUS
+        if principal is None:
+            return Unauthorized("credentials are missing or wrong")
+        request.scope[PRINCIPAL_KEY] = principal
+        if not all(hook.filter_http_request(server=self.server, request=request,
+                                            principal=principal)):
+            return Forbidden(f'"{principal.name}" may not do this '
+                             f"({required_permission(request) or 'unknown'} permission)")
+        return None
