@@ -168,10 +168,13 @@ def hashes() -> dict[str, str]:
 
 @pytest.fixture
 def secured(lanthorn_config: Config, hashes: dict[str, str]) -> Iterator[Server]:
-    """A server with every installed plugin, one user per role (named after the role)."""
+    """A server with every installed plugin, one user per role (named after the role),
+    and the routes that policy options switch off switched on (their 403 is not a
+    permission's)."""
     users = {role: {"Password": hashes[role], "Roles": [role]} for role in ROLES}
     server = Server(lanthorn_config.with_overrides(
-        AuthenticationEnabled=True, RegisteredUsers=users))
+        AuthenticationEnabled=True, RegisteredUsers=users, ExecuteLuaEnabled=True,
+        RestApiWriteToFileSystemEnabled=True))
     try:
         yield server
     finally:
