@@ -66,10 +66,7 @@ def serve_n_action(event: Event, server: Server, rules: AccessRules
     """EVT_N_ACTION: accept the request and queue the job that will report."""
     requestor = event.assoc.requestor
     calling = requestor.ae_title.strip()
-    refusal = rules.refusal("NAction", calling, requestor.address)
-    if refusal is not None or event.request.RequestedSOPClassUID != PUSH_MODEL:
-        log.warning("storage commitment from %s refused: %s", calling,
-                    refusal or "not the Storage Commitment Push Model")
+    if _refused(event, rules, "NAction", event.request.RequestedSOPClassUID, "request"):
         return REFUSED, None
     modality = rules.caller(calling, requestor.address)
     try:
@@ -90,6 +87,19 @@ def serve_n_action(event: Event, server: Server, rules: AccessRules
     log.info("storage commitment %s from %s: %d instances", transaction, calling,
              len(instances))
     return SUCCESS, None
+
+
+def _refused(event: Event, rules: AccessRules, permission: str, sop_class: str,
+             what: str) -> bool:
+    """Whether the peer may not send this storage commitment message (logged why)."""
+    requestor = event.assoc.requestor
+    calling = requestor.ae_title.strip()
+    refusal = rules.refusal(permission, calling, requestor.address)
+    if refusal is None and sop_class == PUSH_MODEL:
+        return False
+    log.warning("storage commitment %s from %s refused: %s", what, calling,
+                refusal or "not the Storage Commitment Push Model")
+    return True
 
 
 def _verdicts(server: Server, instances: list[list[str]]) -> tuple[list, list]:
@@ -159,12 +169,8 @@ def request_commitment(server: Server, modality: Modality, instances: list[list[
 def serve_n_event_report(event: Event, server: Server, rules: AccessRules
                          ) -> tuple[int, Dataset | None]:
     """EVT_N_EVENT_REPORT: a modality reports on a commitment Lanthorn asked for."""
-    requestor = event.assoc.requestor
-    calling = requestor.ae_title.strip()
-    refusal = rules.refusal("EventReport", calling, requestor.address)
-    if refusal is not None or event.request.AffectedSOPClassUID != PUSH_MODEL:
-        log.warning("storage commitment report from %s refused: %s", calling,
-                    refusal or "not the Storage Commitment Push Model")
+    calling = event.assoc.requestor.ae_title.strip()
+    if _refused(event, rules, "EventReport", event.request.AffectedSOPClassUID, "report"):
         return REFUSED, None
     try:
         report = event.event_information
