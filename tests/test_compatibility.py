@@ -96,6 +96,8 @@ ROWS = read_rows(DOC.read_text())
 
 
 def test_every_orthanc_operation_has_one_row() -> None:
+    if not OPENAPI.exists():  # Orthanc's document sits beside the repository, not in it
+        pytest.skip(f"Orthanc's OpenAPI document is not at {OPENAPI}")
     listed = Counter((row.method, row.path) for row in ROWS)
     assert [key for key, count in listed.items() if count > 1] == []
     assert set(listed) == set(orthanc_operations())
