@@ -295,24 +295,20 @@ class SqlIndex:
 
     def headers(self, instance_ids: Sequence[int]) -> dict[int, bytes]:
         """The saved headers of several instances (DICOMweb series metadata), batched."""
-        found: dict[int, bytes] = {}
-        column = s.instance_headers.c
-        with self.read() as conn:
-            for start in range(0, len(instance_ids), self.ID_BATCH):
-                batch = instance_ids[start:start + self.ID_BATCH]
-                found.update(conn.execute(select(column.resource_id, column.header)
-                                          .where(column.resource_id.in_(batch))).all())
-        return found
+        return self._by_instance(s.instance_headers.c.header, instance_ids)
 
     def instance_json(self, instance_ids: Sequence[int]) -> dict[int, bytes]:
         """The kept DICOM JSON of those instances that have some (see ``keep_json``)."""
+        return self._by_instance(s.instance_json.c.json, instance_ids)
+
+    def _by_instance(self, column, instance_ids: Sequence[int]) -> dict[int, bytes]:  # noqa: ANN001
+        """One column of a per-instance table, for those instances that have a row."""
+        owner = column.table.c.resource_id
         found: dict[int, bytes] = {}
-        column = s.instance_json.c
         with self.read() as conn:
             for start in range(0, len(instance_ids), self.ID_BATCH):
                 batch = instance_ids[start:start + self.ID_BATCH]
-                found.update(conn.execute(select(column.resource_id, column.json)
-                                          .where(column.resource_id.in_(batch))).all())
+                found.update(conn.execute(select(owner, column).where(owner.in_(batch))).all())
         return found
 
     def keep_json(self, values: dict[int, bytes]) -> None:
