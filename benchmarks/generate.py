@@ -7,8 +7,11 @@ UIDs), which is how the runner uploads new instances on every run.
 
     python benchmarks/generate.py ct:1x1x2x100 --seed demo --out dataset
 
-Profiles: ``ct`` is 512x512 16-bit (about 0.5 MB a file, image-bound), ``small`` is
-64x64 (about 8 KB, index-bound). The files come from ``lanthorn.testing.make_instance``.
+Profiles: ``ct`` is 512x512 16-bit noise (about 0.5 MB a file, image-bound; the worst
+case for any image codec), ``phantom`` the same size with a CT-like body section (air,
+soft tissue, lungs, spine, in Hounsfield units through a rescale: what preview and
+compression meet in practice), ``small`` is 64x64 noise (about 8 KB, index-bound). The
+files come from ``lanthorn.testing.make_instance`` and ``make_image``.
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 from pydicom.uid import generate_uid
 
-from lanthorn.testing import CT_IMAGE_STORAGE, make_instance
+from lanthorn.testing import CT_IMAGE_STORAGE, make_image, make_instance
 
 #: Rows (and columns) of each profile's images.
-PROFILES = {"ct": 512, "small": 64}
+PROFILES = {"ct": 512, "phantom": 512, "small": 64}
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SOP_CLASSES = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}
@@ -121,9 +126,13 @@ class Spec:
         patient, study = self._rng(p, "patient"), self._rng(p, s, "study")
         modality = self.modality(p, s)
         sop_instance = self.uid(p, s, r, i)
-        return make_instance(
-            rows=PROFILES[self.profile], columns=PROFILES[self.profile],
-            seed=zlib.crc32(sop_instance.encode()),
+        seed = zlib.crc32(sop_instance.encode())
+        size = PROFILES[self.profile]
+        image = (partial(make_image, phantom(size, seed), bits_stored=12, RescaleSlope=1,
+                         RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
+                 if self.profile == "phantom" else
+                 partial(make_instance, rows=size, columns=size, seed=seed))
+        return image(
             SOPClassUID=SOP_CLASSES[modality], SOPInstanceUID=sop_instance,
             StudyInstanceUID=self.uid(p, s), SeriesInstanceUID=self.uid(p, s, r),
             PatientID=self.patient_id(p), PatientName=self.patient_name(p),
@@ -144,6 +153,24 @@ class Spec:
         one seed are disjoint; the separators keep ``(1, 23)`` apart from ``(12, 3)``
         (pydicom joins entropy sources as they are)."""
         return "/".join([self.seed, str(self), *map(str, indices)])
+
+
+def phantom(size: int, seed: int) -> np.ndarray:
+    """A CT-like axial slice, stored as HU + 1024: air around an elliptic body of soft
+    tissue with two lungs and a vertebra, sizes varied by ``seed``, with scanner noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size - 0.5
+
+    def inside(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1
+
+    hu = np.full((size, size), -1000.0)
+    hu[inside(0, 0, rng.uniform(0.38, 0.45), rng.uniform(0.28, 0.34))] = 40
+    for side in (-1, 1):
+        hu[inside(side * 0.17, -0.03, rng.uniform(0.1, 0.13), rng.uniform(0.16, 0.2))] = -820
+    hu[inside(0, 0.2, 0.05, 0.05)] = 700
+    hu += rng.normal(0, 12, hu.shape)
+    return np.clip(hu + 1024, 0, 4095).astype(np.uint16)
 
 
 def write(spec: Spec, folder: Path) -> tuple[int, int]:
