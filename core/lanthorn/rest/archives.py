@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet, RecordNode
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from zipstream import ZipStream
 
@@ -40,6 +40,7 @@ from ..storage import read_all, read_chunks
 from ..transcode import check_syntax, transcode
 from .common import asynchronous, flag, job_answer, json_body, resource_of, server_of
 from .resources import LEVELS
+from .streaming import streamed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -155,7 +156,7 @@ def _respond(request: Request, body: dict[str, Any], media: bool, extended: bool
     headers = {"Content-Disposition": f'attachment; filename="{options.filename}"'}
     if packed.size is not None:
         headers["Content-Length"] = str(packed.size)
-    return StreamingResponse(packed.stream, media_type="application/zip", headers=headers)
+    return streamed(packed.stream, media_type="application/zip", headers=headers)
 
 
 def _options(index: SqlIndex, body: dict[str, Any], default_name: str,

@@ -9,7 +9,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ..dicom import (
@@ -27,6 +27,7 @@ from ..model import Level, format_tag, parse_tag
 from ..storage import COMPRESSION_NONE, read_all, read_chunks
 from ..types import Origin
 from .common import answer, byte_range, dicom_form, resource_of, server_of
+from .streaming import streamed
 
 if TYPE_CHECKING:
     from ..index.records import Attachment, Resource
@@ -97,9 +98,9 @@ def serve_attachment(request: Request, server: Server, attachment: Attachment,
     chunks = read_chunks(server.storage, attachment.uuid, compression, start, end)
     headers = {**(headers or {}), "Content-Length": str(end - start), "Accept-Ranges": "bytes"}
     if "range" not in request.headers:
-        return StreamingResponse(chunks, media_type=media_type, headers=headers)
+        return streamed(chunks, media_type=media_type, headers=headers)
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    return StreamingResponse(chunks, status_code=206, media_type=media_type, headers=headers)
+    return streamed(chunks, status_code=206, media_type=media_type, headers=headers)
 
 
 def _dataset(request: Request):  # noqa: ANN202 - a pydicom Dataset

@@ -8,13 +8,14 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import InexistentItem, orthanc_error_description
 from ..index.jobs import JobRecord
 from ..storage import read_chunks
 from .common import answer, flag, server_of
+from .streaming import streamed
 
 #: The control verbs, each a method of ``JobEngine``.
 ACTIONS = ("cancel", "pause", "resume", "resubmit")
@@ -87,8 +88,8 @@ def get_output(request: Request) -> Response:
         raise InexistentItem(f'job {record.id} has no output "{key}"')
     headers = {"Content-Length": str(output["size"]),
                "Content-Disposition": f'attachment; filename="{output["filename"]}"'}
-    return StreamingResponse(read_chunks(server_of(request).storage, output["uuid"], 0),
-                             media_type=output["media_type"], headers=headers)
+    return streamed(read_chunks(server_of(request).storage, output["uuid"], 0),
+                    media_type=output["media_type"], headers=headers)
 
 
 def delete_output(request: Request) -> Response:
