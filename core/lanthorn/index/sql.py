@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -233,24 +233,17 @@ class SqlIndex:
         if not ids:
             return []
         with self.read() as conn:
-            rows = {r.id: _resource(r) for r in conn.execute(
-                select(s.resources).where(s.resources.c.id.in_(ids)))}
-            parents = dict(conn.execute(
-                select(s.resources.c.id, s.resources.c.public_id)
-                .where(s.resources.c.id.in_({r.parent_id for r in rows.values() if r.parent_id}))
-            ).all())
+            rows = {r.id: _resource(r) for r in conn.execute(_RESOURCES, {"ids": ids})}
+            wanted = {"ids": list(rows)}
+            parents = dict(conn.execute(_PUBLIC_IDS, {
+                "ids": list({r.parent_id for r in rows.values() if r.parent_id})}).all())
             children: dict[int, list[str]] = {i: [] for i in rows}
-            for parent_id, public_id in conn.execute(
-                select(s.resources.c.parent_id, s.resources.c.public_id)
-                .where(s.resources.c.parent_id.in_(rows)).order_by(s.resources.c.id)
-            ):
+            for parent_id, public_id in conn.execute(_CHILDREN, wanted):
                 children[parent_id].append(public_id)
-            tags = _grouped(conn, s.main_tags, rows, "tag", "value")
-            labels = _grouped(conn, s.labels, rows, "label", "label")
-            metadata = _grouped(conn, s.metadata_table, rows, "name", "value")
+            tags, labels, metadata = (_grouped(conn.execute(statement, wanted), rows)
+                                      for statement in (_TAGS, _LABELS, _METADATA))
             attachments: dict[int, dict[int, Attachment]] = {i: {} for i in rows}
-            for row in conn.execute(select(s.attachments).where(
-                    s.attachments.c.resource_id.in_(rows))):
+            for row in conn.execute(_ATTACHMENTS, wanted):
                 attachments[row.resource_id][row.content_type] = _attachment(row)
         return [
             ResourceInfo(
@@ -327,9 +320,8 @@ class SqlIndex:
 
     def attachment(self, resource_id: int, content_type: int) -> Attachment | None:
         with self.read() as conn:
-            row = conn.execute(select(s.attachments).where(
-                s.attachments.c.resource_id == resource_id,
-                s.attachments.c.content_type == content_type)).one_or_none()
+            row = conn.execute(_ATTACHMENT, {"owner": resource_id,
+                                             "kind": content_type}).one_or_none()
         return _attachment(row) if row else None
 
     def attachments_page(self, after: tuple[int, int] = (0, 0),
@@ -810,7 +802,7 @@ def _change(row) -> Change:  # noqa: ANN001
 
 
 def _lookup(conn: Connection, public_id: str) -> Resource | None:
-    row = conn.execute(select(s.resources).where(s.resources.c.public_id == public_id)).first()
+    row = conn.execute(_LOOKUP, {"public_id": public_id}).first()
     return _resource(row) if row else None
 
 
@@ -829,6 +821,22 @@ def _log_many(conn: Connection, entries: list[tuple[ChangeType, Level, str]],
     ])
 
 
+# ``describe``'s queries, built once: building and keying a statement each time costs more
+# than running it. Each takes a list of resource ids, ``ids``.
+_IDS = bindparam("ids", expanding=True)
+_RESOURCES = select(s.resources).where(s.resources.c.id.in_(_IDS))
+_PUBLIC_IDS = select(s.resources.c.id, s.resources.c.public_id).where(s.resources.c.id.in_(_IDS))
+_CHILDREN = select(s.resources.c.parent_id, s.resources.c.public_id) \
+    .where(s.resources.c.parent_id.in_(_IDS)).order_by(s.resources.c.id)
+#: Main tags, labels and metadata: (resource id, key, value) rows.
+_TAGS, _LABELS, _METADATA = (
+    select(t.c.resource_id, t.c[key], t.c[value]).where(t.c.resource_id.in_(_IDS))
+    for t, key, value in ((s.main_tags, "tag", "value"), (s.labels, "label", "label"),
+                          (s.metadata_table, "name", "value")))
+_ATTACHMENTS = select(s.attachments).where(s.attachments.c.resource_id.in_(_IDS))
+_LOOKUP = select(s.resources).where(s.resources.c.public_id == bindparam("public_id"))
+_ATTACHMENT = select(s.attachments).where(s.attachments.c.resource_id == bindparam("owner"),
+                                          s.attachments.c.content_type == bindparam("kind"))
 _IDS_BY_PUBLIC_ID = select(s.resources.c.public_id, s.resources.c.id).where(
     s.resources.c.public_id.in_(bindparam("ids", expanding=True)))
 #: Disk and uncompressed sizes of attachments (restrict it with ``.where``); cast, as
@@ -951,11 +959,11 @@ def _attachment_uuids(conn: Connection, resource_ids: list[int]) -> list[str]:
                              .where(s.attachments.c.resource_id.in_(resource_ids))))
 
 
-def _grouped(conn: Connection, table, ids, key: str, value: str) -> dict:  # noqa: ANN001
+def _grouped(rows: Iterable[Any], ids: Iterable[int]) -> dict[int, dict]:
+    """(resource, key, value) rows as a dictionary per resource."""
     result: dict[int, dict] = {i: {} for i in ids}
-    for row in conn.execute(select(table.c.resource_id, table.c[key], table.c[value])
-                            .where(table.c.resource_id.in_(ids))):
-        result[row[0]][row[1]] = row[2]
+    for resource_id, key, value in rows:
+        result[resource_id][key] = value
     return result
 
 
