@@ -21,6 +21,7 @@ from ..auth import PERMISSIONS
 from ..errors import Forbidden, LanthornError, PluginError
 from ..types import PluginRoute
 from .access import AccessControl
+from .routing import GroupedRouter
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -42,8 +43,9 @@ def build_app(server: Server) -> Starlette:
     app = Starlette(routes=[spec.route for spec in specs],
                     exception_handlers={Exception: on_error, HTTPException: on_error,
                                         LanthornError: on_error})
+    app.router = GroupedRouter(app.router.routes)
     app.state.server = server
-    app.add_middleware(AccessControl, server=server, specs=specs)
+    app.add_middleware(AccessControl, server=server, specs=specs, router=app.router)
     if not server.config["RemoteAccessAllowed"]:
         app.add_middleware(LoopbackOnly)  # added last: runs first
     return app
