@@ -216,7 +216,7 @@ def _filter_query(server: Server, name: str, query: Dataset, about: dict[str, An
     except LuaCallError as exc:
         raise Rejected(f"the Lua filter failed, query refused: {exc}") from None
     if not isinstance(answer, dict):
-        raise Rejected(f"the Lua {name} must return the query as a table")
+        raise Rejected(f"the Lua {name} returned no table")
     replaced = dataset_of(answer)  # BadRequest for a value that is no string
     for element in flat:
         del query[element.tag]

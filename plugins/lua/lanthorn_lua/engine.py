@@ -64,6 +64,8 @@ class LuaEngine:
                 self.runtime.execute(encode(code), name=encode(name))
             except lupa.LuaError as exc:
                 raise BadRequest(f"Lua error: {_first_line(exc)}") from None
+            except Exception as exc:  # raised by an API function the script called
+                raise BadRequest(f"Lua error: {type(exc).__name__}: {exc}") from None
         return "".join(output)
 
     def has(self, function: str) -> bool:

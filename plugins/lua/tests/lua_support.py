@@ -15,11 +15,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
 
-from dimse_peers import PEER_AET, StoreSCP, scu  # noqa: E402
+from dimse_peers import PEER_AET, SCU_AET, StoreSCP, listening, scu  # noqa: E402
 
 from lanthorn.config import Config  # noqa: E402
 
-__all__ = ["StoreSCP", "config_with_sample", "sample_peer", "scu", "wait_for"]
+__all__ = ["SCU_AET", "StoreSCP", "config_with_sample", "listening", "sample_peer", "scu",
+           "wait_for"]
 
 
 @pytest.fixture(name="peer")
