@@ -267,7 +267,7 @@ def _logged(engine: LuaEngine, function: str, *args: Any) -> None:
 
 def _resource(server: Server, change: Change) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Tags and metadata as Orthanc gives them to callbacks; ``None`` if already gone."""
-    base = f"/{change.level.name.lower()}s/{change.public_id}"
+    base = f"/{change.level.plural}/{change.public_id}"
     tags_uri = base + "/simplified-tags" if change.level == Level.INSTANCE else base
     answers = [inprocess.call(server.app, "GET", uri) for uri in
                (tags_uri, base + "/metadata?expand")]

@@ -15,6 +15,7 @@ import httpx2
 from pydicom.uid import generate_uid
 
 from lanthorn.index.jobs import PAUSED, PENDING, RETRY, RUNNING, SUCCESS
+from lanthorn.model import STABLE_CHANGE
 from lanthorn.rest.system import ORTHANC_API_VERSION
 
 from . import inprocess
@@ -101,6 +102,15 @@ def install(engine: LuaEngine) -> None:
         log.error("Lua: Delete(): unknown resource %s", resource)
         return None
 
+    def set_stable_status(resource: str, stable: Any) -> Any:
+        """Orthanc's ``SetStableStatus(id, isStable)``: whether the status changed."""
+        found = server.index.lookup(str(resource))
+        if found is None or found.level not in STABLE_CHANGE or not isinstance(stable, bool):
+            log.error("Lua: SetStableStatus(): %s is no patient, study or series, or the "
+                      "status is no boolean", resource)
+            return None
+        return server.index.set_stable(found, stable)
+
     def modify_instance(instance: str, replacements: Any = None, removals: Any = None,
                         remove_private: Any = False) -> Any:
         """The modified copy, stored; its ID (the original stays, as in Orthanc)."""
@@ -149,6 +159,7 @@ def install(engine: LuaEngine) -> None:
         "SendToModality": send_to_modality,
         "SendToPeer": send_to_peer,
         "Delete": delete,
+        "SetStableStatus": set_stable_status,
         "ModifyInstance": modify_instance,
     }
     for name, function in functions.items():

@@ -152,3 +152,22 @@ def test_updated_and_job_callbacks(lanthorn_client: Any, peer: StoreSCP) -> None
     calls = "print(table.concat(calls, '\\n'))"
     wait_for(lambda: len(execute(lanthorn_client, calls).splitlines()) == len(expected))
     assert sorted(execute(lanthorn_client, calls).splitlines()) == sorted(expected)
+
+
+@scripts("stable.lua")
+@pytest.mark.lanthorn_config(StableAge=3600)
+@pytest.mark.all_index_backends
+def test_set_stable_status(lanthorn_client: Any) -> None:
+    stable = "print(table.concat(stable, ','))"
+    lanthorn_client.post("/instances", content=make_instance(StudyInstanceUID="1.2.9"))
+    last = lanthorn_client.post("/instances", content=make_instance(
+        StudyInstanceUID="1.2.9", ImageComments="LAST")).json()
+    wait_for(lambda: execute(lanthorn_client, stable) == "1.2.9\n")
+    study = lanthorn_client.get(f"/studies/{last['ParentStudy']}").json()
+    assert study["IsStable"] is True
+    printed = execute(lanthorn_client, f"""
+        print(SetStableStatus('{study['ID']}', true))   -- already stable
+        print(SetStableStatus('{study['ID']}', false))
+        print(SetStableStatus('{last['ID']}', true))    -- an instance: no such status""")
+    assert printed.splitlines() == ["false", "true", "nil"]
+    assert lanthorn_client.get(f"/studies/{study['ID']}").json()["IsStable"] is False
