@@ -132,8 +132,8 @@ def on_job_event(server: Server, job_id: str, event: ChangeType) -> None:
     ``Delete`` was chained to deletes what it sent once it succeeds."""
     if event == ChangeType.JobSuccess:
         delete_after_success(server, job_id)
-    events = _job_events.get(server)
-    if events is not None:
+    events, engine = _job_events.get(server), _engines.get(server)
+    if events is not None and engine is not None and engine.has(_JOB_CALLBACKS[event]):
         events.put((_JOB_CALLBACKS[event], job_id))
 
 
@@ -204,13 +204,14 @@ def filter_outgoing_find_request(server: Server, modality: Modality, query: Data
 
 
 def _filter_query(server: Server, name: str, query: Dataset, about: dict[str, Any]) -> None:
-    """Orthanc's C-FIND filters: the query as ``{["0010,0020"] = "P*"}`` (sequences
-    stay as they are), replaced by the table the script returns."""
+    """Orthanc's C-FIND filters: the query as ``{["0010,0020"] = "P*"}`` (sequences and
+    binary values stay as they are), replaced by the table the script returns."""
     engine = _engines.get(server)
     if engine is None or FROM_LUA.get() or not engine.has(name):
         return
-    flat = [e for e in query if e.VR != "SQ" and e.tag.group > 0x0002]
-    table = {format_tag(e.tag): element_string(e) or "" for e in flat}
+    flat = {e.tag: text for e in query
+            if e.tag.group > 0x0002 and (text := element_string(e)) is not None}
+    table = {format_tag(tag): text for tag, text in flat.items()}
     try:
         answer = engine.call(name, table, about)
     except LuaCallError as exc:
@@ -218,8 +219,8 @@ def _filter_query(server: Server, name: str, query: Dataset, about: dict[str, An
     if not isinstance(answer, dict):
         raise Rejected(f"the Lua {name} returned no table")
     replaced = dataset_of(answer)  # BadRequest for a value that is no string
-    for element in flat:
-        del query[element.tag]
+    for tag in flat:
+        del query[tag]
     query.update(replaced)
 
 

@@ -35,7 +35,8 @@ FROM_LUA: contextvars.ContextVar[bool] = contextvars.ContextVar("from_lua", defa
 ENTRY_POINTS = (
     "OnHeartBeat", "OnStoredInstance", "OnStablePatient", "OnStableStudy", "OnStableSeries",
     "ReceivedInstanceFilter", "IncomingCStoreInstanceFilter", "IncomingHttpRequestFilter",
-    "IncomingFindRequestFilter", "IncomingWorklistRequestFilter", "OutgoingFindRequestFilter")
+    "IncomingFindRequestFilter", "IncomingWorklistRequestFilter", "OutgoingFindRequestFilter",
+    "OnJobSubmitted", "OnJobSuccess", "OnJobFailure")
 
 
 class LuaEngine:
