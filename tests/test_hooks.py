@@ -37,6 +37,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     ModalityWorklistInformationFind,
     MRImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -454,6 +455,8 @@ class NoDeletesOnFridays:
     @lanthorn.hookimpl
     def filter_http_request(self, request: Any, principal: lanthorn.Principal) -> bool:
         self.seen.append((principal.name, required_permission(request)))
+        if request.method == "PUT":
+            raise lanthorn.Forbidden("no changes on Fridays")
         return request.method != "DELETE"
 
 
@@ -469,6 +472,8 @@ def test_hook_filter_http_request(lanthorn_client: TestClient) -> None:
     assert FRIDAY.seen == [("alice", "write"), ("alice", "read")]
     assert lanthorn_client.get("/patients").status_code == 401  # no one: no filter called
     assert len(FRIDAY.seen) == 2
+    answer = lanthorn_client.put("/patients/x/metadata/1", content="v", auth=("alice", "pw"))
+    assert (answer.status_code, answer.json()["Details"]) == (403, "no changes on Fridays")
 
 
 # -- ingest -----------------------------------------------------------------------------
@@ -617,6 +622,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
 
 DICOM_PEERS = {"scu": [SCU_AET, "127.0.0.1", 104], "teaching": ["TEACHING", "127.0.0.1", 104]}
 FIND = StudyRootQueryRetrieveInformationModelFind
+PATIENT_FIND = PatientRootQueryRetrieveInformationModelFind
 
 
 def study_identifier(**keys: str) -> Dataset:
@@ -655,6 +661,40 @@ def test_hook_handle_c_find(lanthorn_server: lanthorn.Server) -> None:
             with scu(port, FIND, aet=aet) as assoc:
                 answers = [a for _, a in assoc.send_c_find(study_identifier(), FIND) if a]
             assert [a.StudyInstanceUID for a in answers] == [expected]
+
+
+class FindFixer:
+    """Turns the "*" some modalities send for "any" into an empty key, and refuses the
+    peer called BANNED with a reason."""
+
+    @lanthorn.hookimpl
+    def filter_find_request(self, request: lanthorn.DimseRequest) -> bool:
+        if request.origin.remote_aet == "BANNED":
+            raise lanthorn.Rejected("BANNED may not query")
+        if request.identifier.get("PatientID") == "NOBODY":
+            request.identifier.PatientID = ""
+            request.identifier.QueryRetrieveLevel = "PATIENT"
+        return request.origin.remote_aet != "TEACHING"
+
+
+@pytest.mark.lanthorn_plugins(FindFixer())
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1", DicomAlwaysAllowFind=True)
+def test_hook_filter_find_request(lanthorn_server: lanthorn.Server) -> None:
+    stored = stored_study(lanthorn_server)
+    port = lanthorn_server.config["DicomPort"]
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientID = "NOBODY"
+    with listening(lanthorn_server):
+        with scu(port, PATIENT_FIND) as assoc:  # the filter asks for every patient instead
+            answers = [a for _, a in assoc.send_c_find(identifier, PATIENT_FIND) if a]
+        assert [(a.QueryRetrieveLevel, a.PatientID) for a in answers] == \
+            [("PATIENT", stored.PatientID)]
+        for aet, comment in (("TEACHING", "a plugin refused this query"),  # False
+                             ("BANNED", "BANNED may not query")):
+            with scu(port, FIND, aet=aet) as assoc:
+                [(status, _)] = list(assoc.send_c_find(study_identifier(), FIND))
+            assert (status.Status, status.ErrorComment) == (0xC000, comment)
 
 
 class Worklist:
@@ -749,6 +789,35 @@ def test_hook_handle_c_get(lanthorn_server: lanthorn.Server) -> None:
     assert received == [MR_SMALL_UID, study.SOPInstanceUID]
 
 
+class OutgoingFindFixer:
+    """Asks the modality for what was meant, not what was typed; refuses modality "down"."""
+
+    @lanthorn.hookimpl
+    def filter_outgoing_find_request(self, modality: Any, query: Dataset) -> bool:
+        if query.get("PatientID") == "typo":
+            query.PatientID = "P1"
+        return modality.name != "down"
+
+
+@pytest.mark.lanthorn_plugins(OutgoingFindFixer())
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1")
+def test_hook_filter_outgoing_find_request(lanthorn_server: lanthorn.Server,
+                                           lanthorn_client: TestClient) -> None:
+    lanthorn_server.ingest.store(dicom(PatientID="P1"), lanthorn.Origin())
+    for name in ("self", "down"):  # Lanthorn's own C-FIND SCP is the modality asked
+        lanthorn_client.put(f"/modalities/{name}", json={
+            "AET": lanthorn_server.config["DicomAet"], "Host": "127.0.0.1",
+            "Port": lanthorn_server.config["DicomPort"]})
+    query = {"Level": "Patient", "Query": {"PatientID": "typo"}}
+    with listening(lanthorn_server):
+        asked = lanthorn_client.post("/modalities/self/query", json=query).json()
+        answers = lanthorn_client.get(f"{asked['Path']}/answers?expand&simplify").json()
+        refused = lanthorn_client.post("/modalities/down/query", json=query)
+    assert [a["PatientID"] for a in answers] == ["P1"]
+    assert refused.status_code == 403
+    assert refused.json()["Details"] == 'a plugin refused this C-FIND to modality "down"'
+
+
 # -- jobs -------------------------------------------------------------------------------
 
 class Counting:
@@ -788,6 +857,29 @@ def test_hook_register_job_types(lanthorn_server: lanthorn.Server,
         ("Failure", 8, "this job cannot work")
     with pytest.raises(lanthorn.BadRequest, match="unknown job type"):
         lanthorn_server.jobs.submit("Nobody", {})
+
+
+class JobWatcher:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    @lanthorn.hookimpl
+    def on_job_event(self, job_id: str, event: lanthorn.ChangeType) -> None:
+        self.events.append((job_id, event.name))
+
+
+@pytest.mark.lanthorn_plugins(Counting(), JobWatcher())
+def test_hook_on_job_event(lanthorn_server: lanthorn.Server) -> None:
+    watcher = registered(lanthorn_server, JobWatcher)
+    jobs = lanthorn_server.jobs
+    counted, broken = jobs.submit("Count", {"UpTo": 2}), jobs.submit("Broken", {})
+    wait_for(lambda: len(watcher.events) == 4)
+    assert sorted(watcher.events) == sorted([
+        (counted, "JobSubmitted"), (broken, "JobSubmitted"), (counted, "JobSuccess"),
+        (broken, "JobFailure")])
+    jobs.pause(waiting := jobs.submit("Count", {"UpTo": 1}))
+    jobs.cancel(waiting)  # a paused job cancelled fails without running
+    assert watcher.events[-2:] == [(waiting, "JobSubmitted"), (waiting, "JobFailure")]
 
 
 # -- monitoring -------------------------------------------------------------------------

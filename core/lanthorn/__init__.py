@@ -6,7 +6,14 @@ exchange with the core, and the errors they may raise.
 
 __version__ = "0.1.0"
 
-from .errors import BadFileFormat, BadRequest, LanthornError, Rejected, UnknownResource
+from .errors import (
+    BadFileFormat,
+    BadRequest,
+    Forbidden,
+    LanthornError,
+    Rejected,
+    UnknownResource,
+)
 from .jobs import JobContext, JobType
 from .model import ChangeType, Level
 from .plugins import hookimpl
@@ -28,6 +35,7 @@ __all__ = [
     "ChangeType",
     "Command",
     "DimseRequest",
+    "Forbidden",
     "IndexBackendFactory",
     "JobContext",
     "JobType",

@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from .dicom import ParsedInstance
+    from .dimse.access import Modality
     from .index.records import Change
     from .jobs import JobType
     from .metrics import Metrics
+    from .model import ChangeType
     from .server import Server
     from .types import (
         Command,
@@ -121,6 +123,7 @@ def filter_http_request(server: Server, request: Request, principal: Principal) 
     admin when authentication is disabled), before routing. The core's own implementation
     checks the principal's roles against the route's permission
     (``lanthorn.rest.access.required_permission(request)``; None when no route matches).
+    Raise ``lanthorn.Forbidden(msg)`` to refuse with a reason.
     """
 
 
@@ -175,6 +178,27 @@ def on_change(server: Server, change: Change) -> None:
 
 
 # -- DICOM query/retrieve ----------------------------------------------------------------
+
+
+@hookspec
+def filter_find_request(server: Server, request: DimseRequest) -> bool | None:
+    """See, and change, a C-FIND received (query/retrieve or worklist) before it is answered.
+
+    Change ``request.identifier`` in place to fix the query (its ``QueryRetrieveLevel`` is
+    read again afterwards). A veto: ``False`` refuses with status 0xC000; raise
+    ``lanthorn.Rejected(msg)`` to give the reason (sent as Error Comment).
+    """
+
+
+@hookspec
+def filter_outgoing_find_request(server: Server, modality: Modality,
+                                 query: Dataset) -> bool | None:
+    """See, and change, a C-FIND identifier before Lanthorn sends it to ``modality``
+    (the REST API's queries, ``find-*`` and worklist routes).
+
+    Change ``query`` in place. A veto: ``False`` refuses (HTTP 403); raise
+    ``lanthorn.Rejected(msg)`` to give the reason.
+    """
 
 
 @hookspec(firstresult=True)
@@ -256,6 +280,18 @@ def register_job_types(server: Server) -> list[JobType]:
     and the context's ``checkpoint`` and ``content`` must be JSON, because jobs are
     stored in the index and may resume in another process. On a name clash the first
     answer wins.
+    """
+
+
+@hookspec
+def on_job_event(server: Server, job_id: str, event: ChangeType) -> None:
+    """A job was submitted (``ChangeType.JobSubmitted``), succeeded (``JobSuccess``) or
+    failed for good (``JobFailure``, cancellation included; not a failure that is retried).
+
+    Called once per event in the cluster, in the process where it happened: the submitting
+    process, or the job runner. Each plugin is called on its own: an exception is logged.
+    Not durable: a process that dies at that moment loses the call (``GET /jobs`` keeps
+    the state).
     """
 
 

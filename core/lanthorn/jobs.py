@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BadRequest, CanceledJob, InexistentItem, LanthornError, NetworkError
 from .index.jobs import FAILURE, FINISHED, PAUSED, PENDING, RETRY, RUNNING, SUCCESS, JobRecord
+from .model import ChangeType
 from .storage import new_uuid
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ class JobEngine:
         job_id = str(uuidlib.uuid4())
         self.server.index.jobs.create(job_id, job_type, parameters, content or {}, priority)
         self._wake.set()
+        self._signal(job_id, ChangeType.JobSubmitted)
         return job_id
 
     def cancel(self, job_id: str) -> None:
@@ -150,6 +152,7 @@ class JobEngine:
         if record.state in (PENDING, PAUSED, RETRY) and jobs.update(
                 job_id, expect=(PENDING, PAUSED, RETRY), state=FAILURE,
                 error_code=CanceledJob.orthanc_status, error_details="", completed=time.time()):
+            self._signal(job_id, ChangeType.JobFailure)
             return
         jobs.update(job_id, expect=(RUNNING,), request="cancel")
 
@@ -286,8 +289,14 @@ class JobEngine:
                         "dropped", record.id)
             return False
         if values["state"] in FINISHED:
+            self._signal(record.id, ChangeType.JobSuccess if values["state"] == SUCCESS
+                         else ChangeType.JobFailure)
             self._prune()
         return True
+
+    def _signal(self, job_id: str, event: ChangeType) -> None:
+        self.server.plugins.notify("on_job_event", server=self.server, job_id=job_id,
+                                   event=event)
 
     def _interrupted(self, context: JobContext, record: JobRecord, reason: str,
                      started: float) -> None:

@@ -17,10 +17,10 @@ from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Rejected
 from ..query import build_query
 from ..requested import requested_dataset
-from .request import WORKLIST, dimse_request, keys, matching
+from .request import WORKLIST, dimse_request, failure_status, keys, matching
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -36,7 +36,7 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 
-Response = tuple[int, Dataset | None]
+Response = tuple[int | Dataset, Dataset | None]  # a status, or one with Error Comment
 
 #: ``DefaultEncoding`` (Orthanc's names) as Specific Character Set terms.
 CHARACTER_SETS = {
@@ -60,8 +60,7 @@ def serve_find(event: Event, server: Server) -> Iterator[Response]:
     hook = server.plugins.hook.handle_worklist_find if worklist else \
         server.plugins.hook.handle_c_find
     try:
-        request = dimse_request(event, limits=(int(server.config["LimitFindResults"]),
-                                               int(server.config["LimitFindInstances"])))
+        request = _filtered(event, server)
         answers = hook(server=server, request=request)
         if answers is None:
             log.warning("%s from %s refused: no plugin answers it", name, peer)
@@ -70,10 +69,23 @@ def serve_find(event: Event, server: Server) -> Iterator[Response]:
         yield from _pending(answers, request, f"{name} from {peer}")
     except BadRequest as exc:
         log.warning("%s from %s refused: %s", name, peer, exc)
-        yield IDENTIFIER_DOES_NOT_MATCH, None
+        yield failure_status(IDENTIFIER_DOES_NOT_MATCH, exc), None
+    except Rejected as exc:
+        log.warning("%s from %s refused: %s", name, peer, exc)
+        yield failure_status(UNABLE_TO_PROCESS, exc), None
     except Exception:  # a plugin's failure is a failure status, never a dropped association
         log.exception("%s from %s failed", name, peer)
         yield UNABLE_TO_PROCESS, None
+
+
+def _filtered(event: Event, server: Server) -> DimseRequest:
+    """The request once every ``filter_find_request`` has seen it: they may change the
+    identifier in place (its level is read again), and a ``False`` refuses it."""
+    limits = (int(server.config["LimitFindResults"]), int(server.config["LimitFindInstances"]))
+    request = dimse_request(event, limits=limits)
+    if not all(server.plugins.hook.filter_find_request(server=server, request=request)):
+        raise Rejected("a plugin refused this query")
+    return dimse_request(event, limits=limits, identifier=request.identifier)
 
 
 def _pending(answers: Iterable[Dataset], request: DimseRequest, what: str) -> Iterator[Response]:

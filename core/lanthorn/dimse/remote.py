@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import StoragePresentationContexts, build_context, build_role, evt
 from pynetdicom.status import code_to_category
 
-from ..errors import BadRequest, DimseFailure, NetworkError
+from ..errors import BadRequest, DimseFailure, NetworkError, Rejected
 from ..model import Level, parse_tag
 from .request import LEVELS, PATIENT_ROOT, STUDY_ROOT
 from .scp import accepted_syntaxes, store_received
@@ -101,7 +101,13 @@ def retrieve_identifier(answer: Dataset) -> Dataset:
 
 def find(server: Server, modality: Modality, query: Dataset, model: str,
          timeout: float | None = None) -> list[Dataset]:
-    """C-FIND; the answers, in the order the modality sent them."""
+    """C-FIND; the answers, in the order the modality sent them.
+
+    ``filter_outgoing_find_request`` sees (and may change) ``query`` first.
+    """
+    if not all(server.plugins.hook.filter_outgoing_find_request(server=server,
+                                                                modality=modality, query=query)):
+        raise Rejected(f'a plugin refused this C-FIND to modality "{modality.name}"')
     answers = []
     with associate(server, modality, [build_context(model)], timeout) as association:
         try:

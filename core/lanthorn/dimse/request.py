@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import sop_class as sop
 
 from ..dicom import element_string
-from ..errors import BadRequest
+from ..errors import BadRequest, LanthornError
 from ..model import Level, format_tag
 from ..requested import COMPUTED_TAGS
 from ..types import DimseRequest, Origin
@@ -30,6 +30,8 @@ QUERY_RETRIEVE_LEVEL = 0x00080052
 #: Elements of an identifier that are neither matched nor returned as asked.
 NOT_KEYS = frozenset({0x00080005, QUERY_RETRIEVE_LEVEL, 0x00080054})  # charset, level, AET
 NOT_MATCHED_VRS = frozenset({"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+#: Error Comment (0000,0902) is a LO: at most 64 characters.
+MAX_ERROR_COMMENT = 64
 
 
 def origin_of(event: Event) -> Origin:
@@ -42,15 +44,17 @@ def origin_of(event: Event) -> Origin:
                   called_aet=us.ae_title.strip())
 
 
-def dimse_request(event: Event, *, limits: tuple[int, int] = (0, 0)) -> DimseRequest:
+def dimse_request(event: Event, *, limits: tuple[int, int] = (0, 0),
+                  identifier: Dataset | None = None) -> DimseRequest:
     """The hooks' view of a C-FIND/C-MOVE/C-GET; BadRequest for an invalid identifier.
 
     ``limits`` are the answers allowed at patient/study/series level and at instance
-    level (LimitFindResults, LimitFindInstances).
+    level (LimitFindResults, LimitFindInstances). ``identifier`` replaces the one
+    received (as a filter changed it).
     """
     sop_class = str(event.request.AffectedSOPClassUID)
     try:
-        identifier = event.identifier
+        identifier = event.identifier if identifier is None else identifier
         level = _level(identifier, sop_class)
         keys(identifier)  # every element must decode, or the identifier is invalid
     except BadRequest:
@@ -98,3 +102,15 @@ def matching(elements: list[DataElement]) -> dict[str, str]:
     values = {format_tag(e.tag): element_string(e) or "" for e in elements
               if e.VR not in NOT_MATCHED_VRS and e.tag not in COMPUTED_TAGS}
     return {tag: value for tag, value in values.items() if value}
+
+
+def failure_status(status: int, exc: LanthornError) -> Dataset:
+    """A failure status with the reason as Error Comment, so the peer's log says why.
+
+    The comment is a LO of the command set: printable ASCII, no backslash, 64 characters.
+    """
+    answer = Dataset()
+    answer.Status = status
+    answer.ErrorComment = "".join(c if " " <= c <= "~" and c != "\\" else "?"
+                                  for c in exc.message)[:MAX_ERROR_COMMENT]
+    return answer

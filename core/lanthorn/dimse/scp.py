@@ -31,7 +31,7 @@ from ..errors import BadFileFormat, LanthornError, Rejected, StorageFull
 from .access import AccessRules
 from .commitment import PUSH_MODEL, serve_n_action, serve_n_event_report
 from .find import serve_find
-from .request import PATIENT_ROOT, STUDY_ROOT, WORKLIST, origin_of
+from .request import PATIENT_ROOT, STUDY_ROOT, WORKLIST, failure_status, origin_of
 from .retrieve import serve_get, serve_move
 from .scu import LanthornAE
 from .tls import listener_context
@@ -51,8 +51,6 @@ REFUSED = 0xA900  # data set does not match SOP class / refused by policy
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 NOT_AUTHORIZED = 0x0124
-#: Error Comment (0000,0902) is a LO: at most 64 characters.
-MAX_ERROR_COMMENT = 64
 
 
 STORAGE_CLASSES = frozenset(c.abstract_syntax for c in AllStoragePresentationContexts)
@@ -239,7 +237,7 @@ def _on_store(event: Event, server: Server, rules: AccessRules) -> int | Dataset
     refusal = rules.refusal("Store", origin.remote_aet, origin.remote_ip)
     if refusal is not None:
         log.warning("C-STORE from %s refused: %s", origin.remote_aet, refusal)
-        return _failure(NOT_AUTHORIZED, Rejected(refusal))
+        return failure_status(NOT_AUTHORIZED, Rejected(refusal))
     return store_received(event, server)
 
 
@@ -250,25 +248,15 @@ def store_received(event: Event, server: Server) -> int | Dataset:
         server.ingest.store(event.encoded_dataset(include_meta=True), origin)
     except BadFileFormat as exc:
         log.warning("C-STORE from %s refused: %s", origin.remote_aet, exc)
-        return _failure(CANNOT_UNDERSTAND, exc)
+        return failure_status(CANNOT_UNDERSTAND, exc)
     except Rejected as exc:
         log.warning("C-STORE from %s rejected: %s", origin.remote_aet, exc)
-        return _failure(REFUSED, exc)
+        return failure_status(REFUSED, exc)
     except StorageFull as exc:
-        return _failure(OUT_OF_RESOURCES, exc)
+        return failure_status(OUT_OF_RESOURCES, exc)
     except LanthornError as exc:
         log.error("C-STORE from %s failed: %s", origin.remote_aet, exc)
-        return _failure(PROCESSING_FAILURE, exc)
+        return failure_status(PROCESSING_FAILURE, exc)
     return SUCCESS
 
 
-def _failure(status: int, exc: LanthornError) -> Dataset:
-    """A failure status with the reason as Error Comment, so the peer's log says why.
-
-    The comment is a LO of the command set: printable ASCII, no backslash, 64 characters.
-    """
-    answer = Dataset()
-    answer.Status = status
-    answer.ErrorComment = "".join(c if " " <= c <= "~" and c != "\\" else "?"
-                                  for c in exc.message)[:MAX_ERROR_COMMENT]
-    return answer

@@ -581,6 +581,19 @@ class SqlIndex:
                 _log(conn, STABLE_CHANGE[Level(row.level)], Level(row.level), row.public_id, now)
             return [(Level(r.level), r.public_id) for r in rows]
 
+    def set_stable(self, resource: Resource, stable: bool) -> bool:
+        """Make a patient, study or series stable now (its Stable* change is logged), or
+        unstable (stable again after ``StableAge`` of quiet); whether its status changed."""
+        r = s.resources.c
+        now = time.time()
+        with self.write() as conn:
+            changed = conn.execute(update(s.resources).where(
+                r.id == resource.id, r.is_stable == (not stable)).values(
+                is_stable=stable, **({} if stable else {"last_update": now}))).rowcount
+            if changed and stable:
+                _log(conn, STABLE_CHANGE[resource.level], resource.level, resource.public_id, now)
+        return bool(changed)
+
     def cursor(self, name: str) -> int | None:
         with self.read() as conn:
             return conn.scalar(select(s.cursors.c.seq).where(s.cursors.c.name == name))

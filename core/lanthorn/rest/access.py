@@ -128,8 +128,12 @@ class AccessControl:
         if principal is None:
             return Unauthorized("credentials are missing or wrong")
         request.scope[PRINCIPAL_KEY] = principal
-        if not all(hook.filter_http_request(server=self.server, request=request,
-                                            principal=principal)):
+        try:
+            allowed = all(hook.filter_http_request(server=self.server, request=request,
+                                                   principal=principal))
+        except Forbidden as refusal:  # a plugin's refusal with its reason
+            return refusal
+        if not allowed:
             return Forbidden(f'"{principal.name}" may not do this '
                              f"({required_permission(request) or 'unknown'} permission)")
         return None

@@ -14,11 +14,15 @@ from urllib.parse import quote
 import httpx2
 from pydicom.uid import generate_uid
 
+from lanthorn.index.jobs import PAUSED, PENDING, RETRY, RUNNING, SUCCESS
+from lanthorn.model import STABLE_CHANGE
 from lanthorn.rest.system import ORTHANC_API_VERSION
 
 from . import inprocess
 
 if TYPE_CHECKING:
+    from lanthorn import Server
+
     from .engine import LuaEngine
 
 log = logging.getLogger(__name__)
@@ -91,10 +95,21 @@ def install(engine: LuaEngine) -> None:
 
     def delete(resource: str) -> Any:
         found = server.index.lookup(str(resource))
-        if found is None:
-            log.error("Lua: Delete(): unknown resource %s", resource)
+        if found is not None:
+            return rest("DELETE", f"/{found.level.plural}/{resource}")
+        if server.index.jobs.get(str(resource)) is not None:  # Delete(SendToModality(...))
+            return delete_when_sent(server, str(resource))
+        log.error("Lua: Delete(): unknown resource %s", resource)
+        return None
+
+    def set_stable_status(resource: str, stable: Any) -> Any:
+        """Orthanc's ``SetStableStatus(id, isStable)``: whether the status changed."""
+        found = server.index.lookup(str(resource))
+        if found is None or found.level not in STABLE_CHANGE or not isinstance(stable, bool):
+            log.error("Lua: SetStableStatus(): %s is no patient, study or series, or the "
+                      "status is no boolean", resource)
             return None
-        return rest("DELETE", f"/{found.level.name.lower()}s/{resource}")
+        return server.index.set_stable(found, stable)
 
     def modify_instance(instance: str, replacements: Any = None, removals: Any = None,
                         remove_private: Any = False) -> Any:
@@ -144,10 +159,45 @@ def install(engine: LuaEngine) -> None:
         "SendToModality": send_to_modality,
         "SendToPeer": send_to_peer,
         "Delete": delete,
+        "SetStableStatus": set_stable_status,
         "ModifyInstance": modify_instance,
     }
     for name, function in functions.items():
         lua.globals()[encode(name)] = _bridged(engine, function)
+
+
+#: Set in a store job's parameters by ``Delete(job)``: delete what it sent once it succeeds.
+DELETE_AFTER_SUCCESS = "LuaDeleteAfterSuccess"
+
+
+def delete_when_sent(server: Server, job_id: str) -> bool:
+    """``Delete(SendToModality(id, ...))``: the send is a job, so the deletion waits for
+    its success, recorded in the job (any process may run it, even after a restart)."""
+    jobs = server.index.jobs
+    record = jobs.get(job_id)
+    if record is None or "Resources" not in record.parameters:
+        log.error("Lua: Delete(): job %s sends nothing that could be deleted", job_id)
+        return False
+    marked = {**record.parameters, DELETE_AFTER_SUCCESS: True}
+    if jobs.update(job_id, expect=(PENDING, RUNNING, RETRY, PAUSED), parameters=marked):
+        return True
+    delete_after_success(server, job_id, force=True)  # it ended meanwhile
+    return True
+
+
+def delete_after_success(server: Server, job_id: str, *, force: bool = False) -> None:
+    """Delete the resources a successful store job sent, if ``Delete`` asked for it."""
+    record = server.index.jobs.get(job_id)
+    if record is None or not (force or record.parameters.get(DELETE_AFTER_SUCCESS)):
+        return
+    if record.state != SUCCESS:
+        log.warning("Lua: job %s did not succeed (%s): what it should send is kept", job_id,
+                    record.state)
+        return
+    for public_id in record.parameters["Resources"]:
+        found = server.index.lookup(public_id)
+        if found is not None:
+            server.delete(found)
 
 
 def _bridged(engine: LuaEngine, function: Any) -> Any:

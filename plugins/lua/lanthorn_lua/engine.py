@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 #: Set while the scripts call the REST API: requests that carry it come from Lua.
 FROM_LUA: contextvars.ContextVar[bool] = contextvars.ContextVar("from_lua", default=False)
+#: The functions a script may define for the server to call, which ``has`` knows.
+ENTRY_POINTS = (
+    "OnHeartBeat", "OnStoredInstance", "OnStablePatient", "OnStableStudy", "OnStableSeries",
+    "ReceivedInstanceFilter", "IncomingCStoreInstanceFilter", "IncomingHttpRequestFilter",
+    "IncomingFindRequestFilter", "IncomingWorklistRequestFilter", "OutgoingFindRequestFilter",
+    "OnJobSubmitted", "OnJobSuccess", "OnJobFailure")
 
 
 class LuaEngine:
@@ -43,6 +49,7 @@ class LuaEngine:
         self.runtime = lupa.LuaRuntime(unpack_returned_tuples=True, encoding=None)
         self._lock = threading.RLock()
         self._output: list[str] | None = None
+        self._defined: frozenset[str] = frozenset()
         api.install(self)
 
     # -- loading and calling --------------------------------------------------------------
@@ -64,12 +71,15 @@ class LuaEngine:
                 self.runtime.execute(encode(code), name=encode(name))
             except lupa.LuaError as exc:
                 raise BadRequest(f"Lua error: {_first_line(exc)}") from None
+            except Exception as exc:  # raised by an API function the script called
+                raise BadRequest(f"Lua error: {type(exc).__name__}: {exc}") from None
         return "".join(output)
 
     def has(self, function: str) -> bool:
-        """Whether the scripts define ``function`` (so its arguments are worth building)."""
-        with self._locked():
-            return lupa.lua_type(self.runtime.globals()[encode(function)]) == "function"
+        """Whether the scripts define the entry point ``function`` (so its arguments are
+        worth building). Known without the state's lock, which a long callback may hold:
+        every HTTP request asks about its filter."""
+        return function in self._defined
 
     def call(self, function: str, *args: Any) -> Any:
         """Call a global function if the scripts define it (else ``None``); a Lua error
@@ -87,8 +97,15 @@ class LuaEngine:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        """The state, to one caller at a time; whatever the caller ran may have defined
+        or removed entry points."""
         with self._lock:
-            yield
+            try:
+                yield
+            finally:
+                functions = self.runtime.globals()
+                self._defined = frozenset(name for name in ENTRY_POINTS if lupa.lua_type(
+                    functions[encode(name)]) == "function")
 
     @contextmanager
     def _capture(self) -> Iterator[list[str]]:

@@ -15,11 +15,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
 
-from dimse_peers import PEER_AET, StoreSCP, scu  # noqa: E402
+from dimse_peers import PEER_AET, SCU_AET, StoreSCP, listening, scu  # noqa: E402
 
 from lanthorn.config import Config  # noqa: E402
 
-__all__ = ["StoreSCP", "config_with_sample", "sample_peer", "scu", "wait_for"]
+__all__ = ["SCU_AET", "StoreSCP", "config_with_sample", "listening", "sample_peer", "scu",
+           "wait_for", "with_sample"]
 
 
 @pytest.fixture(name="peer")
@@ -30,8 +31,12 @@ def sample_peer() -> Iterator[StoreSCP]:
 
 @pytest.fixture(name="lanthorn_config")
 def config_with_sample(lanthorn_config: Config, peer: StoreSCP) -> Config:
-    return lanthorn_config.with_overrides(
-        DicomModalities={"sample": [PEER_AET, "127.0.0.1", peer.port]})
+    return with_sample(lanthorn_config, peer)
+
+
+def with_sample(config: Config, peer: StoreSCP) -> Config:
+    """``config`` knowing ``peer`` as the modality "sample"."""
+    return config.with_overrides(DicomModalities={"sample": [PEER_AET, "127.0.0.1", peer.port]})
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 20) -> Any:

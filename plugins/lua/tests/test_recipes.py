@@ -9,8 +9,14 @@ from typing import Any
 
 import pydicom
 import pytest
-from lua_support import StoreSCP, config_with_sample, sample_peer, wait_for  # noqa: F401
+from lua_support import StoreSCP, config_with_sample, listening, sample_peer, scu, wait_for  # noqa: F401
+from pydicom.dataset import Dataset
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind as PATIENT_FIND,
+)
 
+import lanthorn
+from lanthorn import Origin, Server
 from lanthorn.testing import make_instance
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -72,3 +78,39 @@ def test_delete_after_forward_keeps_what_the_peer_refused(lanthorn_client: Any,
                       if j["State"] == "Failure"])
     assert len(peer.received) == 2  # the first attempt and one retry
     assert len(lanthorn_client.get("/instances").json()) == 1
+
+
+class Received:
+    """The patient names the C-FIND SCP was asked for."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    @lanthorn.hookimpl
+    def filter_find_request(self, request: lanthorn.DimseRequest) -> None:
+        self.names.append(str(request.identifier.get("PatientName", "-")))
+
+
+RECEIVED = Received()
+
+
+@recipe("fix_find_queries")
+@pytest.mark.lanthorn_plugins(RECEIVED)
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1", DicomAlwaysAllowFind=True)
+def test_fix_find_queries(lanthorn_server: Server, lanthorn_client: Any) -> None:
+    lanthorn_server.ingest.store(make_instance(PatientID="P1"), Origin())
+    lanthorn_client.put("/modalities/sample", json={  # our own listener plays the PACS
+        "AET": lanthorn_server.config["DicomAet"], "Host": "127.0.0.1",
+        "Port": lanthorn_server.config["DicomPort"]})
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "PATIENT"
+    identifier.PatientID = ""
+    identifier.add_new((0x0009, 0x0010), "LO", "MATCHES NOTHING")
+    with listening(lanthorn_server):
+        with scu(lanthorn_server.config["DicomPort"], PATIENT_FIND) as association:
+            found = [a for _, a in association.send_c_find(identifier, PATIENT_FIND) if a]
+        answers = lanthorn_client.post("/modalities/sample/find-patient",
+                                       json={"PatientName": "*"}).json()
+    assert [a.PatientID for a in found] == ["P1"]  # the private key would match nothing
+    assert [a["PatientID"] for a in answers] == ["P1"]
+    assert RECEIVED.names == ["-", ""]  # the "*" left as an empty key
