@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from .audit import AuditLog
 from .auth import Users
 from .config import Config, ConfigError
 from .errors import PluginError
@@ -81,6 +82,7 @@ class Server:
         self.ingest = Ingester(self)
         self.jobs = JobEngine(self)
         self.metrics = Metrics(bool(self.config["MetricsEnabled"]))
+        self.audit = AuditLog(self)
         self.events: EventDispatcher | None = None
         #: Set by ``lanthorn serve``: stops this server (with ``Workers``, all of them),
         #: then starts it again if asked (``/tools/reset``, ``/tools/shutdown``).
@@ -152,7 +154,9 @@ class Server:
         self.plugins.hook.shutdown(server=self)
 
     def close(self) -> None:
-        """Close the index, and the storage area if it has connections to close."""
+        """Close the index (after the last audit entries), and the storage area if it has
+        connections to close."""
+        self.audit.close()
         self.index.close()
         close_storage = getattr(self.storage, "close", None)
         if close_storage is not None:

@@ -21,6 +21,7 @@ from ..auth import ANONYMOUS, authentication_enabled
 from ..errors import Forbidden, Unauthorized
 
 if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from ..server import Server
@@ -48,6 +49,7 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PERMISSION_KEY = "lanthorn.permission"
 PRINCIPAL_KEY = "lanthorn.principal"
+ROUTE_KEY = "lanthorn.route"
 
 
 def route_permission(spec: PluginRoute, method: str) -> str:
@@ -64,6 +66,11 @@ def required_permission(request: Request) -> str | None:
     return request.scope.get(PERMISSION_KEY)
 
 
+def matched_route(request: Request) -> BaseRoute | None:
+    """The route ``request`` matched (the audit log classifies requests by it)."""
+    return request.scope.get(ROUTE_KEY)
+
+
 def principal_of(request: Request) -> Principal | None:
     """Who is calling (set before the endpoint runs)."""
     return request.scope.get(PRINCIPAL_KEY)
@@ -73,6 +80,7 @@ def principal_of(request: Request) -> Principal | None:
 class Requirement:
     permission: str | None  # None: the request matches no route (answered 404 or 405)
     public: bool = False
+    route: BaseRoute | None = None
 
 
 class AccessControl:
@@ -90,6 +98,7 @@ class AccessControl:
             return
         requirement = self.requirement(scope)
         scope[PERMISSION_KEY] = requirement.permission
+        scope[ROUTE_KEY] = requirement.route
         request = Request(scope, receive)
         if not requirement.public:
             refusal = await run_in_threadpool(self.decide, request)
@@ -107,7 +116,8 @@ class AccessControl:
         for spec in self.specs:
             match, _ = spec.route.matches(scope)
             if match is Match.FULL:
-                return Requirement(route_permission(spec, scope["method"]), spec.public)
+                return Requirement(route_permission(spec, scope["method"]), spec.public,
+                                   spec.route)
         return Requirement(None)
 
     def decide(self, request: Request) -> Unauthorized | Forbidden | None:

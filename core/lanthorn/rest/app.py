@@ -21,6 +21,7 @@ from ..auth import PERMISSIONS
 from ..errors import Forbidden, LanthornError, PluginError
 from ..types import PluginRoute
 from .access import AccessControl
+from .audit import AuditTrail
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -44,6 +45,7 @@ def build_app(server: Server) -> Starlette:
                                         LanthornError: on_error})
     app.state.server = server
     app.add_middleware(AccessControl, server=server, specs=specs)
+    app.add_middleware(AuditTrail, server=server)  # outside: it records refusals too
     if not server.config["RemoteAccessAllowed"]:
         app.add_middleware(LoopbackOnly)  # added last: runs first
     return app
