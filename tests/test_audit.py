@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 from dimse_peers import PEER_AET, SCU_AET, StoreSCP, listening, scu
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.uid import JPEGLSLossless
 from pynetdicom import build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -22,6 +26,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from starlette.testclient import TestClient
 
+from lanthorn import Origin
 from lanthorn.auth import ROLES, hash_password
 from lanthorn.config import Config
 from lanthorn.index.audit import AuditEntry, AuditFilter
@@ -223,3 +228,25 @@ def test_each_dicom_action_is_recorded(lanthorn_server: Server, client: TestClie
     assert move["Details"]["Query"]["MoveDestination"] == PEER_AET
     assert move["Details"]["SubOperations"] == 1
     assert len(peer.received) == 1
+
+
+# -- DeidentifyLogs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deidentify", [True, False])
+def test_deidentify_logs_hides_identifying_values(
+        lanthorn_config: Config, lanthorn_make_server: Any, deidentify: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An instance that cannot be transcoded on ingest is logged, by UID only when allowed."""
+    report = Path(get_testdata_file("test-SR.dcm")).read_bytes()
+    uid = pydicom.dcmread(io.BytesIO(report)).SOPInstanceUID
+    server = lanthorn_make_server(lanthorn_config.with_overrides(
+        IngestTranscoding=str(JPEGLSLossless), DeidentifyLogs=deidentify))
+    try:
+        with caplog.at_level(logging.WARNING, "lanthorn.ingest"):
+            server.ingest.store(report, Origin())
+    finally:
+        server.close()
+    assert "is stored as received" in caplog.text
+    assert (uid in caplog.text) is not deidentify
+    assert ("<hidden>" in caplog.text) is deidentify

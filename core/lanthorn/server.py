@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from . import redact
 from .audit import AuditLog
 from .auth import Users
 from .config import Config, ConfigError
@@ -65,6 +66,7 @@ class Server:
         plugins: list[object] | tuple[object, ...] = (),
     ) -> None:
         self.config = config or Config.defaults()
+        redact.configure(bool(self.config["DeidentifyLogs"]))
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.started = time.time()
         base_dir = self.config.sources[0].parent if self.config.sources else Path.cwd()
