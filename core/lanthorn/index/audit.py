@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, insert, select
@@ -47,9 +47,9 @@ class AuditTable:
 
     def add(self, entries: list[AuditEntry]) -> None:
         """One transaction, one multi-row statement, for a whole batch."""
-        rows = [{**asdict(entry), "details": json.dumps(entry.details)} for entry in entries]
-        for row in rows:
-            del row["seq"]
+        rows = [{"at": e.at, "who": e.who, "via": e.via, "remote_ip": e.remote_ip,
+                 "action": e.action, "level": e.level, "resource": e.resource,
+                 "status": e.status, "details": json.dumps(e.details)} for e in entries]
         with self.index.write() as conn:
             conn.execute(insert(s.audit_log), rows)
 
