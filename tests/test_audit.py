@@ -106,7 +106,7 @@ def test_each_rest_action_is_recorded(client: TestClient) -> None:
     seen = [(e["Who"], e["Action"], e["Level"], e["Resource"], e["Status"])
             for e in reversed(entries)]
     assert seen == [
-        ("uploader", "store", None, None, 200),
+        ("uploader", "store", "Instance", instance, 200),
         ("viewer", "read", "Instance", instance, 200),
         ("viewer", "download", "Instance", instance, 200),
         ("viewer", "download", "Study", study, 200),
@@ -137,7 +137,8 @@ def test_filters(client: TestClient, lanthorn_server: Server) -> None:
     client.get(f"/instances/{instance}", headers=basic("viewer"))
     client.get(f"/instances/{instance}/tags", headers=basic("editor"))
     assert [e["Who"] for e in audit(client, user="editor")] == ["editor"]
-    assert [e["Who"] for e in audit(client, resource=instance)] == ["editor", "viewer"]
+    assert [e["Who"] for e in audit(client, resource=instance)] == ["editor", "viewer",
+                                                                   "uploader"]
     assert [e["Who"] for e in audit(client, action="store")] == ["uploader"]
     hour_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
     assert [e["Who"] for e in audit(client, until=hour_ago)] == ["alice"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from ..errors import BadRequest
 from ..index.audit import AuditEntry, AuditFilter
@@ -83,7 +83,7 @@ class AuditTrail:
             await self.app(scope, receive, send)
             return
         status = 500  # unless the application answers
-        body = bytearray()
+        body, reply = bytearray(), bytearray()  # their beginnings
 
         async def receiving() -> Message:
             message = await receive()
@@ -95,17 +95,19 @@ class AuditTrail:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif len(reply) < BODY_LIMIT:
+                reply.extend(message.get("body", b"")[:BODY_LIMIT - len(reply)])
             await send(message)
 
         try:
             await self.app(scope, receiving, sending)
         finally:
-            entry = rest_entry(Request(scope), status, bytes(body))
+            entry = rest_entry(Request(scope), status, bytes(body), bytes(reply))
             if entry is not None:
                 self.server.audit.record(entry)
 
 
-def rest_entry(request: Request, status: int, body: bytes) -> AuditEntry | None:
+def rest_entry(request: Request, status: int, body: bytes, reply: bytes) -> AuditEntry | None:
     """The entry for an answered request; None for a quiet one."""
     route = matched_route(request)
     path = getattr(route, "path", None)
@@ -119,12 +121,22 @@ def rest_entry(request: Request, status: int, body: bytes) -> AuditEntry | None:
     if action in BODY_ACTIONS and body:
         details["Body"] = _body(body)
     principal = principal_of(request)
-    params = route.matches(request.scope)[1].get("path_params", {}) if route else {}
-    resource = params.get("id")
+    resource = _resource(request, route, action, status, reply)
     return AuditEntry(time.time(), principal.name if principal else None,
                       principal.method if principal else "none",
                       request.client.host if request.client else "", action,
-                      _level(request.url.path) if resource else None, resource, status, details)
+                      _level(request.url.path) if resource else None, resource, status,
+                      details)
+
+
+def _resource(request: Request, route: BaseRoute | None, action: str, status: int,
+              reply: bytes) -> str | None:
+    """The ID in the path; an upload's path names none, but Orthanc's answer does."""
+    if action == "store" and status == 200:
+        stored = _body(reply)
+        return stored.get("ID") if isinstance(stored, dict) else None
+    params = route.matches(request.scope)[1].get("path_params", {}) if route else {}
+    return params.get("id")
 
 
 def classify(method: str, path: str | None, permission: str | None) -> str:
