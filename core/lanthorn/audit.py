@@ -60,7 +60,7 @@ class AuditLog:
         if not self.enabled:
             return
         self._queue.append(entry)
-        if self._thread is None:
+        if self._thread is None and not self._stopping.is_set():
             self._start()
         if len(self._queue) >= BATCH:
             self._wake.set()
