@@ -21,11 +21,11 @@ from ..auth import ANONYMOUS, authentication_enabled
 from ..errors import Forbidden, Unauthorized
 
 if TYPE_CHECKING:
-    from starlette.routing import BaseRoute
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from ..server import Server
     from ..types import PluginRoute, Principal
+    from .routing import GroupedRouter
 
 LEVEL = "/{level:lanthorn_level}/{id}"
 #: Routes whose permission is not the one their HTTP method implies.
@@ -46,10 +46,10 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     ("GET", "/peers/{id}/configuration"): "admin",  # holds the peer's password
     ("DELETE", "/exports"): "admin",
 }
+CORE_FILTER = "lanthorn.builtin.auth"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PERMISSION_KEY = "lanthorn.permission"
 PRINCIPAL_KEY = "lanthorn.principal"
-ROUTE_KEY = "lanthorn.route"
 
 
 def route_permission(spec: PluginRoute, method: str) -> str:
@@ -66,11 +66,6 @@ def required_permission(request: Request) -> str | None:
     return request.scope.get(PERMISSION_KEY)
 
 
-def matched_route(request: Request) -> BaseRoute | None:
-    """The route ``request`` matched (the audit log classifies requests by it)."""
-    return request.scope.get(ROUTE_KEY)
-
-
 def principal_of(request: Request) -> Principal | None:
     """Who is calling (set before the endpoint runs)."""
     return request.scope.get(PRINCIPAL_KEY)
@@ -80,17 +75,23 @@ def principal_of(request: Request) -> Principal | None:
 class Requirement:
     permission: str | None  # None: the request matches no route (answered 404 or 405)
     public: bool = False
-    route: BaseRoute | None = None
 
 
 class AccessControl:
     """ASGI middleware: identify the caller, then let plugins and roles decide."""
 
-    def __init__(self, app: ASGIApp, server: Server, specs: list[PluginRoute]) -> None:
+    def __init__(self, app: ASGIApp, server: Server, specs: list[PluginRoute],
+                 router: GroupedRouter) -> None:
         self.app = app
         self.server = server
-        self.specs = specs
+        self.specs = {id(spec.route): spec for spec in specs}
+        self.router = router
         self.enabled = authentication_enabled(server.config)
+        # Password checks and plugins' filters may take time: off the event loop. The
+        # core's role check alone (authentication off) is cheaper than the thread hop.
+        self.in_thread = self.enabled or any(
+            getattr(impl.plugin, "__name__", "") != CORE_FILTER
+            for impl in server.plugins.hook.filter_http_request.get_hookimpls())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,10 +99,10 @@ class AccessControl:
             return
         requirement = self.requirement(scope)
         scope[PERMISSION_KEY] = requirement.permission
-        scope[ROUTE_KEY] = requirement.route
         request = Request(scope, receive)
         if not requirement.public:
-            refusal = await run_in_threadpool(self.decide, request)
+            refusal = await run_in_threadpool(self.decide, request) if self.in_thread \
+                else self.decide(request)
             if refusal is not None:
                 from .app import render_error
 
@@ -113,12 +114,11 @@ class AccessControl:
         await self.app(scope, receive, send)
 
     def requirement(self, scope: Scope) -> Requirement:
-        for spec in self.specs:
-            match, _ = spec.route.matches(scope)
-            if match is Match.FULL:
-                return Requirement(route_permission(spec, scope["method"]), spec.public,
-                                   spec.route)
-        return Requirement(None)
+        found = self.router.find(scope)
+        if found is None or found[2] is not Match.FULL:
+            return Requirement(None)
+        spec = self.specs[id(found[0])]
+        return Requirement(route_permission(spec, scope["method"]), spec.public)
 
     def decide(self, request: Request) -> Unauthorized | Forbidden | None:
         """The refusal to answer, or None to go on (``request`` then carries the principal)."""

@@ -22,6 +22,7 @@ from ..errors import Forbidden, LanthornError, PluginError
 from ..types import PluginRoute
 from .access import AccessControl
 from .audit import AuditTrail
+from .routing import GroupedRouter
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -43,8 +44,9 @@ def build_app(server: Server) -> Starlette:
     app = Starlette(routes=[spec.route for spec in specs],
                     exception_handlers={Exception: on_error, HTTPException: on_error,
                                         LanthornError: on_error})
+    app.router = GroupedRouter(app.router.routes)
     app.state.server = server
-    app.add_middleware(AccessControl, server=server, specs=specs)
+    app.add_middleware(AccessControl, server=server, specs=specs, router=app.router)
     app.add_middleware(AuditTrail, server=server)  # outside: it records refusals too
     if not server.config["RemoteAccessAllowed"]:
         app.add_middleware(LoopbackOnly)  # added last: runs first

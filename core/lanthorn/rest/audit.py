@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import Mount, Route
 
 from ..errors import BadRequest
 from ..index.audit import AuditEntry, AuditFilter
 from ..model import Level
 from ..types import PluginRoute
-from .access import SAFE_METHODS, matched_route, principal_of, required_permission
+from .access import SAFE_METHODS, principal_of, required_permission
 from .common import answer, integer, server_of
+from .routing import MATCH_KEY
 
 if TYPE_CHECKING:
     from starlette.responses import Response
@@ -109,7 +110,8 @@ class AuditTrail:
 
 def rest_entry(request: Request, status: int, body: bytes, reply: bytes) -> AuditEntry | None:
     """The entry for an answered request; None for a quiet one."""
-    route = matched_route(request)
+    found = request.scope.get(MATCH_KEY)  # access control found it, even for a refusal
+    route, params = (found[0], found[1].get("path_params", {})) if found else (None, {})
     path = getattr(route, "path", None)
     if status < 400 and request.method in SAFE_METHODS \
             and (path in QUIET or isinstance(route, Mount)):
@@ -121,7 +123,7 @@ def rest_entry(request: Request, status: int, body: bytes, reply: bytes) -> Audi
     if action in BODY_ACTIONS and body:
         details["Body"] = _body(body)
     principal = principal_of(request)
-    resource = _resource(request, route, action, status, reply)
+    resource = _resource(params, action, status, reply)
     return AuditEntry(time.time(), principal.name if principal else None,
                       principal.method if principal else "none",
                       request.client.host if request.client else "", action,
@@ -129,13 +131,11 @@ def rest_entry(request: Request, status: int, body: bytes, reply: bytes) -> Audi
                       details)
 
 
-def _resource(request: Request, route: BaseRoute | None, action: str, status: int,
-              reply: bytes) -> str | None:
+def _resource(params: dict[str, Any], action: str, status: int, reply: bytes) -> str | None:
     """The ID in the path; an upload's path names none, but Orthanc's answer does."""
     if action == "store" and status == 200:
         stored = _body(reply)
         return stored.get("ID") if isinstance(stored, dict) else None
-    params = route.matches(request.scope)[1].get("path_params", {}) if route else {}
     return params.get("id")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.responses import StreamingResponse
 
 BLOCK = 1 << 20
-AHEAD = 4  # blocks read before the socket asks for them
+AHEAD = 8  # blocks read before the socket asks for them
 _END = object()
 
 
