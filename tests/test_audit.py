@@ -212,6 +212,8 @@ def test_each_dicom_action_is_recorded(lanthorn_server: Server, client: TestClie
                  evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)]) as assoc:
             assert [s.Status for s, _ in assoc.send_c_get(
                 study_identifier(dataset.StudyInstanceUID), get_model)] == [0xFF00, 0x0000]
+            assert [s.Status for s, _ in assoc.send_c_get(
+                study_identifier(""), get_model)] == [0xC413]  # no unique key: refused
     entries = list(reversed(audit(client)))
     instance = next(e for e in entries if e["Action"] == "store")["Resource"]
     assert [(e["Who"], e["Via"], e["RemoteIp"], e["Action"], e["Status"])
@@ -220,7 +222,8 @@ def test_each_dicom_action_is_recorded(lanthorn_server: Server, client: TestClie
         (SCU_AET, "dicom", "127.0.0.1", "query", 0x0000),
         (SCU_AET, "dicom", "127.0.0.1", "move", 0x0000),
         (SCU_AET, "dicom", "127.0.0.1", "move", 0xA801),
-        (SCU_AET, "dicom", "127.0.0.1", "get", 0x0000)]
+        (SCU_AET, "dicom", "127.0.0.1", "get", 0x0000),
+        (SCU_AET, "dicom", "127.0.0.1", "get", 0xC413)]
     assert client.get("/instances", headers=basic("admin")).json() == [instance]
     query, move = (next(e for e in entries if e["Action"] == a) for a in ("query", "move"))
     assert query["Details"]["Query"] == {"QueryRetrieveLevel": "STUDY",

@@ -26,10 +26,10 @@ from pynetdicom import sop_class as sop
 from pynetdicom.sop_class import _STORAGE_CLASSES
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ..audit import audited, dimse_entry
 from ..config import ConfigError
 from ..errors import BadFileFormat, LanthornError, Rejected, StorageFull
 from .access import AccessRules
+from .audit import audited, dimse_entry
 from .commitment import PUSH_MODEL, serve_n_action, serve_n_event_report
 from .find import serve_find
 from .request import PATIENT_ROOT, STUDY_ROOT, WORKLIST, origin_of
