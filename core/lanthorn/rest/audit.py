@@ -56,8 +56,6 @@ ACTIONS: dict[tuple[str, str], str] = {
         "/peers/{id}/store-straight", "/instances/{id}/export")},
     ("POST", "/tools/pseudonyms"): "pseudonyms",
 }
-#: Otherwise the permission decides ("read", "store", "write", "admin").
-BY_PERMISSION = {"read": "read", "store": "store", "write": "write", "admin": "admin"}
 #: Reads that reveal no patient data: not recorded when they succeed.
 QUIET = frozenset({
     "/system", "/statistics", "/changes", "/plugins", "/plugins/{name}", "/jobs", "/jobs/{id}",
@@ -140,14 +138,14 @@ def _resource(params: dict[str, Any], action: str, status: int, reply: bytes) ->
 
 
 def classify(method: str, path: str | None, permission: str | None) -> str:
-    """The action of ``method`` on the route ``path`` (None: no route matched, or the
-    request was refused before routing)."""
+    """The action of ``method`` on the route ``path`` (None: no route matched): from
+    ``ACTIONS``, else the permission's name ("read", "store", "write", "admin")."""
     method = "GET" if method == "HEAD" else method
     action = ACTIONS.get((method, path or ""))
     if action is not None:
         return action
     if permission is not None:
-        return BY_PERMISSION[permission]
+        return permission
     return "read" if method in SAFE_METHODS else "write"
 
 
