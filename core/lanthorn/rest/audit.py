@@ -67,6 +67,7 @@ QUIET = frozenset({
 #: Actions whose JSON body says what was asked (the query, the changes): kept, cut short.
 BODY_ACTIONS = frozenset({"query", "modify", "anonymize", "send", "move", "get", "pseudonyms"})
 BODY_LIMIT = 4096
+LEVELS = {level.plural: level.title for level in Level}
 MAX_LIMIT = 10000
 
 
@@ -152,10 +153,7 @@ def classify(method: str, path: str | None, permission: str | None) -> str:
 def _level(path: str) -> str:
     """"Study" for /studies/..., else the collection ("modalities", "jobs"...)."""
     collection = path.strip("/").split("/", 1)[0]
-    try:
-        return Level.parse(collection).title
-    except ValueError:
-        return collection
+    return LEVELS.get(collection, collection)
 
 
 def _body(body: bytes) -> Any:
