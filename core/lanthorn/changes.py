@@ -64,9 +64,11 @@ class EventDispatcher:
             self._wake.clear()
 
     def run_once(self) -> None:
-        """One round: stable resources, then every consumer up to the end of the log."""
+        """One round: stable resources, then every consumer up to the end of the log (and,
+        now and then, the audit log's expired entries)."""
         stable_age = float(self.server.config["StableAge"])
         self.server.index.mark_stable(time.time() - stable_age)
+        self.server.audit.purge_expired()
         for impl in self.server.plugins.hook.on_change.get_hookimpls():
             self._feed(impl)
 

@@ -316,6 +316,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("JobRetryDelay", 5.0, float, "Seconds before the first retry of such a job; "
            "each next retry waits twice as long, at most an hour (Lanthorn-specific)."),
     Option("DeidentifyLogs", True, bool, "Hide patient-identifying values in logs."),
+    Option("AuditLogEnabled", True, bool, "Record who did what to which resource, over REST "
+           "and DICOM, in the index (GET /tools/audit-log; Lanthorn-specific)."),
+    Option("AuditLogRetentionDays", 365, int, "Days audit log entries are kept; 0 keeps them "
+           "forever (Lanthorn-specific)."),
     Option(
         "DefaultPrivateCreator",
         "",

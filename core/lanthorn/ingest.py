@@ -25,6 +25,7 @@ from .errors import BadFileFormat, LanthornError, Rejected
 from .index.records import Attachment, NewInstance, StorageLimits
 from .index.sql import orthanc_date
 from .model import public_ids
+from .redact import phi
 from .storage import COMPRESSION_NONE, COMPRESSION_ZLIB, compress, new_uuid
 from .transcode import transcode
 from .types import Origin, StoredInstance
@@ -88,7 +89,8 @@ class Ingester:
         try:
             data = transcode(self.server, parsed.dataset, [syntax])
         except LanthornError as exc:
-            log.warning("instance %s is stored as received: %s", parsed.uids[3], exc.message)
+            log.warning("instance %s is stored as received: %s", phi(parsed.uids[3]),
+                        exc.message)
             return parsed
         return parse_instance(data)
 

@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from . import redact
+from .audit import AuditLog
 from .auth import Users
 from .config import Config, ConfigError
 from .errors import PluginError
@@ -64,6 +66,7 @@ class Server:
         plugins: list[object] | tuple[object, ...] = (),
     ) -> None:
         self.config = config or Config.defaults()
+        redact.configure(bool(self.config["DeidentifyLogs"]))
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.started = time.time()
         base_dir = self.config.sources[0].parent if self.config.sources else Path.cwd()
@@ -81,6 +84,7 @@ class Server:
         self.ingest = Ingester(self)
         self.jobs = JobEngine(self)
         self.metrics = Metrics(bool(self.config["MetricsEnabled"]))
+        self.audit = AuditLog(self)
         self.events: EventDispatcher | None = None
         #: Set by ``lanthorn serve``: stops this server (with ``Workers``, all of them),
         #: then starts it again if asked (``/tools/reset``, ``/tools/shutdown``).
@@ -152,7 +156,9 @@ class Server:
         self.plugins.hook.shutdown(server=self)
 
     def close(self) -> None:
-        """Close the index, and the storage area if it has connections to close."""
+        """Close the index (after the last audit entries), and the storage area if it has
+        connections to close."""
+        self.audit.close()
         self.index.close()
         close_storage = getattr(self.storage, "close", None)
         if close_storage is not None:

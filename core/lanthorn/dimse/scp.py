@@ -29,6 +29,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ..config import ConfigError
 from ..errors import BadFileFormat, LanthornError, Rejected, StorageFull
 from .access import AccessRules
+from .audit import audited, dimse_entry
 from .commitment import PUSH_MODEL, serve_n_action, serve_n_event_report
 from .find import serve_find
 from .request import PATIENT_ROOT, STUDY_ROOT, WORKLIST, failure_status, origin_of
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from pynetdicom.events import Event
 
     from ..server import Server
+    from ..types import StoredInstance
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +150,9 @@ def start_listener(server: Server) -> ThreadedAssociationServer:
                 (evt.EVT_ABORTED, _on_aborted),
                 (evt.EVT_C_ECHO, _on_echo),
                 (evt.EVT_C_STORE, _on_store, [server, rules]),
-                (evt.EVT_C_FIND, serve_find, [server]),
-                (evt.EVT_C_MOVE, serve_move, [server, rules]),
-                (evt.EVT_C_GET, serve_get, [server]),
+                (evt.EVT_C_FIND, audited("query", serve_find), [server]),
+                (evt.EVT_C_MOVE, audited("move", serve_move), [server, rules]),
+                (evt.EVT_C_GET, audited("get", serve_get), [server]),
                 (evt.EVT_N_ACTION, serve_n_action, [server, rules]),
                 (evt.EVT_N_EVENT_REPORT, serve_n_event_report, [server, rules])]
     listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer,
@@ -237,7 +239,7 @@ def _on_store(event: Event, server: Server, rules: AccessRules) -> int | Dataset
     refusal = rules.refusal("Store", origin.remote_aet, origin.remote_ip)
     if refusal is not None:
         log.warning("C-STORE from %s refused: %s", origin.remote_aet, refusal)
-        return failure_status(NOT_AUTHORIZED, Rejected(refusal))
+        return _audited_store(server, event, failure_status(NOT_AUTHORIZED, Rejected(refusal)))
     return store_received(event, server)
 
 
@@ -245,18 +247,31 @@ def store_received(event: Event, server: Server) -> int | Dataset:
     """Ingest the instance of a C-STORE request; its status (failures say why)."""
     origin = origin_of(event)
     try:
-        server.ingest.store(event.encoded_dataset(include_meta=True), origin)
+        stored = server.ingest.store(event.encoded_dataset(include_meta=True), origin)
     except BadFileFormat as exc:
         log.warning("C-STORE from %s refused: %s", origin.remote_aet, exc)
-        return failure_status(CANNOT_UNDERSTAND, exc)
+        return _audited_store(server, event, failure_status(CANNOT_UNDERSTAND, exc))
     except Rejected as exc:
         log.warning("C-STORE from %s rejected: %s", origin.remote_aet, exc)
-        return failure_status(REFUSED, exc)
+        return _audited_store(server, event, failure_status(REFUSED, exc))
     except StorageFull as exc:
-        return failure_status(OUT_OF_RESOURCES, exc)
+        return _audited_store(server, event, failure_status(OUT_OF_RESOURCES, exc))
     except LanthornError as exc:
         log.error("C-STORE from %s failed: %s", origin.remote_aet, exc)
-        return failure_status(PROCESSING_FAILURE, exc)
-    return SUCCESS
+        return _audited_store(server, event, failure_status(PROCESSING_FAILURE, exc))
+    return _audited_store(server, event, SUCCESS, stored)
+
+
+def _audited_store(server: Server, event: Event, answer: int | Dataset,
+                   stored: StoredInstance | None = None) -> int | Dataset:
+    """Record a C-STORE (one entry per instance: a queue append) and pass its answer on."""
+    if isinstance(answer, Dataset):
+        entry = dimse_entry(event, "store", answer.Status, Error=answer.ErrorComment)
+    else:
+        assert stored is not None, "a success has stored an instance"
+        entry = dimse_entry(event, "store", answer, "Instance", stored.id,
+                            Outcome=stored.status)
+    server.audit.record(entry)
+    return answer
 
 

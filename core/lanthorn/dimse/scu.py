@@ -32,6 +32,7 @@ from ..errors import LanthornError, NetworkError
 from ..index.records import Attachment, ResourceInfo
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level
+from ..redact import phi
 from ..storage import read_all
 from ..transcode import transcode
 from .tls import client_context
@@ -216,7 +217,7 @@ def load(server: Server, op: SubOperation) -> Dataset:
         data = read_all(server.storage, op.attachment.uuid, op.attachment.compression)
         return pydicom.dcmread(io.BytesIO(data))
     except (LanthornError, OSError, zlib.error) as exc:
-        log.error("instance %s cannot be sent: %s", op.sop_instance, exc)
+        log.error("instance %s cannot be sent: %s", phi(op.sop_instance), exc)
         stand_in = Dataset()
         stand_in.SOPClassUID, stand_in.SOPInstanceUID = op.sop_class, op.sop_instance
         return stand_in
@@ -236,7 +237,7 @@ def fitted(server: Server, association: Association, dataset: Dataset) -> Datase
         return pydicom.dcmread(io.BytesIO(transcode(server, dataset, accepted)))
     except LanthornError as exc:
         log.warning("instance %s cannot be transcoded for the peer: %s",
-                    dataset.get("SOPInstanceUID"), exc)
+                    phi(dataset.get("SOPInstanceUID")), exc)
         return dataset
 
 

@@ -244,3 +244,25 @@ remote_nodes = Table(
     Column("name", String(128), primary_key=True),
     Column("config", Text),
 )
+
+#: The audit log: who (``who``, identified ``via`` basic/token/certificate/anonymous or
+#: "dicom" for a calling AET) did ``action`` to which resource, when, and the outcome
+#: (``status``: HTTP or DIMSE). ``details`` is JSON (method and URI, or the query).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Key, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("who", String(128)),
+    Column("via", String(32), nullable=False),
+    Column("remote_ip", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("level", String(16)),
+    Column("resource", String(128)),
+    Column("status", Integer),
+    Column("details", Text, nullable=False),
+    Index("ix_audit_log_at", "at"),
+    Index("ix_audit_log_who", "who", "at"),
+    Index("ix_audit_log_resource", "resource", "at"),
+    sqlite_autoincrement=True,
+)

@@ -47,6 +47,7 @@ from ..model import (
 )
 from ..query import Constraint, Match, Query, normalize
 from . import schema as s
+from .audit import AuditTable
 from .commitments import CommitmentTable
 from .jobs import JobTable
 from .queries import QueryTable
@@ -80,6 +81,7 @@ class SqlIndex:
         self.jobs = JobTable(self)
         self.queries = QueryTable(self)
         self.commitments = CommitmentTable(self)
+        self.audit = AuditTable(self)
 
     # -- transactions -------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from ..auth import PERMISSIONS
 from ..errors import Forbidden, LanthornError, PluginError
 from ..types import PluginRoute
 from .access import AccessControl
+from .audit import AuditTrail
 from .routing import GroupedRouter
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def build_app(server: Server) -> Starlette:
     app.router = GroupedRouter(app.router.routes)
     app.state.server = server
     app.add_middleware(AccessControl, server=server, specs=specs, router=app.router)
+    app.add_middleware(AuditTrail, server=server)  # outside: it records refusals too
     if not server.config["RemoteAccessAllowed"]:
         app.add_middleware(LoopbackOnly)  # added last: runs first
     return app

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from ..plugins import hookimpl
 from . import (
     archives,
+    audit,
     commitment,
     create,
     find,
@@ -30,10 +31,11 @@ if TYPE_CHECKING:
 
     from ..jobs import JobType
     from ..server import Server
+    from ..types import PluginRoute
 
 
 @hookimpl
-def register_routes(server: Server) -> list[BaseRoute]:
+def register_routes(server: Server) -> list[BaseRoute | PluginRoute]:
     return [*system.routes(), *instances.routes(), *find.routes(), *resources.routes(),
             *archives.routes(), *images.routes(), *create.routes(),
             *labels.routes(),
@@ -45,7 +47,8 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *queries.routes(),
             *commitment.routes(),
             *modify.routes(),
-            *tools.routes()]
+            *tools.routes(),
+            *audit.routes()]
 
 
 @hookimpl

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from lanthorn import BadRequest, LanthornError, Origin, Server
 from lanthorn.dicom import parse_instance
 from lanthorn.errors import BadFileFormat, Rejected, StorageFull
+from lanthorn.redact import phi
 
 from .json_model import dataset_json
 from .multipart import PartReader, ReceivedPart, UnsupportedMediaType
@@ -87,13 +88,13 @@ def _store_part(server: Server, part: ReceivedPart, origin: Origin, expected_stu
     _, study, series, sop = parsed.uids
     described = Outcome(parsed.sop_class, sop, study, series)
     if expected_study and study != expected_study:
-        log.warning("STOW-RS: instance %s belongs to study %s, not %s", sop, study,
-                    expected_study)
+        log.warning("STOW-RS: instance %s belongs to study %s, not %s", phi(sop), phi(study),
+                    phi(expected_study))
         return Outcome(parsed.sop_class, sop, failure=STUDY_MISMATCH)
     try:
         server.ingest.store_parsed(parsed, origin)
     except LanthornError as exc:
-        log.warning("STOW-RS: instance %s was not stored: %s", sop, exc)
+        log.warning("STOW-RS: instance %s was not stored: %s", phi(sop), exc)
         return Outcome(parsed.sop_class, sop, failure=_reason(exc))
     return described
 
