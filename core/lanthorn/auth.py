@@ -31,14 +31,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Permissions a route may require, from the most common to the most dangerous.
-PERMISSIONS = ("read", "store", "write", "admin")
+#: Permissions a route may require, from the most common to the most dangerous;
+#: ``account`` (managing one's own API tokens) belongs to every role.
+PERMISSIONS = ("read", "store", "write", "admin", "account")
 #: What each role grants (docs/security.md).
 ROLES: dict[str, frozenset[str]] = {
     "admin": frozenset(PERMISSIONS),
-    "editor": frozenset({"read", "store", "write"}),
-    "uploader": frozenset({"store"}),
-    "viewer": frozenset({"read"}),
+    "editor": frozenset({"read", "store", "write", "account"}),
+    "uploader": frozenset({"store", "account"}),
+    "viewer": frozenset({"read", "account"}),
 }
 #: Orthanc's users have no roles: each may do everything.
 ORTHANC_FORM_ROLES = frozenset({"admin"})
@@ -86,13 +87,19 @@ def authentication_enabled(config: Config) -> bool:
     return bool(config["RemoteAccessAllowed"] if enabled is None else enabled)
 
 
+def credentials(header: str, scheme: str) -> str | None:
+    """What follows ``scheme`` (compared case-insensitively) in an ``Authorization`` header."""
+    found, _, value = header.strip().partition(" ")
+    return value.strip() if found.lower() == scheme and value.strip() else None
+
+
 def basic_credentials(header: str) -> tuple[str, str] | None:
     """(user, password) of an ``Authorization: Basic`` header; None if absent or malformed."""
-    scheme, _, encoded = header.strip().partition(" ")
-    if scheme.lower() != "basic":
+    encoded = credentials(header, "basic")
+    if encoded is None:
         return None
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return None
     name, colon, password = decoded.partition(":")

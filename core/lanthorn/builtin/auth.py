@@ -1,12 +1,13 @@
-"""The core's identity and authorization: HTTP basic authentication against
-``RegisteredUsers`` (``trylast``, so a plugin may identify callers first) and the
-role check every route's permission goes through."""
+"""The core's identity and authorization: API tokens (``Bearer``) and HTTP basic
+authentication against ``RegisteredUsers`` (``trylast``, so a plugin may identify callers
+first) and the role check every route's permission goes through."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..auth import basic_credentials, permits
+from .. import tokens
+from ..auth import basic_credentials, credentials, permits
 from ..plugins import hookimpl
 from ..rest.access import required_permission
 from ..types import Principal
@@ -19,8 +20,12 @@ if TYPE_CHECKING:
 
 @hookimpl(trylast=True)
 def authenticate(server: Server, request: Request) -> Principal | None:
-    credentials = basic_credentials(request.headers.get("authorization", ""))
-    user = server.users.verify(*credentials) if credentials else None
+    header = request.headers.get("authorization", "")
+    bearer = credentials(header, "bearer")
+    if bearer is not None:
+        return tokens.authenticate(server, bearer)
+    basic = basic_credentials(header)
+    user = server.users.verify(*basic) if basic else None
     return Principal(user.name, user.roles, "basic") if user else None
 
 

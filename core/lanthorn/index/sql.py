@@ -61,6 +61,7 @@ from .records import (
     StorageLimits,
     StoreOutcome,
 )
+from .tokens import TokenTable
 
 Node = TypeVar("Node")
 
@@ -80,6 +81,7 @@ class SqlIndex:
         self.jobs = JobTable(self)
         self.queries = QueryTable(self)
         self.commitments = CommitmentTable(self)
+        self.tokens = TokenTable(self)
 
     # -- transactions -------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from . import (
     queries,
     resources,
     system,
+    tokens,
     tools,
     userdata,
 )
@@ -45,7 +46,8 @@ def register_routes(server: Server) -> list[BaseRoute]:
             *queries.routes(),
             *commitment.routes(),
             *modify.routes(),
-            *tools.routes()]
+            *tools.routes(),
+            *tokens.routes()]
 
 
 @hookimpl
