@@ -22,15 +22,16 @@ from lanthorn.auth import ROLES, Users, basic_credentials, hash_password
 from lanthorn.cli import main
 from lanthorn.config import Config, ConfigError
 from lanthorn.errors import PluginError
-from lanthorn.rest.access import route_permission
 from lanthorn.rest.app import collect_routes
 from lanthorn.server import Server
 from lanthorn.testing import ServerProcess
 
 PASSWORD = "correct horse"
-#: For each permission, a role that lacks it and one that has it.
-UNDER_PRIVILEGED = {"read": "uploader", "store": "viewer", "write": "viewer", "admin": "editor"}
-SUFFICIENT = {"read": "viewer", "store": "uploader", "write": "editor", "admin": "admin"}
+#: For each permission, a role that lacks it (None: every role has it) and one that has it.
+UNDER_PRIVILEGED = {"read": "uploader", "store": "viewer", "write": "viewer", "admin": "editor",
+                    "account": None}
+SUFFICIENT = {"read": "viewer", "store": "uploader", "write": "editor", "admin": "admin",
+              "account": "uploader"}
 
 
 def basic(user: str, password: str = PASSWORD) -> dict[str, str]:
@@ -221,12 +222,13 @@ def every_route(server: Server) -> list[tuple[str, str, str]]:
     """(method, path, permission) of every route of every loaded plugin."""
     walked = []
     for spec in collect_routes(server):
+        assert spec.permission is not None or spec.public, spec
         if isinstance(spec.route, Mount):
-            walked.append(("GET", spec.route.path + "/x", route_permission(spec, "GET")))
+            walked.append(("GET", spec.route.path + "/x", spec.permission))
             continue
         assert isinstance(spec.route, Route)
         for method in sorted(spec.route.methods - {"HEAD"}):
-            walked.append((method, concrete(spec.route.path), route_permission(spec, method)))
+            walked.append((method, concrete(spec.route.path), spec.permission))
     return walked
 
 
@@ -240,8 +242,9 @@ def test_every_route_requires_its_permission(secured: Server, client: TestClient
         where = f"{method} {path} ({permission})"
         assert client.request(method, path).status_code == 401, where
         assert client.request(method, path, headers=basic("admin", "x")).status_code == 401, where
-        lacking = client.request(method, path, headers=basic(UNDER_PRIVILEGED[permission]))
-        assert lacking.status_code == 403, where
+        if UNDER_PRIVILEGED[permission] is not None:
+            lacking = client.request(method, path, headers=basic(UNDER_PRIVILEGED[permission]))
+            assert lacking.status_code == 403, where
         allowed = client.request(method, path, headers=basic(SUFFICIENT[permission]))
         assert allowed.status_code not in (401, 403), f"{where}: {allowed.text}"
 
@@ -261,17 +264,26 @@ def test_roles_of_the_issue(client: TestClient) -> None:
 
 
 class MisdeclaredRoute:
+    def __init__(self, wrap: Any) -> None:  # noqa: ANN401 - any way of getting it wrong
+        self.wrap = wrap
+
     @lanthorn.hookimpl
     def register_routes(self) -> list[lanthorn.PluginRoute]:
-        route = Route("/misdeclared", lambda request: None, methods=["GET"])
-        return [lanthorn.PluginRoute(route, permission="root")]
+        return [self.wrap(Route("/misdeclared", lambda request: None, methods=["GET"]))]
 
 
-def test_an_unknown_permission_stops_start_up(lanthorn_config: Config,
-                                              lanthorn_make_server: Any) -> None:
-    server = lanthorn_make_server(lanthorn_config, [MisdeclaredRoute()])
+@pytest.mark.parametrize(("wrap", "message"), [
+    (lambda route: lanthorn.PluginRoute(route, permission="root"),
+     '/misdeclared: unknown permission "root"'),
+    (lambda route: lanthorn.PluginRoute(route), '/misdeclared: unknown permission "None"'),
+    (lambda route: route, "/misdeclared declares no permission"),
+])
+def test_a_route_without_a_valid_permission_stops_start_up(
+        lanthorn_config: Config, lanthorn_make_server: Any, wrap: Any, message: str) -> None:
+    """A new route cannot forget its permission: the server does not start."""
+    server = lanthorn_make_server(lanthorn_config, [MisdeclaredRoute(wrap)])
     try:
-        with pytest.raises(PluginError, match='/misdeclared: unknown permission "root"'):
+        with pytest.raises(PluginError, match=message):
             server.app  # noqa: B018 - building the application is the point
     finally:
         server.close()

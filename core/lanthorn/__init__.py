@@ -20,6 +20,7 @@ from .types import (
     Principal,
     StorageAreaFactory,
     StoredInstance,
+    permitted,
 )
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "UnknownResource",
     "__version__",
     "hookimpl",
+    "permitted",
 ]

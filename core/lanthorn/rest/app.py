@@ -62,12 +62,9 @@ def collect_routes(server: Server) -> list[PluginRoute]:
     """Every plugin's routes; a path served twice is an error unless declared an override."""
     chosen: dict[tuple[str, frozenset[str]], PluginRoute] = {}
     for batch in server.plugins.hook.register_routes(server=server):
-        for item in batch:
-            spec = item if isinstance(item, PluginRoute) else PluginRoute(item)
+        for spec in batch:
+            _check_permission(spec)
             key = _route_key(spec.route)
-            if spec.permission is not None and spec.permission not in PERMISSIONS:
-                raise PluginError(f"{key[0]}: unknown permission "
-                                  f'"{spec.permission}" (one of {", ".join(PERMISSIONS)})')
             if key in chosen and not spec.overrides_core:
                 if not chosen[key].overrides_core:
                     raise PluginError(f"two plugins serve {sorted(key[1])} {key[0]}; "
@@ -75,6 +72,19 @@ def collect_routes(server: Server) -> list[PluginRoute]:
                 continue
             chosen[key] = spec
     return list(chosen.values())
+
+
+def _check_permission(spec: PluginRoute | BaseRoute) -> None:
+    """Every route says who may call it: a forgotten permission is a start-up error, not
+    a route that anyone, or no one, can reach."""
+    if not isinstance(spec, PluginRoute):
+        raise PluginError(f"{_route_key(spec)[0]} declares no permission: wrap it in "
+                          "lanthorn.PluginRoute(route, permission)")
+    if spec.public and spec.permission is None:
+        return
+    if spec.permission not in PERMISSIONS:
+        raise PluginError(f"{_route_key(spec.route)[0]}: unknown permission "
+                          f'"{spec.permission}" (one of {", ".join(PERMISSIONS)})')
 
 
 def _route_key(route: BaseRoute) -> tuple[str, frozenset[str]]:

@@ -27,14 +27,13 @@ from . import (
 )
 
 if TYPE_CHECKING:
-    from starlette.routing import BaseRoute
-
     from ..jobs import JobType
     from ..server import Server
+    from ..types import PluginRoute
 
 
 @hookimpl
-def register_routes(server: Server) -> list[BaseRoute]:
+def register_routes(server: Server) -> list[PluginRoute]:
     return [*system.routes(), *instances.routes(), *find.routes(), *resources.routes(),
             *archives.routes(), *images.routes(), *create.routes(),
             *labels.routes(),

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from .. import tokens
 from ..errors import BadRequest
-from ..types import PluginRoute
+from ..types import PluginRoute, permitted
 from .access import principal_of
 from .common import answer, json_body, server_of, text
 
@@ -53,7 +53,7 @@ def _typed(options: dict[str, Any], name: str, kind: type | tuple[type, ...],
 
 
 def routes() -> list[PluginRoute]:
-    return [PluginRoute(route, "account") for route in (
-        Route("/auth/tokens", listing, methods=["GET"]),
-        Route("/auth/tokens", create, methods=["POST"]),
-        Route("/auth/tokens/{id}", revoke, methods=["DELETE"]))]
+    return permitted("account",  # everyone's own tokens; the functions check whose
+                     Route("/auth/tokens", listing, methods=["GET"]),
+                     Route("/auth/tokens", create, methods=["POST"]),
+                     Route("/auth/tokens/{id}", revoke, methods=["DELETE"]))
