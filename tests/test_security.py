@@ -23,6 +23,8 @@ from lanthorn.cli import main
 from lanthorn.config import Config, ConfigError
 from lanthorn.errors import PluginError
 from lanthorn.rest.app import collect_routes
+from lanthorn.rest.protocol import common_names as protocol_common_names
+from lanthorn.rest.protocol import subject_name
 from lanthorn.server import Server
 from lanthorn.testing import ServerProcess
 
@@ -95,6 +97,57 @@ def test_https_client_certificates(https_process: ServerProcess, authority: trus
     for refused in (client_context(authority), client_context(authority, stranger)):
         with pytest.raises(httpx2.HTTPError):
             httpx2.get(https_process.url + "/system", verify=refused)
+
+
+def test_client_certificates_identify_users(https_process: ServerProcess,
+                                            authority: trustme.CA, tmp_path: Path) -> None:
+    """A trusted certificate whose CN a user lists logs in as that user; a trusted one
+    nobody lists identifies no one; an untrusted one does not get through the handshake."""
+    trusted = tmp_path / "trusted.pem"
+    authority.cert_pem.write_to_path(str(trusted))
+    options = json.loads(https_process.config_path.read_text())
+    options |= {"SslVerifyPeers": True, "SslTrustedClientCertificates": str(trusted),
+                "AuthenticationEnabled": True, "RegisteredUsers": {
+                    "scanner": {"Roles": ["uploader"],
+                                "CertificateCommonNames": ["scanner-1.example.org"]},
+                    "reader": {"Password": PASSWORD, "Roles": ["viewer"],
+                               "CertificateCommonNames": ["Dr. Who, MD"]}}}
+    https_process.config_path.write_text(json.dumps(options))
+
+    def as_holder(common_name: str, issuer: trustme.CA = authority) -> ssl.SSLContext:
+        leaf = issuer.issue_cert("client.example.org", common_name=common_name)
+        return client_context(authority, leaf)
+
+    scanner, reader = as_holder("scanner-1.example.org"), as_holder("Dr. Who, MD")
+    https_process.client_options = {"verify": reader}
+    https_process.start()
+    url = https_process.url
+    assert httpx2.get(url + "/patients", verify=reader).status_code == 200
+    assert httpx2.get(url + "/patients", verify=scanner).status_code == 403  # an uploader
+    assert httpx2.post(url + "/instances", content=b"x", verify=scanner).status_code == 400
+    # explicit credentials win over the certificate
+    assert httpx2.get(url + "/patients", verify=scanner,
+                      headers=basic("reader")).status_code == 200
+    assert httpx2.get(url + "/patients", verify=reader,
+                      headers=basic("reader", "wrong")).status_code == 401
+    stranger = as_holder("nobody.example.org")
+    assert httpx2.get(url + "/patients", verify=stranger).status_code == 401
+    with pytest.raises(httpx2.HTTPError):  # the right name from a CA nobody trusts
+        httpx2.get(url + "/patients", verify=as_holder("scanner-1.example.org", trustme.CA()))
+
+
+@pytest.mark.parametrize(("certificate", "name", "common_names"), [
+    ({"subject": ((("commonName", "a"),),)}, "CN=a", ["a"]),
+    ({"subject": ((("countryName", "FR"),), (("organizationName", "X, Inc."),),
+                  (("commonName", "Dr. Who+1"), ("userId", "7")))},
+     "CN=Dr. Who\\+1+UID=7,O=X\\, Inc.,C=FR", ["Dr. Who+1"]),
+    ({"subject": ((("commonName", "#lead "),),)}, "CN=\\#lead\\ ", ["#lead "]),
+    ({}, "", []),
+])
+def test_certificate_subjects(certificate: dict[str, Any], name: str,
+                              common_names: list[str]) -> None:
+    assert subject_name(certificate) == name
+    assert protocol_common_names(name) == common_names
 
 
 def test_https_without_certificate_stops_start_up(lanthorn_process: ServerProcess,

@@ -21,6 +21,7 @@ from ..auth import PERMISSIONS
 from ..errors import Forbidden, LanthornError, PluginError
 from ..types import PluginRoute
 from .access import AccessControl
+from .hardening import harden, surround
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HTTP_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-                405: "Method Not Allowed", 406: "Not Acceptable", 415: "Unsupported Media Type",
-                416: "Range Not Satisfiable",
+                405: "Method Not Allowed", 406: "Not Acceptable", 413: "Content Too Large",
+                415: "Unsupported Media Type", 416: "Range Not Satisfiable",
                 500: "Internal Server Error", 507: "Insufficient Storage"}
 
 
@@ -43,7 +44,9 @@ def build_app(server: Server) -> Starlette:
                     exception_handlers={Exception: on_error, HTTPException: on_error,
                                         LanthornError: on_error})
     app.state.server = server
+    harden(app, server)
     app.add_middleware(AccessControl, server=server, specs=specs)
+    surround(app, server)
     if not server.config["RemoteAccessAllowed"]:
         app.add_middleware(LoopbackOnly)  # added last: runs first
     return app
