@@ -302,6 +302,44 @@ def test_every_route_requires_its_permission(secured: Server, client: TestClient
         assert allowed.status_code not in (401, 403), f"{where}: {allowed.text}"
 
 
+#: Path parameter values that try to leave their place: percent-encoded so that the
+#: client sends them as they are and the server decodes them.
+TRAVERSALS = ["..%2f..%2f..%2fetc%2fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "%2e%2e",
+              "%2fetc%2fpasswd", "..%5c..%5cwindows%5cwin.ini", "x%00y"]
+
+
+def with_parameter(path: str, index: int, value: str) -> str:
+    """``path`` (a route template) with its ``index``-th parameter set to ``value`` and
+    the others as in ``concrete``."""
+    parts = re.split(r"(\{[^}]+\})", path)
+    parameters = [n for n, part in enumerate(parts) if part.startswith("{")]
+    parts[parameters[index]] = value
+    return concrete("".join(parts))
+
+
+def test_path_traversal_in_every_parameter(secured: Server, client: TestClient) -> None:
+    """Every parameter of every route, given a path that tries to escape: a 4xx with a
+    plain message (or, for a search, no match), never a 500, never a file's content or a
+    server path."""
+    storage = str(secured.config["StorageDirectory"])
+    checked = 0
+    for spec in collect_routes(secured):
+        path = getattr(spec.route, "path", "")
+        methods = sorted(getattr(spec.route, "methods", None) or {"GET"})
+        for method in set(methods) - {"HEAD"}:
+            for index in range(path.count("{")):
+                for value in TRAVERSALS:
+                    target = with_parameter(path, index, value)
+                    answer = client.request(method, target, headers=basic("admin"))
+                    where = f"{method} {target}: {answer.status_code} {answer.text[:200]}"
+                    refused = 400 <= answer.status_code < 500
+                    assert refused or answer.json() == [], where  # a search found nothing
+                    assert "root:" not in answer.text and "[fonts]" not in answer.text, where
+                    assert storage not in answer.text and "Traceback" not in answer.text, where
+                    checked += 1
+    assert checked > 500
+
+
 def test_roles_of_the_issue(client: TestClient) -> None:
     """Spot checks of the documented permission set."""
     assert client.post("/tools/find", json={"Level": "Study", "Query": {}},
