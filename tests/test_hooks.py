@@ -366,18 +366,19 @@ def _name(request: Any) -> JSONResponse:
 
 
 @pytest.mark.lanthorn_plugins(plugin_routes(
-    Route("/hooks-test/bare", _name, methods=["GET"]),
-    lanthorn.PluginRoute(Route("/hooks-test/wrapped", _name, methods=["GET"]), public=True),
+    *lanthorn.permitted("read", Route("/hooks-test/read", _name, methods=["GET"])),
+    lanthorn.PluginRoute(Route("/hooks-test/public", _name, methods=["GET"]), public=True),
 ))
 def test_hook_register_routes(lanthorn_client: TestClient) -> None:
-    for path in ("/hooks-test/bare", "/hooks-test/wrapped"):
+    for path in ("/hooks-test/read", "/hooks-test/public"):
         assert lanthorn_client.get(path).json() == {"Name": "Lanthorn", "Plugin": True}
     assert "Version" in lanthorn_client.get("/system").json()  # core routes are still there
 
 
 def test_a_route_that_shadows_a_core_route_is_a_start_up_error(lanthorn_config: Config) -> None:
+    shadow = lanthorn.permitted("read", Route("/system", _name, methods=["GET"]))
     server = lanthorn.Server(lanthorn_config, load_entry_points=False,
-                             plugins=[plugin_routes(Route("/system", _name, methods=["GET"]))])
+                             plugins=[plugin_routes(*shadow)])
     try:
         with pytest.raises(PluginError, match="/system.*overrides_core"):
             server.app  # noqa: B018 - building the application is what fails
@@ -386,7 +387,7 @@ def test_a_route_that_shadows_a_core_route_is_a_start_up_error(lanthorn_config: 
 
 
 @pytest.mark.lanthorn_plugins(plugin_routes(
-    lanthorn.PluginRoute(Route("/system", _name, methods=["GET"]), overrides_core=True)))
+    lanthorn.PluginRoute(Route("/system", _name, methods=["GET"]), "read", overrides_core=True)))
 def test_a_route_declared_as_overriding_replaces_the_core_route(
         lanthorn_client: TestClient) -> None:
     assert lanthorn_client.get("/system").json() == {"Name": "Lanthorn", "Plugin": True}

@@ -22,15 +22,18 @@ from lanthorn.auth import ROLES, Users, basic_credentials, hash_password
 from lanthorn.cli import main
 from lanthorn.config import Config, ConfigError
 from lanthorn.errors import PluginError
-from lanthorn.rest.access import route_permission
 from lanthorn.rest.app import collect_routes
+from lanthorn.rest.protocol import common_names as protocol_common_names
+from lanthorn.rest.protocol import subject_name
 from lanthorn.server import Server
 from lanthorn.testing import ServerProcess
 
 PASSWORD = "correct horse"
-#: For each permission, a role that lacks it and one that has it.
-UNDER_PRIVILEGED = {"read": "uploader", "store": "viewer", "write": "viewer", "admin": "editor"}
-SUFFICIENT = {"read": "viewer", "store": "uploader", "write": "editor", "admin": "admin"}
+#: For each permission, a role that lacks it (None: every role has it) and one that has it.
+UNDER_PRIVILEGED = {"read": "uploader", "store": "viewer", "write": "viewer", "admin": "editor",
+                    "account": None}
+SUFFICIENT = {"read": "viewer", "store": "uploader", "write": "editor", "admin": "admin",
+              "account": "uploader"}
 
 
 def basic(user: str, password: str = PASSWORD) -> dict[str, str]:
@@ -94,6 +97,57 @@ def test_https_client_certificates(https_process: ServerProcess, authority: trus
     for refused in (client_context(authority), client_context(authority, stranger)):
         with pytest.raises(httpx2.HTTPError):
             httpx2.get(https_process.url + "/system", verify=refused)
+
+
+def test_client_certificates_identify_users(https_process: ServerProcess,
+                                            authority: trustme.CA, tmp_path: Path) -> None:
+    """A trusted certificate whose CN a user lists logs in as that user; a trusted one
+    nobody lists identifies no one; an untrusted one does not get through the handshake."""
+    trusted = tmp_path / "trusted.pem"
+    authority.cert_pem.write_to_path(str(trusted))
+    options = json.loads(https_process.config_path.read_text())
+    options |= {"SslVerifyPeers": True, "SslTrustedClientCertificates": str(trusted),
+                "AuthenticationEnabled": True, "RegisteredUsers": {
+                    "scanner": {"Roles": ["uploader"],
+                                "CertificateCommonNames": ["scanner-1.example.org"]},
+                    "reader": {"Password": PASSWORD, "Roles": ["viewer"],
+                               "CertificateCommonNames": ["Dr. Who, MD"]}}}
+    https_process.config_path.write_text(json.dumps(options))
+
+    def as_holder(common_name: str, issuer: trustme.CA = authority) -> ssl.SSLContext:
+        leaf = issuer.issue_cert("client.example.org", common_name=common_name)
+        return client_context(authority, leaf)
+
+    scanner, reader = as_holder("scanner-1.example.org"), as_holder("Dr. Who, MD")
+    https_process.client_options = {"verify": reader}
+    https_process.start()
+    url = https_process.url
+    assert httpx2.get(url + "/patients", verify=reader).status_code == 200
+    assert httpx2.get(url + "/patients", verify=scanner).status_code == 403  # an uploader
+    assert httpx2.post(url + "/instances", content=b"x", verify=scanner).status_code == 400
+    # explicit credentials win over the certificate
+    assert httpx2.get(url + "/patients", verify=scanner,
+                      headers=basic("reader")).status_code == 200
+    assert httpx2.get(url + "/patients", verify=reader,
+                      headers=basic("reader", "wrong")).status_code == 401
+    stranger = as_holder("nobody.example.org")
+    assert httpx2.get(url + "/patients", verify=stranger).status_code == 401
+    with pytest.raises(httpx2.HTTPError):  # the right name from a CA nobody trusts
+        httpx2.get(url + "/patients", verify=as_holder("scanner-1.example.org", trustme.CA()))
+
+
+@pytest.mark.parametrize(("certificate", "name", "common_names"), [
+    ({"subject": ((("commonName", "a"),),)}, "CN=a", ["a"]),
+    ({"subject": ((("countryName", "FR"),), (("organizationName", "X, Inc."),),
+                  (("commonName", "Dr. Who+1"), ("userId", "7")))},
+     "CN=Dr. Who\\+1+UID=7,O=X\\, Inc.,C=FR", ["Dr. Who+1"]),
+    ({"subject": ((("commonName", "#lead "),),)}, "CN=\\#lead\\ ", ["#lead "]),
+    ({}, "", []),
+])
+def test_certificate_subjects(certificate: dict[str, Any], name: str,
+                              common_names: list[str]) -> None:
+    assert subject_name(certificate) == name
+    assert protocol_common_names(name) == common_names
 
 
 def test_https_without_certificate_stops_start_up(lanthorn_process: ServerProcess,
@@ -221,12 +275,13 @@ def every_route(server: Server) -> list[tuple[str, str, str]]:
     """(method, path, permission) of every route of every loaded plugin."""
     walked = []
     for spec in collect_routes(server):
+        assert spec.permission is not None or spec.public, spec
         if isinstance(spec.route, Mount):
-            walked.append(("GET", spec.route.path + "/x", route_permission(spec, "GET")))
+            walked.append(("GET", spec.route.path + "/x", spec.permission))
             continue
         assert isinstance(spec.route, Route)
         for method in sorted(spec.route.methods - {"HEAD"}):
-            walked.append((method, concrete(spec.route.path), route_permission(spec, method)))
+            walked.append((method, concrete(spec.route.path), spec.permission))
     return walked
 
 
@@ -240,10 +295,49 @@ def test_every_route_requires_its_permission(secured: Server, client: TestClient
         where = f"{method} {path} ({permission})"
         assert client.request(method, path).status_code == 401, where
         assert client.request(method, path, headers=basic("admin", "x")).status_code == 401, where
-        lacking = client.request(method, path, headers=basic(UNDER_PRIVILEGED[permission]))
-        assert lacking.status_code == 403, where
+        if UNDER_PRIVILEGED[permission] is not None:
+            lacking = client.request(method, path, headers=basic(UNDER_PRIVILEGED[permission]))
+            assert lacking.status_code == 403, where
         allowed = client.request(method, path, headers=basic(SUFFICIENT[permission]))
         assert allowed.status_code not in (401, 403), f"{where}: {allowed.text}"
+
+
+#: Path parameter values that try to leave their place: percent-encoded so that the
+#: client sends them as they are and the server decodes them.
+TRAVERSALS = ["..%2f..%2f..%2fetc%2fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "%2e%2e",
+              "%2fetc%2fpasswd", "..%5c..%5cwindows%5cwin.ini", "x%00y"]
+
+
+def with_parameter(path: str, index: int, value: str) -> str:
+    """``path`` (a route template) with its ``index``-th parameter set to ``value`` and
+    the others as in ``concrete``."""
+    parts = re.split(r"(\{[^}]+\})", path)
+    parameters = [n for n, part in enumerate(parts) if part.startswith("{")]
+    parts[parameters[index]] = value
+    return concrete("".join(parts))
+
+
+def test_path_traversal_in_every_parameter(secured: Server, client: TestClient) -> None:
+    """Every parameter of every route, given a path that tries to escape: a 4xx with a
+    plain message (or, for a search, no match), never a 500, never a file's content or a
+    server path."""
+    storage = str(secured.config["StorageDirectory"])
+    checked = 0
+    for spec in collect_routes(secured):
+        path = getattr(spec.route, "path", "")
+        methods = sorted(getattr(spec.route, "methods", None) or {"GET"})
+        for method in set(methods) - {"HEAD"}:
+            for index in range(path.count("{")):
+                for value in TRAVERSALS:
+                    target = with_parameter(path, index, value)
+                    answer = client.request(method, target, headers=basic("admin"))
+                    where = f"{method} {target}: {answer.status_code} {answer.text[:200]}"
+                    refused = 400 <= answer.status_code < 500
+                    assert refused or answer.json() == [], where  # a search found nothing
+                    assert "root:" not in answer.text and "[fonts]" not in answer.text, where
+                    assert storage not in answer.text and "Traceback" not in answer.text, where
+                    checked += 1
+    assert checked > 500
 
 
 def test_roles_of_the_issue(client: TestClient) -> None:
@@ -261,17 +355,26 @@ def test_roles_of_the_issue(client: TestClient) -> None:
 
 
 class MisdeclaredRoute:
+    def __init__(self, wrap: Any) -> None:  # noqa: ANN401 - any way of getting it wrong
+        self.wrap = wrap
+
     @lanthorn.hookimpl
     def register_routes(self) -> list[lanthorn.PluginRoute]:
-        route = Route("/misdeclared", lambda request: None, methods=["GET"])
-        return [lanthorn.PluginRoute(route, permission="root")]
+        return [self.wrap(Route("/misdeclared", lambda request: None, methods=["GET"]))]
 
 
-def test_an_unknown_permission_stops_start_up(lanthorn_config: Config,
-                                              lanthorn_make_server: Any) -> None:
-    server = lanthorn_make_server(lanthorn_config, [MisdeclaredRoute()])
+@pytest.mark.parametrize(("wrap", "message"), [
+    (lambda route: lanthorn.PluginRoute(route, permission="root"),
+     '/misdeclared: unknown permission "root"'),
+    (lambda route: lanthorn.PluginRoute(route), '/misdeclared: unknown permission "None"'),
+    (lambda route: route, "/misdeclared declares no permission"),
+])
+def test_a_route_without_a_valid_permission_stops_start_up(
+        lanthorn_config: Config, lanthorn_make_server: Any, wrap: Any, message: str) -> None:
+    """A new route cannot forget its permission: the server does not start."""
+    server = lanthorn_make_server(lanthorn_config, [MisdeclaredRoute(wrap)])
     try:
-        with pytest.raises(PluginError, match='/misdeclared: unknown permission "root"'):
+        with pytest.raises(PluginError, match=message):
             server.app  # noqa: B018 - building the application is the point
     finally:
         server.close()

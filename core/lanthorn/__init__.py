@@ -27,6 +27,7 @@ from .types import (
     Principal,
     StorageAreaFactory,
     StoredInstance,
+    permitted,
 )
 
 __all__ = [
@@ -51,4 +52,5 @@ __all__ = [
     "UnknownResource",
     "__version__",
     "hookimpl",
+    "permitted",
 ]

@@ -7,6 +7,7 @@ import getpass
 import logging
 import sys
 from collections.abc import Sequence
+from contextlib import closing
 
 from . import __version__
 from .config import ConfigError, default_config_text, load_config
@@ -57,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     check = _command(commands, "check", "verify that index and storage agree", _check)
     check.add_argument("--repair", action="store_true",
                        help="remove orphan files and index rows whose file is lost")
+
+    token = commands.add_parser("token", help="create, list and revoke API tokens",
+                                description="create, list and revoke API tokens")
+    actions = token.add_subparsers(title="actions", metavar="ACTION")
+    create = _command(actions, "create", "print a new token for a user (shown only once)",
+                      _token_create)
+    create.add_argument("--user", required=True, help="the registered user it acts for")
+    create.add_argument("--role", help="a narrower role than the user's own")
+    create.add_argument("--days", type=float, help="valid for this many days (default: ever)")
+    create.add_argument("--description", default="", help="what the token is for")
+    listing = _command(actions, "list", "list tokens (never their secrets)", _token_list)
+    listing.add_argument("--user", help="only this user's tokens")
+    revoke = _command(actions, "revoke", "revoke a token by its ID", _token_revoke)
+    revoke.add_argument("id", metavar="ID")
 
     for command in _plugin_commands(parser):
         sub = _command(commands, command.name, command.help, lambda a, c=command: c.run(a))
@@ -121,6 +136,40 @@ def _passwd(args: argparse.Namespace) -> int:
         print("lanthorn: error: empty password", file=sys.stderr)
         return 1
     print(hash_password(password))
+    return 0
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from .auth import ANONYMOUS
+    from .tokens import create
+
+    with closing(_server(args)) as server:
+        record, secret = create(server, ANONYMOUS, args.user, args.role,
+                                None if args.days is None else args.days * 86400,
+                                args.description)
+    print(f"{record.id} {secret}")
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    from .auth import ANONYMOUS
+    from .tokens import describe, listed
+
+    with closing(_server(args)) as server:
+        found = listed(server, ANONYMOUS, args.user)
+    for record in map(describe, found):
+        print(f"{record['ID']}  {record['User']:<16} {record['Role'] or '-':<8} "
+              f"{record['Created']}  expires {record['Expires'] or 'never'}  "
+              f"{record['Description']}")
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    from .auth import ANONYMOUS
+    from .tokens import revoke
+
+    with closing(_server(args)) as server:
+        revoke(server, ANONYMOUS, args.id)
     return 0
 
 

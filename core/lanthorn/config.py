@@ -279,7 +279,8 @@ OPTIONS: tuple[Option, ...] = (
         "is on.",
     ),
     Option("RegisteredUsers", {}, dict, "HTTP users: name: password (Orthanc's form, an "
-           "admin), or name: {\"Password\": hash from `lanthorn passwd`, \"Roles\": [...]}."),
+           "admin), or name: {\"Password\": hash from `lanthorn passwd`, \"Roles\": [...], "
+           "\"CertificateCommonNames\": [client certificate CNs that log in as this user]}."),
     Option("SslEnabled", False, bool, "Serve HTTPS instead of HTTP."),
     Option("SslCertificate", "certificate.pem", str, "PEM file with the HTTPS server's "
            "certificate (and its chain) followed by its private key."),
@@ -289,6 +290,12 @@ OPTIONS: tuple[Option, ...] = (
            "PEM file of the certificates (or CAs) HTTPS clients are verified against."),
     Option("RestApiWriteToFileSystemEnabled", False, bool, "Allow POST /instances/{id}/export "
            "to write files anywhere the server's user may write."),
+    Option("HttpMaximumRequestBodySize", 4096, int, "Largest accepted HTTP request body, in "
+           "MB (larger ones get 413); 0 means unlimited (Lanthorn-specific)."),
+    Option("HttpMaximumHeaderSize", 64, int, "Largest accepted request line plus headers of "
+           "an HTTP request, in KB (larger ones get 431) (Lanthorn-specific)."),
+    Option("HttpCorsAllowedOrigins", [], list, "Origins (\"https://viewer.example.org\") whose "
+           "web pages may call the REST API from a browser; empty: none (Lanthorn-specific)."),
     Option("HttpDescribeErrors", True, bool, "Describe errors as JSON in failed REST answers."),
     Option("HttpThreadsCount", 50, int, "Threads serving HTTP requests."),
     Option("KeepAlive", True, bool, "Keep HTTP connections open between requests."),

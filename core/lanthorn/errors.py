@@ -84,6 +84,14 @@ class Forbidden(LanthornError):
     orthanc_error = "Forbidden access"
 
 
+class PayloadTooLarge(LanthornError):
+    """A request body beyond ``HttpMaximumRequestBodySize``."""
+
+    http_status = 413
+    orthanc_status = 8
+    orthanc_error = "Bad request"
+
+
 class Rejected(LanthornError):
     """A plugin filter or a policy refused an instance."""
 

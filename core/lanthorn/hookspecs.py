@@ -8,7 +8,7 @@ Each hook is documented in ``docs/plugin-hooks.md`` and tested by ``test_hook_<n
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -96,8 +96,9 @@ def register_index_backends(server: Server) -> list[IndexBackendFactory]:
 
 
 @hookspec
-def register_routes(server: Server) -> list[PluginRoute | Any]:
-    """Starlette routes (``Route``/``Mount``, or ``PluginRoute`` to add metadata).
+def register_routes(server: Server) -> list[PluginRoute]:
+    """Starlette routes (``Route``/``Mount``), each in a ``PluginRoute`` declaring the
+    permission it needs (or ``public=True``); a route without one is a start-up error.
 
     A path that a core route already serves is a start-up error unless the
     ``PluginRoute`` says ``overrides_core=True``.

@@ -33,6 +33,7 @@ from typing import Any
 import uvicorn
 
 from .config import Config, ConfigError
+from .rest.protocol import protocol_class
 from .server import Server
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def _run_http(server: Server, http_socket: socket.socket | None) -> None:
         timeout_keep_alive=int(config["HttpTimeout"]) if config["KeepAlive"] else 0,
         access_log=False,
         proxy_headers=False,  # the peer address is the client (RemoteAccessAllowed)
+        http=protocol_class(int(config["HttpMaximumHeaderSize"]) * 1024),
         **https_options(config),
     ))
     for sig in (signal.SIGINT, signal.SIGTERM):  # a stop asked before uvicorn listens

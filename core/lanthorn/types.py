@@ -93,10 +93,16 @@ class PluginRoute:
     """A route with the metadata the core enforces."""
 
     route: BaseRoute
-    #: "read", "store", "write" or "admin" (docs/security.md); None: by HTTP method.
+    #: "read", "store", "write", "admin" or "account" (docs/security.md). Every route
+    #: declares one (a missing one stops start-up), except a public route.
     permission: str | None = None
     public: bool = False  # reachable without authentication
     overrides_core: bool = False  # deliberately replaces a core route with the same path
+
+
+def permitted(permission: str, *routes: BaseRoute) -> list[PluginRoute]:
+    """Routes that all need ``permission``."""
+    return [PluginRoute(route, permission) for route in routes]
 
 
 @dataclass(frozen=True)

@@ -266,3 +266,20 @@ audit_log = Table(
     Index("ix_audit_log_resource", "resource", "at"),
     sqlite_autoincrement=True,
 )
+
+#: API tokens (bearer tokens for scripts). Only the SHA-256 ``digest`` of a token is
+#: kept: the token itself is random and long, so a fast hash suffices (argon2 is for
+#: passwords people choose). ``role`` narrows the user's roles (null: the user's own);
+#: ``expires`` is a Unix time, or null for a token that never expires.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("username", String(128), nullable=False),
+    Column("role", String(16)),
+    Column("description", String(256), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("expires", Float),
+    Index("ix_api_tokens_username", "username"),
+)

@@ -62,6 +62,7 @@ from .records import (
     StorageLimits,
     StoreOutcome,
 )
+from .tokens import TokenTable
 
 Node = TypeVar("Node")
 
@@ -82,6 +83,7 @@ class SqlIndex:
         self.queries = QueryTable(self)
         self.commitments = CommitmentTable(self)
         self.audit = AuditTable(self)
+        self.tokens = TokenTable(self)
 
     # -- transactions -------------------------------------------------------------
 

@@ -1,11 +1,10 @@
 """Authentication and authorization of every HTTP request, before routing.
 
-Each route needs a permission (``read``, ``store``, ``write`` or ``admin``): the one its
-``PluginRoute`` declares, else the core's rule — ``GET``/``HEAD`` read, anything else
-writes — with the exceptions in ``EXCEPTIONS``. Identity comes from the ``authenticate``
-hook, then every ``filter_http_request`` may veto (the core's own checks the roles). A
-request that matches no route still needs credentials: a stranger learns nothing, not
-even which resources exist (401, not 404).
+Each route needs the permission (``read``, ``store``, ``write``, ``admin`` or
+``account``) its ``PluginRoute`` declares; there is no default. Identity comes from the
+``authenticate`` hook, then every ``filter_http_request`` may veto (the core's own checks
+the roles). A request that matches no route still needs credentials: a stranger learns
+nothing, not even which resources exist (401, not 404).
 """
 
 from __future__ import annotations
@@ -27,38 +26,10 @@ if TYPE_CHECKING:
     from ..types import PluginRoute, Principal
     from .routing import GroupedRouter
 
-LEVEL = "/{level:lanthorn_level}/{id}"
-#: Routes whose permission is not the one their HTTP method implies.
-EXCEPTIONS: dict[tuple[str, str], str] = {
-    **{("POST", path): "store" for path in (
-        "/instances", "/modalities/{id}/echo", "/tools/dicom-echo")},
-    **{("POST", path): "read" for path in (  # queries and downloads that change nothing
-        "/tools/find", "/tools/count-resources", "/tools/lookup", LEVEL + "/archive",
-        LEVEL + "/media", "/tools/create-archive", "/tools/create-media",
-        "/tools/create-media-extended", LEVEL + "/attachments/{name}/verify-md5")},
-    **{("POST", path): "admin" for path in (
-        "/tools/reset", "/tools/shutdown", "/tools/execute-script", "/tools/pseudonyms")},
-    **{(method, path): "admin" for method in ("PUT", "DELETE")
-       for path in ("/modalities/{id}", "/peers/{id}")},
-    **{("PUT", path): "admin" for path in (
-        "/tools/log-level", "/tools/log-level-{category}", "/tools/metrics",
-        "/tools/accepted-transfer-syntaxes", "/tools/unknown-sop-class-accepted")},
-    ("GET", "/peers/{id}/configuration"): "admin",  # holds the peer's password
-    ("DELETE", "/exports"): "admin",
-}
 CORE_FILTER = "lanthorn.builtin.auth"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PERMISSION_KEY = "lanthorn.permission"
 PRINCIPAL_KEY = "lanthorn.principal"
-
-
-def route_permission(spec: PluginRoute, method: str) -> str:
-    """The permission ``method`` on this route needs."""
-    if spec.permission is not None:
-        return spec.permission
-    path = getattr(spec.route, "path", "")
-    default = "read" if method in SAFE_METHODS else "write"
-    return EXCEPTIONS.get((method, path), default)
 
 
 def required_permission(request: Request) -> str | None:
@@ -118,7 +89,7 @@ class AccessControl:
         if found is None or found[2] is not Match.FULL:
             return Requirement(None)
         spec = self.specs[id(found[0])]
-        return Requirement(route_permission(spec, scope["method"]), spec.public)
+        return Requirement(spec.permission, spec.public)
 
     def decide(self, request: Request) -> Unauthorized | Forbidden | None:
         """The refusal to answer, or None to go on (``request`` then carries the principal)."""

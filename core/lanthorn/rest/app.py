@@ -22,6 +22,7 @@ from ..errors import Forbidden, LanthornError, PluginError
 from ..types import PluginRoute
 from .access import AccessControl
 from .audit import AuditTrail
+from .hardening import harden, surround
 from .routing import GroupedRouter
 
 if TYPE_CHECKING:
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HTTP_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-                405: "Method Not Allowed", 406: "Not Acceptable", 415: "Unsupported Media Type",
-                416: "Range Not Satisfiable",
+                405: "Method Not Allowed", 406: "Not Acceptable", 413: "Content Too Large",
+                415: "Unsupported Media Type", 416: "Range Not Satisfiable",
                 500: "Internal Server Error", 507: "Insufficient Storage"}
 
 
@@ -46,8 +47,10 @@ def build_app(server: Server) -> Starlette:
                                         LanthornError: on_error})
     app.router = GroupedRouter(app.router.routes)
     app.state.server = server
+    harden(app, server)
     app.add_middleware(AccessControl, server=server, specs=specs, router=app.router)
     app.add_middleware(AuditTrail, server=server)  # outside: it records refusals too
+    surround(app, server)
     if not server.config["RemoteAccessAllowed"]:
         app.add_middleware(LoopbackOnly)  # added last: runs first
     return app
@@ -66,12 +69,9 @@ def collect_routes(server: Server) -> list[PluginRoute]:
     """Every plugin's routes; a path served twice is an error unless declared an override."""
     chosen: dict[tuple[str, frozenset[str]], PluginRoute] = {}
     for batch in server.plugins.hook.register_routes(server=server):
-        for item in batch:
-            spec = item if isinstance(item, PluginRoute) else PluginRoute(item)
+        for spec in batch:
+            _check_permission(spec)
             key = _route_key(spec.route)
-            if spec.permission is not None and spec.permission not in PERMISSIONS:
-                raise PluginError(f"{key[0]}: unknown permission "
-                                  f'"{spec.permission}" (one of {", ".join(PERMISSIONS)})')
             if key in chosen and not spec.overrides_core:
                 if not chosen[key].overrides_core:
                     raise PluginError(f"two plugins serve {sorted(key[1])} {key[0]}; "
@@ -79,6 +79,19 @@ def collect_routes(server: Server) -> list[PluginRoute]:
                 continue
             chosen[key] = spec
     return list(chosen.values())
+
+
+def _check_permission(spec: PluginRoute | BaseRoute) -> None:
+    """Every route says who may call it: a forgotten permission is a start-up error, not
+    a route that anyone, or no one, can reach."""
+    if not isinstance(spec, PluginRoute):
+        raise PluginError(f"{_route_key(spec)[0]} declares no permission: wrap it in "
+                          "lanthorn.PluginRoute(route, permission)")
+    if spec.public and spec.permission is None:
+        return
+    if spec.permission not in PERMISSIONS:
+        raise PluginError(f"{_route_key(spec.route)[0]}: unknown permission "
+                          f'"{spec.permission}" (one of {", ".join(PERMISSIONS)})')
 
 
 def _route_key(route: BaseRoute) -> tuple[str, frozenset[str]]:

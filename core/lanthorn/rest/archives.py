@@ -38,6 +38,7 @@ from ..jobs import JobContext, JobType
 from ..model import Level
 from ..storage import read_all, read_chunks
 from ..transcode import check_syntax, transcode
+from ..types import PluginRoute, permitted
 from .common import asynchronous, flag, job_answer, json_body, resource_of, server_of
 from .resources import LEVELS
 from .streaming import streamed
@@ -413,13 +414,13 @@ def _later(make: Callable[[], bytes]) -> Iterator[bytes]:
     yield make()
 
 
-def routes() -> list[Route]:
-    both = ["GET", "POST"]
-    return [
+def routes() -> list[PluginRoute]:
+    both = ["GET", "POST"]  # POST only carries options: downloads change nothing
+    return permitted(
+        "read",
         Route(f"/{LEVELS}/{{id}}/archive", endpoint(media=False), methods=both),
         Route(f"/{LEVELS}/{{id}}/media", endpoint(media=True), methods=both),
         Route("/tools/create-archive", endpoint(media=False), methods=both),
         Route("/tools/create-media", endpoint(media=True), methods=both),
         Route("/tools/create-media-extended", endpoint(media=True, extended=True),
-              methods=both),
-    ]
+              methods=both))

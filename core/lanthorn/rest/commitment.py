@@ -15,6 +15,7 @@ from ..dimse.commitment import request_commitment
 from ..errors import BadRequest, UnknownResource
 from ..index.commitments import CommitmentRecord
 from ..model import Level
+from ..types import PluginRoute, permitted
 from .common import answer, json_body, server_of
 from .modalities import modality_of
 
@@ -114,9 +115,10 @@ def remove(request: Request) -> Response:
     return answer({})
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     return [
-        Route("/modalities/{id}/storage-commitment", commit, methods=["POST"]),
-        Route("/storage-commitment/{id}", report, methods=["GET"]),
-        Route("/storage-commitment/{id}/remove", remove, methods=["POST"]),
+        *permitted("read", Route("/storage-commitment/{id}", report, methods=["GET"])),
+        *permitted("write",
+                   Route("/modalities/{id}/storage-commitment", commit, methods=["POST"]),
+                   Route("/storage-commitment/{id}/remove", remove, methods=["POST"])),
     ]

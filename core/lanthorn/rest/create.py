@@ -34,7 +34,7 @@ from ..errors import BadRequest, UnknownResource
 from ..model import MODULE_TAGS, Level, parse_tag
 from ..requested import FLOAT_VRS, INTEGER_VRS, first_header
 from ..transcode import write
-from ..types import Origin
+from ..types import Origin, PluginRoute, permitted
 from .common import answer, json_body, server_of
 
 if TYPE_CHECKING:
@@ -265,5 +265,5 @@ def _pixels(dataset: Dataset, pixels: np.ndarray) -> None:
                             pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()))
 
 
-def routes() -> list[Route]:
-    return [Route("/tools/create-dicom", create_dicom, methods=["POST"])]
+def routes() -> list[PluginRoute]:
+    return permitted("write", Route("/tools/create-dicom", create_dicom, methods=["POST"]))

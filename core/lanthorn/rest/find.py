@@ -13,6 +13,7 @@ from starlette.routing import Route
 from ..errors import BadRequest
 from ..model import Level
 from ..query import Query, build_query
+from ..types import PluginRoute, permitted
 from .common import answer, json_body, server_of
 from .describe import describe_many, parse_requested
 
@@ -90,7 +91,8 @@ async def lookup(request: Request) -> Response:
                     "Type": r.level.title} for r in found])
 
 
-def routes() -> list[Route]:
-    return [Route("/tools/find", find, methods=["POST"]),
-            Route("/tools/count-resources", count_resources, methods=["POST"]),
-            Route("/tools/lookup", lookup, methods=["POST"])]
+def routes() -> list[PluginRoute]:
+    return permitted("read",  # queries that change nothing
+                     Route("/tools/find", find, methods=["POST"]),
+                     Route("/tools/count-resources", count_resources, methods=["POST"]),
+                     Route("/tools/lookup", lookup, methods=["POST"]))

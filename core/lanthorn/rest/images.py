@@ -46,6 +46,7 @@ from ..pixels import (
     rendered,
 )
 from ..storage import read_all
+from ..types import PluginRoute, permitted
 from .common import answer, flag, integer, resource_of, server_of, text
 from .tools import ordered_instances
 
@@ -230,12 +231,13 @@ def pdf(request: Request) -> Response:
                     media_type=PDF)
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     frame = "/instances/{id}/frames/{frame}"
     listed = [Route(f"/instances/{{id}}/{name}", image(name), methods=["GET"])
               for name in PICTURES]
     listed += [Route(f"{frame}/{name}", image(name), methods=["GET"]) for name in PICTURES]
-    return [
+    return permitted(
+        "read",
         *listed,
         Route(frame, frame_operations, methods=["GET"]),
         Route(f"{frame}/raw", raw, methods=["GET"]),
@@ -246,4 +248,4 @@ def routes() -> list[Route]:
         Route("/instances/{id}/matlab", instance_matlab, methods=["GET"]),
         Route(f"{frame}/matlab", instance_matlab, methods=["GET"]),
         Route("/instances/{id}/pdf", pdf, methods=["GET"]),
-    ]
+    )

@@ -25,7 +25,7 @@ from ..errors import BadFileFormat, BadRequest, Forbidden, InexistentItem
 from ..ingest import DICOM_ATTACHMENT
 from ..model import Level, format_tag, parse_tag
 from ..storage import COMPRESSION_NONE, read_all, read_chunks
-from ..types import Origin
+from ..types import Origin, PluginRoute, permitted
 from .common import answer, byte_range, dicom_form, resource_of, server_of
 from .streaming import streamed
 
@@ -196,16 +196,18 @@ def content(request: Request) -> Response:
     return answer([format_tag(t).replace(",", "-") for t in sorted(tags)])
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     return [
-        Route("/instances", upload, methods=["POST"]),
-        Route("/instances/{id}/file", instance_file, methods=["GET"]),
-        Route("/instances/{id}/export", export, methods=["POST"]),
-        Route("/instances/{id}/tags", tags, methods=["GET"]),
-        *(Route(f"/{level.plural}/{{id}}/instances-tags", instances_tags(level),
-                methods=["GET"]) for level in (Level.PATIENT, Level.STUDY, Level.SERIES)),
-        Route("/instances/{id}/simplified-tags", simplified_tags, methods=["GET"]),
-        Route("/instances/{id}/header", header, methods=["GET"]),
-        Route("/instances/{id}/content", content, methods=["GET"]),
-        Route("/instances/{id}/content/{path:path}", content, methods=["GET"]),
+        *permitted("store", Route("/instances", upload, methods=["POST"])),
+        *permitted("write", Route("/instances/{id}/export", export, methods=["POST"])),
+        *permitted(
+            "read",
+            Route("/instances/{id}/file", instance_file, methods=["GET"]),
+            Route("/instances/{id}/tags", tags, methods=["GET"]),
+            *(Route(f"/{level.plural}/{{id}}/instances-tags", instances_tags(level),
+                    methods=["GET"]) for level in (Level.PATIENT, Level.STUDY, Level.SERIES)),
+            Route("/instances/{id}/simplified-tags", simplified_tags, methods=["GET"]),
+            Route("/instances/{id}/header", header, methods=["GET"]),
+            Route("/instances/{id}/content", content, methods=["GET"]),
+            Route("/instances/{id}/content/{path:path}", content, methods=["GET"])),
     ]

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from ..errors import InexistentItem, orthanc_error_description
 from ..index.jobs import JobRecord
 from ..storage import read_chunks
+from ..types import PluginRoute, permitted
 from .common import answer, flag, server_of
 from .streaming import streamed
 
@@ -97,13 +98,15 @@ def delete_output(request: Request) -> Response:
     return answer({})
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     return [
-        Route("/jobs", list_jobs, methods=["GET"]),
-        Route("/jobs/{id}", get_job, methods=["GET"]),
-        Route("/jobs/{id}", delete_job, methods=["DELETE"]),
-        *(Route(f"/jobs/{{id}}/{action}", control(action), methods=["POST"])
-          for action in ACTIONS),
-        Route("/jobs/{id}/{key}", get_output, methods=["GET"]),
-        Route("/jobs/{id}/{key}", delete_output, methods=["DELETE"]),
+        *permitted("read",
+                   Route("/jobs", list_jobs, methods=["GET"]),
+                   Route("/jobs/{id}", get_job, methods=["GET"]),
+                   Route("/jobs/{id}/{key}", get_output, methods=["GET"])),
+        *permitted("write",
+                   Route("/jobs/{id}", delete_job, methods=["DELETE"]),
+                   *(Route(f"/jobs/{{id}}/{action}", control(action), methods=["POST"])
+                     for action in ACTIONS),
+                   Route("/jobs/{id}/{key}", delete_output, methods=["DELETE"])),
     ]

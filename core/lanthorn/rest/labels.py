@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import BadRequest, InexistentItem
+from ..types import PluginRoute, permitted
 from .common import answer, resource_of, server_of, text
 from .resources import LEVELS
 
@@ -56,12 +57,14 @@ def all_labels(request: Request) -> Response:
     return answer(server_of(request).index.all_labels())
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     one = f"/{LEVELS}/{{id}}/labels/{{label}}"
     return [
-        Route(f"/{LEVELS}/{{id}}/labels", list_labels, methods=["GET"]),
-        Route(one, has_label, methods=["GET"]),
-        Route(one, add_label, methods=["PUT"]),
-        Route(one, remove_label, methods=["DELETE"]),
-        Route("/tools/labels", all_labels, methods=["GET"]),
+        *permitted("read",
+                   Route(f"/{LEVELS}/{{id}}/labels", list_labels, methods=["GET"]),
+                   Route(one, has_label, methods=["GET"]),
+                   Route("/tools/labels", all_labels, methods=["GET"])),
+        *permitted("write",
+                   Route(one, add_label, methods=["PUT"]),
+                   Route(one, remove_label, methods=["DELETE"])),
     ]

@@ -8,6 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import BadRequest
+from ..types import PluginRoute, permitted
 from .common import server_of, text
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
@@ -36,9 +37,10 @@ async def prometheus(request: Request) -> Response:
     return Response(server.metrics.render(), media_type=PROMETHEUS_TEXT)
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     return [
-        Route("/tools/metrics", enabled, methods=["GET"]),
-        Route("/tools/metrics", set_enabled, methods=["PUT"]),
-        Route("/tools/metrics-prometheus", prometheus, methods=["GET"]),
+        *permitted("read",
+                   Route("/tools/metrics", enabled, methods=["GET"]),
+                   Route("/tools/metrics-prometheus", prometheus, methods=["GET"])),
+        *permitted("admin", Route("/tools/metrics", set_enabled, methods=["PUT"])),
     ]

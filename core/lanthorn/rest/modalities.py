@@ -20,6 +20,7 @@ from ..dicom import parse_instance
 from ..dimse import scu
 from ..dimse.access import Modality, all_modalities, modality_named, parse_modality
 from ..errors import BadRequest
+from ..types import PluginRoute, permitted
 from .common import answer, flag, json_body, server_of
 from .sending import Destination, advance
 
@@ -140,15 +141,19 @@ async def delete_modality(request: Request) -> Response:
     return answer({})
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     return [
-        Route("/modalities", list_modalities, methods=["GET"]),
-        Route("/modalities/{id}", operations, methods=["GET"]),
-        Route("/modalities/{id}", put_modality, methods=["PUT"]),
-        Route("/modalities/{id}", delete_modality, methods=["DELETE"]),
-        Route("/modalities/{id}/store-straight", store_straight, methods=["POST"]),
-        Route("/modalities/{id}/configuration", configuration, methods=["GET"]),
-        Route("/modalities/{id}/echo", echo, methods=["POST"]),
-        Route("/tools/dicom-echo", echo_anywhere, methods=["POST"]),
-        Route("/modalities/{id}/store", store, methods=["POST"]),
+        *permitted("read",
+                   Route("/modalities", list_modalities, methods=["GET"]),
+                   Route("/modalities/{id}", operations, methods=["GET"]),
+                   Route("/modalities/{id}/configuration", configuration, methods=["GET"])),
+        *permitted("store",
+                   Route("/modalities/{id}/echo", echo, methods=["POST"]),
+                   Route("/tools/dicom-echo", echo_anywhere, methods=["POST"])),
+        *permitted("write",
+                   Route("/modalities/{id}/store-straight", store_straight, methods=["POST"]),
+                   Route("/modalities/{id}/store", store, methods=["POST"])),
+        *permitted("admin",
+                   Route("/modalities/{id}", put_modality, methods=["PUT"]),
+                   Route("/modalities/{id}", delete_modality, methods=["DELETE"])),
     ]

@@ -19,7 +19,7 @@ from .. import modify, studies
 from ..errors import BadRequest, UnknownResource
 from ..jobs import JobContext, JobType
 from ..model import Level
-from ..types import Origin
+from ..types import Origin, PluginRoute, permitted
 from .common import (
     answer,
     asynchronous,
@@ -189,16 +189,20 @@ def _pseudonyms(index: SqlIndex, scope: str, patient: str | None, pseudonym: str
     return {"Scope": scope, "Mappings": rows, "Deleted": deleted}
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     levels = "{level:lanthorn_level}"
     return [
-        Route(f"/{levels}/{{id}}/modify", resource_endpoint(anonymize=False), methods=["POST"]),
-        Route(f"/{levels}/{{id}}/anonymize", resource_endpoint(anonymize=True),
-              methods=["POST"]),
-        Route("/studies/{id}/split", study_endpoint(split=True), methods=["POST"]),
-        Route("/studies/{id}/merge", study_endpoint(split=False), methods=["POST"]),
-        Route("/tools/bulk-modify", bulk_endpoint(anonymize=False), methods=["POST"]),
-        Route("/tools/bulk-anonymize", bulk_endpoint(anonymize=True), methods=["POST"]),
-        Route("/tools/bulk-delete", bulk_delete, methods=["POST"]),
-        Route("/tools/pseudonyms", pseudonyms, methods=["POST"]),
+        *permitted(
+            "write",
+            Route(f"/{levels}/{{id}}/modify", resource_endpoint(anonymize=False),
+                  methods=["POST"]),
+            Route(f"/{levels}/{{id}}/anonymize", resource_endpoint(anonymize=True),
+                  methods=["POST"]),
+            Route("/studies/{id}/split", study_endpoint(split=True), methods=["POST"]),
+            Route("/studies/{id}/merge", study_endpoint(split=False), methods=["POST"]),
+            Route("/tools/bulk-modify", bulk_endpoint(anonymize=False), methods=["POST"]),
+            Route("/tools/bulk-anonymize", bulk_endpoint(anonymize=True), methods=["POST"]),
+            Route("/tools/bulk-delete", bulk_delete, methods=["POST"])),
+        # the pseudonym mapping links to real identities (PHI)
+        *permitted("admin", Route("/tools/pseudonyms", pseudonyms, methods=["POST"])),
     ]

@@ -16,6 +16,7 @@ from ..errors import LanthornError, NetworkError
 from ..ingest import DICOM_ATTACHMENT
 from ..peers import all_peers, call, connect, delete_peer, parse_peer, peer, save_peer
 from ..storage import read_all
+from ..types import PluginRoute, permitted
 from .common import answer, flag, json_body, server_of
 from .sending import Destination, advance
 
@@ -136,14 +137,18 @@ PEER = Destination("OrthancPeerStore", send_to_peer, store_report)
 STORE_JOB_TYPE = PEER.job()
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     return [
-        Route("/peers", list_peers, methods=["GET"]),
-        Route("/peers/{id}", operations, methods=["GET"]),
-        Route("/peers/{id}", put_peer, methods=["PUT"]),
-        Route("/peers/{id}", remove_peer, methods=["DELETE"]),
-        Route("/peers/{id}/configuration", configuration, methods=["GET"]),
-        Route("/peers/{id}/system", system, methods=["GET"]),
-        Route("/peers/{id}/store", store, methods=["POST"]),
-        Route("/peers/{id}/store-straight", store_straight, methods=["POST"]),
+        *permitted("read",
+                   Route("/peers", list_peers, methods=["GET"]),
+                   Route("/peers/{id}", operations, methods=["GET"]),
+                   Route("/peers/{id}/system", system, methods=["GET"])),
+        *permitted("write",
+                   Route("/peers/{id}/store", store, methods=["POST"]),
+                   Route("/peers/{id}/store-straight", store_straight, methods=["POST"])),
+        *permitted("admin",
+                   Route("/peers/{id}", put_peer, methods=["PUT"]),
+                   Route("/peers/{id}", remove_peer, methods=["DELETE"]),
+                   # holds the peer's password
+                   Route("/peers/{id}/configuration", configuration, methods=["GET"])),
     ]

@@ -30,6 +30,7 @@ from ..errors import BadRequest, UnknownResource
 from ..index.queries import QueryRecord
 from ..jobs import JobContext, JobType
 from ..model import Level, format_tag
+from ..types import PluginRoute, permitted
 from .common import answer, asynchronous, dicom_form, job_answer, json_body, server_of, text
 from .modalities import modality_of
 
@@ -375,27 +376,31 @@ def _with_local_aet(modality: Modality, options: dict[str, Any]) -> Modality:
     return modality
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     answer_path = "/queries/{id}/answers/{index}"
     return [
-        Route("/modalities/{id}/query", query, methods=["POST"]),
-        Route("/modalities/{id}/move", retrieve_resources("C-MOVE"), methods=["POST"]),
-        Route("/modalities/{id}/get", retrieve_resources("C-GET"), methods=["POST"]),
-        Route("/modalities/{id}/find-worklist", find_worklist, methods=["POST"]),
-        Route("/modalities/{id}/find", find_hierarchy, methods=["POST"]),
-        *(Route(f"/modalities/{{id}}/find-{level.name.lower()}", find_level, methods=["POST"])
-          for level in Level),
-        Route("/queries", list_queries, methods=["GET"]),
-        Route("/queries/{id}", query_operations, methods=["GET"]),
-        Route("/queries/{id}", delete_query, methods=["DELETE"]),
-        Route("/queries/{id}/answers", list_answers, methods=["GET"]),
-        Route("/queries/{id}/level", query_level, methods=["GET"]),
-        Route("/queries/{id}/modality", query_modality, methods=["GET"]),
-        Route("/queries/{id}/query", query_arguments, methods=["GET"]),
-        Route("/queries/{id}/retrieve", retrieve_answers, methods=["POST"]),
-        Route(answer_path, answer_operations, methods=["GET"]),
-        Route(f"{answer_path}/content", answer_content, methods=["GET"]),
-        Route(f"{answer_path}/retrieve", retrieve_answers, methods=["POST"]),
-        *(Route(f"{answer_path}/query-{level.plural}", child_query(level), methods=["POST"])
-          for level in (Level.STUDY, Level.SERIES, Level.INSTANCE)),
+        *permitted(  # asking a modality is an action on the network: write
+            "write",
+            Route("/modalities/{id}/query", query, methods=["POST"]),
+            Route("/modalities/{id}/move", retrieve_resources("C-MOVE"), methods=["POST"]),
+            Route("/modalities/{id}/get", retrieve_resources("C-GET"), methods=["POST"]),
+            Route("/modalities/{id}/find-worklist", find_worklist, methods=["POST"]),
+            Route("/modalities/{id}/find", find_hierarchy, methods=["POST"]),
+            *(Route(f"/modalities/{{id}}/find-{level.name.lower()}", find_level,
+                    methods=["POST"]) for level in Level),
+            Route("/queries/{id}", delete_query, methods=["DELETE"]),
+            Route("/queries/{id}/retrieve", retrieve_answers, methods=["POST"]),
+            Route(f"{answer_path}/retrieve", retrieve_answers, methods=["POST"]),
+            *(Route(f"{answer_path}/query-{level.plural}", child_query(level),
+                    methods=["POST"]) for level in (Level.STUDY, Level.SERIES, Level.INSTANCE))),
+        *permitted(
+            "read",
+            Route("/queries", list_queries, methods=["GET"]),
+            Route("/queries/{id}", query_operations, methods=["GET"]),
+            Route("/queries/{id}/answers", list_answers, methods=["GET"]),
+            Route("/queries/{id}/level", query_level, methods=["GET"]),
+            Route("/queries/{id}/modality", query_modality, methods=["GET"]),
+            Route("/queries/{id}/query", query_arguments, methods=["GET"]),
+            Route(answer_path, answer_operations, methods=["GET"]),
+            Route(f"{answer_path}/content", answer_content, methods=["GET"])),
     ]

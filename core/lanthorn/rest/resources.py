@@ -14,6 +14,7 @@ from ..dicom import dataset_json, read_header
 from ..errors import BadFileFormat, BadRequest, UnknownResource
 from ..index.records import Resource
 from ..model import Level
+from ..types import PluginRoute, permitted
 from .common import (
     answer,
     dicom_form,
@@ -192,20 +193,22 @@ async def put_protected(request: Request) -> Response:
     return text("")
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     nav = [
         Route(f"/{level.plural}/{{id}}/{target.plural if target > level else target.name.lower()}",
               related(level, target), methods=["GET"])
         for level in Level for target in Level if target != level
     ]
     return [
-        Route(f"/{LEVELS}", list_resources, methods=["GET"]),
-        Route(f"/{LEVELS}/{{id}}", get_resource, methods=["GET"]),
-        Route(f"/{LEVELS}/{{id}}", delete_resource, methods=["DELETE"]),
-        Route(f"/{LEVELS}/{{id}}/shared-tags", shared_tags, methods=["GET"]),
-        Route(f"/{LEVELS}/{{id}}/statistics", statistics, methods=["GET"]),
-        Route("/tools/bulk-content", bulk_content, methods=["POST"]),
-        Route("/patients/{id}/protected", protected, methods=["GET"]),
-        Route("/patients/{id}/protected", put_protected, methods=["PUT"]),
-        *nav,
+        *permitted("read",
+                   Route(f"/{LEVELS}", list_resources, methods=["GET"]),
+                   Route(f"/{LEVELS}/{{id}}", get_resource, methods=["GET"]),
+                   Route(f"/{LEVELS}/{{id}}/shared-tags", shared_tags, methods=["GET"]),
+                   Route(f"/{LEVELS}/{{id}}/statistics", statistics, methods=["GET"]),
+                   Route("/patients/{id}/protected", protected, methods=["GET"]),
+                   *nav),
+        *permitted("write",
+                   Route(f"/{LEVELS}/{{id}}", delete_resource, methods=["DELETE"]),
+                   Route("/tools/bulk-content", bulk_content, methods=["POST"]),
+                   Route("/patients/{id}/protected", put_protected, methods=["PUT"])),
     ]

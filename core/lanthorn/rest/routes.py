@@ -22,20 +22,19 @@ from . import (
     queries,
     resources,
     system,
+    tokens,
     tools,
     userdata,
 )
 
 if TYPE_CHECKING:
-    from starlette.routing import BaseRoute
-
     from ..jobs import JobType
     from ..server import Server
     from ..types import PluginRoute
 
 
 @hookimpl
-def register_routes(server: Server) -> list[BaseRoute | PluginRoute]:
+def register_routes(server: Server) -> list[PluginRoute]:
     return [*system.routes(), *instances.routes(), *find.routes(), *resources.routes(),
             *archives.routes(), *images.routes(), *create.routes(),
             *labels.routes(),
@@ -48,7 +47,8 @@ def register_routes(server: Server) -> list[BaseRoute | PluginRoute]:
             *commitment.routes(),
             *modify.routes(),
             *tools.routes(),
-            *audit.routes()]
+            *audit.routes(),
+            *tokens.routes()]
 
 
 @hookimpl

@@ -9,6 +9,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import BadRequest, UnknownResource
 from ..index.records import Change
+from ..types import PluginRoute, permitted
 from .common import answer, flag, integer, server_of, text
 
 #: The Orthanc REST API level Lanthorn implements; clients gate features on it.
@@ -116,14 +117,16 @@ def _stop(request: Request, *, restart: bool) -> Response:
     return answer({})
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     return [
-        Route("/tools/reset", reset, methods=["POST"]),
-        Route("/tools/shutdown", shutdown, methods=["POST"]),
-        Route("/system", system, methods=["GET"]),
-        Route("/statistics", statistics, methods=["GET"]),
-        Route("/changes", changes, methods=["GET"]),
-        Route("/changes", clear_changes, methods=["DELETE"]),
-        Route("/plugins", plugins, methods=["GET"]),
-        Route("/plugins/{name}", plugin, methods=["GET"]),
+        *permitted("admin",
+                   Route("/tools/reset", reset, methods=["POST"]),
+                   Route("/tools/shutdown", shutdown, methods=["POST"])),
+        *permitted("read",
+                   Route("/system", system, methods=["GET"]),
+                   Route("/statistics", statistics, methods=["GET"]),
+                   Route("/changes", changes, methods=["GET"]),
+                   Route("/plugins", plugins, methods=["GET"]),
+                   Route("/plugins/{name}", plugin, methods=["GET"])),
+        *permitted("write", Route("/changes", clear_changes, methods=["DELETE"])),
     ]

@@ -38,6 +38,7 @@ from ..index.records import Resource, ResourceInfo
 from ..model import MODULE_TAGS, Level, parse_tag
 from ..reconstruct import reconstruct, reconstruct_all
 from ..requested import first_header
+from ..types import PluginRoute, permitted
 from .common import (
     answer,
     dicom_form,
@@ -356,31 +357,39 @@ def clear_exports(request: Request) -> Response:
     return answer({})
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     log_paths = ("/tools/log-level", "/tools/log-level-{category}")
     return [
-        Route("/tools", tools, methods=["GET"]),
-        Route("/tools/generate-uid", new_uid, methods=["GET"]),
-        Route("/tools/now", now, methods=["GET"]),
-        Route("/tools/now-local", now_local, methods=["GET"]),
-        Route("/tools/default-encoding", default_encoding, methods=["GET"]),
-        Route("/tools/default-encoding", put_default_encoding, methods=["PUT"]),
-        Route("/tools/accepted-transfer-syntaxes", accepted_transfer_syntaxes, methods=["GET"]),
-        Route("/tools/accepted-sop-classes", accepted_sop_classes, methods=["GET"]),
-        Route("/tools/unknown-sop-class-accepted", unknown_sop_class_accepted, methods=["GET"]),
-        Route("/tools/unknown-sop-class-accepted", set_unknown_sop_class_accepted,
-              methods=["PUT"]),
-        Route("/tools/accepted-transfer-syntaxes", set_accepted_transfer_syntaxes,
-              methods=["PUT"]),
-        Route("/tools/dicom-conformance", dicom_conformance, methods=["GET"]),
-        *(Route(path, get_log_level, methods=["GET"]) for path in log_paths),
-        *(Route(path, put_log_level, methods=["PUT"]) for path in log_paths),
-        Route(f"/{LEVELS}/{{id}}/module", module, methods=["GET"]),
-        Route("/studies/{id}/module-patient", module_patient, methods=["GET"]),
-        Route("/instances/{id}/frames", frames, methods=["GET"]),
-        Route("/series/{id}/ordered-slices", ordered_slices, methods=["GET"]),
-        Route("/exports", exports, methods=["GET"]),
-        Route("/exports", clear_exports, methods=["DELETE"]),
-        Route(f"/{LEVELS}/{{id}}/reconstruct", reconstruct_resource, methods=["POST"]),
-        Route("/tools/reconstruct", reconstruct_everything, methods=["POST"]),
+        *permitted(
+            "read",
+            Route("/tools", tools, methods=["GET"]),
+            Route("/tools/generate-uid", new_uid, methods=["GET"]),
+            Route("/tools/now", now, methods=["GET"]),
+            Route("/tools/now-local", now_local, methods=["GET"]),
+            Route("/tools/default-encoding", default_encoding, methods=["GET"]),
+            Route("/tools/accepted-transfer-syntaxes", accepted_transfer_syntaxes,
+                  methods=["GET"]),
+            Route("/tools/accepted-sop-classes", accepted_sop_classes, methods=["GET"]),
+            Route("/tools/unknown-sop-class-accepted", unknown_sop_class_accepted,
+                  methods=["GET"]),
+            Route("/tools/dicom-conformance", dicom_conformance, methods=["GET"]),
+            *(Route(path, get_log_level, methods=["GET"]) for path in log_paths),
+            Route(f"/{LEVELS}/{{id}}/module", module, methods=["GET"]),
+            Route("/studies/{id}/module-patient", module_patient, methods=["GET"]),
+            Route("/instances/{id}/frames", frames, methods=["GET"]),
+            Route("/series/{id}/ordered-slices", ordered_slices, methods=["GET"]),
+            Route("/exports", exports, methods=["GET"])),
+        *permitted(
+            "write",
+            Route("/tools/default-encoding", put_default_encoding, methods=["PUT"]),
+            Route(f"/{LEVELS}/{{id}}/reconstruct", reconstruct_resource, methods=["POST"]),
+            Route("/tools/reconstruct", reconstruct_everything, methods=["POST"])),
+        *permitted(
+            "admin",
+            Route("/tools/unknown-sop-class-accepted", set_unknown_sop_class_accepted,
+                  methods=["PUT"]),
+            Route("/tools/accepted-transfer-syntaxes", set_accepted_transfer_syntaxes,
+                  methods=["PUT"]),
+            *(Route(path, put_log_level, methods=["PUT"]) for path in log_paths),
+            Route("/exports", clear_exports, methods=["DELETE"])),
     ]

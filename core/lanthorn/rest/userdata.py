@@ -30,6 +30,7 @@ from ..storage import (
     read_all,
     read_chunks,
 )
+from ..types import PluginRoute, permitted
 from ..userdata import Names, attachment_names, metadata_names
 from .common import answer, flag, resource_of, server_of, text
 from .instances import serve_attachment
@@ -310,24 +311,28 @@ def _tagged(response: Response, tag: str) -> Response:
     return response
 
 
-def routes() -> list[Route]:
+def routes() -> list[PluginRoute]:
     base = "/{level:lanthorn_level}/{id}"
     one = f"{base}/attachments/{{name}}"
     values = ["info", "md5", "compressed-md5", "size", "compressed-size", "is-compressed"]
     return [
-        Route(f"{base}/metadata", list_metadata, methods=["GET"]),
-        Route(f"{base}/metadata/{{name}}", get_metadata, methods=["GET"]),
-        Route(f"{base}/metadata/{{name}}", put_metadata, methods=["PUT"]),
-        Route(f"{base}/metadata/{{name}}", delete_metadata, methods=["DELETE"]),
-        Route(f"{base}/attachments", list_attachments, methods=["GET"]),
-        Route(one, attachment_value("operations"), methods=["GET"]),
-        Route(one, put_attachment, methods=["PUT"]),
-        Route(one, delete_attachment, methods=["DELETE"]),
-        *(Route(f"{one}/{field}", attachment_value(field), methods=["GET"])
-          for field in values),
-        Route(f"{one}/data", attachment_data(stored=False), methods=["GET"]),
-        Route(f"{one}/compressed-data", attachment_data(stored=True), methods=["GET"]),
-        Route(f"{one}/verify-md5", verify_md5, methods=["POST"]),
-        Route(f"{one}/compress", recompress(True), methods=["POST"]),
-        Route(f"{one}/uncompress", recompress(False), methods=["POST"]),
+        *permitted(
+            "read",
+            Route(f"{base}/metadata", list_metadata, methods=["GET"]),
+            Route(f"{base}/metadata/{{name}}", get_metadata, methods=["GET"]),
+            Route(f"{base}/attachments", list_attachments, methods=["GET"]),
+            Route(one, attachment_value("operations"), methods=["GET"]),
+            *(Route(f"{one}/{field}", attachment_value(field), methods=["GET"])
+              for field in values),
+            Route(f"{one}/data", attachment_data(stored=False), methods=["GET"]),
+            Route(f"{one}/compressed-data", attachment_data(stored=True), methods=["GET"]),
+            Route(f"{one}/verify-md5", verify_md5, methods=["POST"])),
+        *permitted(
+            "write",
+            Route(f"{base}/metadata/{{name}}", put_metadata, methods=["PUT"]),
+            Route(f"{base}/metadata/{{name}}", delete_metadata, methods=["DELETE"]),
+            Route(one, put_attachment, methods=["PUT"]),
+            Route(one, delete_attachment, methods=["DELETE"]),
+            Route(f"{one}/compress", recompress(True), methods=["POST"]),
+            Route(f"{one}/uncompress", recompress(False), methods=["POST"])),
     ]

@@ -91,13 +91,14 @@ def register_routes(server: Server) -> list[PluginRoute]:
               for path, endpoint in reads]
     routes += [PluginRoute(Route(root + path, store, methods=["POST"]), permission="store")
                for path in ("/studies", STUDY)]
-    routes += [PluginRoute(Route(root + "/servers", servers.list, methods=["GET"])),
-               PluginRoute(Route(root + "/servers/{name}", servers.operations, methods=["GET"]))]
+    routes += [PluginRoute(Route(root + "/servers", servers.list, methods=["GET"]), "read"),
+               PluginRoute(Route(root + "/servers/{name}", servers.operations, methods=["GET"]),
+                           "read")]
     routes += [PluginRoute(Route(f"{root}/servers/{{name}}/{name}", remote(getattr(servers, name)),
                                  methods=["POST"]), permission="admin")
                for name in ("qido", "get", "retrieve", "stow")]
     if options.enable_wado:
         routes.append(PluginRoute(Route(options.wado_root,
                                         lambda r: wado_uri.wado_uri(r, server),
-                                        methods=["GET"])))
+                                        methods=["GET"]), "read"))
     return routes
