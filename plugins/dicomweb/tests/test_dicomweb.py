@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import jpeg_ls
 import lanthorn_dicomweb
 import numpy
+import openjpeg
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
@@ -24,7 +26,7 @@ from pydicom.dataset import Dataset
 
 from lanthorn import Server
 from lanthorn.config import ConfigError
-from lanthorn.testing import ServerProcess, make_instance
+from lanthorn.testing import ServerProcess, make_image, make_instance
 
 DICOM = "application/dicom"
 CT = Path(get_testdata_file("CT_small.dcm")).read_bytes()
@@ -309,11 +311,44 @@ def test_native_frames(client: DICOMwebClient, http: httpx2.Client) -> None:
     base = "/dicom-web/studies/{}/series/{}/instances/{}".format(*uids)
     assert http.get(f"{base}/frames/4").status_code == 404
     assert http.get(f"{base}/frames/0").status_code == 400
-    other = http.get(f"{base}/frames/1", headers={
-        "Accept": 'multipart/related; type="application/octet-stream"; '
-                  "transfer-syntax=1.2.840.10008.1.2.4.90"})
-    assert other.status_code == 406
-    assert "transcoding frames is not available" in other.json()["Details"]
+    for accept in ('multipart/related; type="application/octet-stream"; '
+                   "transfer-syntax=1.2.840.10008.1.2.4.90",  # a JPEG 2000 syntax
+                   'multipart/related; type="image/jpeg"',  # baseline: 8 bits only
+                   'multipart/related; type="image/jls"; transfer-syntax=1.2.3'):
+        other = http.get(f"{base}/frames/1", headers={"Accept": accept})
+        assert other.status_code == 406, accept
+        assert other.json()["Details"].startswith("the frames ")
+
+
+@pytest.mark.parametrize(("media_type", "syntax", "decode"), [
+    ("image/jls", "1.2.840.10008.1.2.4.80",
+     lambda data: jpeg_ls.decode(numpy.frombuffer(data, numpy.uint8))),
+    ("image/jp2", "1.2.840.10008.1.2.4.90", lambda data: openjpeg.decode(data)),
+    ("image/dicom-rle", "1.2.840.10008.1.2.5", None),
+])
+def test_native_frames_transcoded_to_compressed_ones(client: DICOMwebClient,
+                                                     http: httpx2.Client, media_type: str,
+                                                     syntax: str, decode: Any) -> None:
+    """Lossless media types: the frames decode to the stored pixels."""
+    pixels = numpy.random.default_rng(7).integers(0, 4096, (2, 64, 48), dtype=numpy.uint16)
+    dataset = _dataset(make_image(pixels, bits_stored=12))
+    client.store_instances([dataset])
+    uids = (dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID)
+    base = "/dicom-web/studies/{}/series/{}/instances/{}".format(*uids)
+    response = http.get(f"{base}/frames/2",
+                        headers={"Accept": f'multipart/related; type="{media_type}"'})
+    assert response.status_code == 200, response.text
+    assert f"transfer-syntax={syntax}" in response.headers["content-type"]
+    (frame,) = _parts(response)
+    if decode is None:  # RLE: through pydicom, as a one-frame dataset
+        single = copy.deepcopy(dataset)
+        single.NumberOfFrames = 1
+        single.file_meta.TransferSyntaxUID = syntax
+        single.PixelData = pydicom.encaps.encapsulate([frame])
+        decoded = single.pixel_array
+    else:
+        decoded = decode(frame)
+    assert numpy.array_equal(decoded.reshape(pixels[1].shape), pixels[1])
 
 
 def test_compressed_frames_are_the_stored_fragments(client: DICOMwebClient,
@@ -326,11 +361,14 @@ def test_compressed_frames_are_the_stored_fragments(client: DICOMwebClient,
                                           media_types=("image/dicom-rle",))
     assert got == expected
     base = "/dicom-web/studies/{}/series/{}/instances/{}".format(*uids)
-    native = http.get(f"{base}/frames/1",
-                      headers={"Accept": 'multipart/related; type="application/octet-stream"; '
-                                         "transfer-syntax=1.2.840.10008.1.2.1"})
-    assert native.status_code == 406
-    assert "image/dicom-rle" in native.json()["Details"]
+    for accept in ('multipart/related; type="application/octet-stream"; '
+                   "transfer-syntax=1.2.840.10008.1.2.1",
+                   'multipart/related; type="application/octet-stream"'):
+        native = http.get(f"{base}/frames/2,1", headers={"Accept": accept})
+        assert native.status_code == 200, native.text
+        assert "transfer-syntax=1.2.840.10008.1.2.1" in native.headers["content-type"]
+        assert _parts(native) == [dataset.pixel_array[1].tobytes(),
+                                  dataset.pixel_array[0].tobytes()]
 
 
 def test_unknown_uids_are_404(http: httpx2.Client) -> None:
@@ -340,6 +378,14 @@ def test_unknown_uids_are_404(http: httpx2.Client) -> None:
 
 
 # -- STOW-RS ----------------------------------------------------------------------------
+
+
+def _parts(response: httpx2.Response) -> list[bytes]:
+    """The bodies of a multipart answer's parts."""
+    boundary = re.search(r"boundary=([^;]+)", response.headers["content-type"])
+    assert boundary is not None
+    chunks = response.content.split(b"--" + boundary.group(1).encode())[1:-1]
+    return [chunk.split(b"\r\n\r\n", 1)[1][:-2] for chunk in chunks]
 
 
 def _multipart(parts: list[tuple[str, bytes]], boundary: str = "b0undary") -> bytes:
