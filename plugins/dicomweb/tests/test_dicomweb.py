@@ -482,6 +482,36 @@ def test_rendered_and_thumbnails_are_the_core_renderings(client: DICOMwebClient,
     assert http.get(f"{instance}/rendered", headers={"Accept": "image/gif"}).status_code == 406
 
 
+def test_study_and_series_rendered_are_every_instance_rendered(
+        client: DICOMwebClient, http: httpx2.Client) -> None:
+    files = _series(3)
+    no_pixels = _dataset(files[0])
+    no_pixels.SOPInstanceUID = pydicom.uid.generate_uid()
+    del no_pixels.PixelData
+    client.store_instances([_dataset(f) for f in files] + [no_pixels])
+    first = _dataset(files[0])
+    study = f"/dicom-web/studies/{first.StudyInstanceUID}"
+    singles = [http.get(f"{study}/series/{first.SeriesInstanceUID}/instances/"
+                        f"{_dataset(f).SOPInstanceUID}/rendered",
+                        headers={"Accept": "image/png"}).content for f in files]
+    for path in (study, f"{study}/series/{first.SeriesInstanceUID}"):
+        answer = http.get(f"{path}/rendered", params={"window": "100,1000"},
+                          headers={"Accept": 'multipart/related; type="image/png"'})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"].startswith('multipart/related; type="image/png"')
+        parts = _parts(answer)  # the instance without pixels is left out
+        assert [Image.open(io.BytesIO(p)).format for p in parts] == ["PNG"] * 3
+        assert len({*parts}) == 3 and len(parts[0]) > 0
+    windowed = http.get(f"{study}/series/{first.SeriesInstanceUID}/instances/"
+                        f"{first.SOPInstanceUID}/rendered", params={"window": "100,1000"},
+                        headers={"Accept": "image/png"}).content
+    assert _parts(answer)[0] == windowed and windowed != singles[0]
+    jpeg = http.get(f"{study}/rendered")
+    assert [Image.open(io.BytesIO(p)).format for p in _parts(jpeg)] == ["JPEG"] * 3
+    assert http.get(f"{study}/rendered", headers={"Accept": "image/gif"}).status_code == 406
+    assert http.get("/dicom-web/studies/1.2.3/rendered").status_code == 404
+
+
 # -- WADO-URI and configuration --------------------------------------------------------
 
 
