@@ -29,6 +29,7 @@ from lanthorn.config import ConfigError
 from lanthorn.testing import ServerProcess, make_image, make_instance
 
 DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
 CT = Path(get_testdata_file("CT_small.dcm")).read_bytes()
 RLE_2_FRAMES = Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes()
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
@@ -388,9 +389,13 @@ def _parts(response: httpx2.Response) -> list[bytes]:
     return [chunk.split(b"\r\n\r\n", 1)[1][:-2] for chunk in chunks]
 
 
-def _multipart(parts: list[tuple[str, bytes]], boundary: str = "b0undary") -> bytes:
-    body = b"".join(f"--{boundary}\r\nContent-Type: {kind}\r\n\r\n".encode() + data + b"\r\n"
-                    for kind, data in parts)
+def _multipart(parts: list[tuple[str, bytes]], boundary: str = "b0undary",
+               locations: tuple[str, ...] = ()) -> bytes:
+    """A multipart body; the last parts get the Content-Locations ``locations``."""
+    named = [""] * (len(parts) - len(locations)) + [f"Content-Location: {u}\r\n"
+                                                    for u in locations]
+    body = b"".join(f"--{boundary}\r\nContent-Type: {kind}\r\n{where}\r\n".encode() + data
+                    + b"\r\n" for (kind, data), where in zip(parts, named, strict=True))
     return body + f"--{boundary}--\r\n".encode()
 
 
@@ -432,9 +437,65 @@ def test_store_into_a_study_refuses_other_studies(http: httpx2.Client) -> None:
     assert http.get("/statistics").json()["CountInstances"] == 0
 
 
+STOW_JSON = 'multipart/related; type="application/dicom+json"; boundary=b0undary'
+
+
+def test_store_dicom_json_with_bulk_data(http: httpx2.Client) -> None:
+    """The JSON form: metadata parts, pixel data in parts named by BulkDataURI (native,
+    and one JPEG 2000 frame), small values inline; a dataset whose bulk data is missing
+    and a part that is not JSON are reported, the others stored."""
+    native, compressed = _dataset(make_instance(rows=16, columns=16)), _dataset(RLE_2_FRAMES)
+    inline, missing = _dataset(make_instance()), _dataset(make_instance())
+    first = compressed.pixel_array[0]
+    j2k = copy.deepcopy(compressed)  # the RLE sample's first frame, in JPEG 2000 lossless
+    j2k.NumberOfFrames = 1
+    j2k.PixelData = first.tobytes()
+    j2k.PlanarConfiguration, j2k.PhotometricInterpretation = 0, "RGB"
+    j2k.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    j2k.compress("1.2.840.10008.1.2.4.90", generate_instance_uid=False)
+    frame = next(pydicom.encaps.generate_frames(j2k.PixelData, number_of_frames=1))
+    items = [
+        native.to_json_dict(bulk_data_threshold=64,
+                            bulk_data_element_handler=lambda e: "http://x/native"),
+        _without_pixels(j2k, "http://x/j2k"),
+        inline.to_json_dict(bulk_data_threshold=1 << 20),
+        missing.to_json_dict(bulk_data_threshold=64,
+                             bulk_data_element_handler=lambda e: "http://x/nowhere"),
+    ]
+    body = _multipart([(DICOM_JSON, json.dumps(items[:2]).encode()),
+                       (DICOM_JSON, json.dumps(items[2:]).encode()),
+                       (DICOM_JSON, b"{not json"),
+                       ("application/octet-stream", native.PixelData),
+                       ("image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90", frame)],
+                      locations=("http://x/native", "http://x/j2k"))
+    response = http.post("/dicom-web/studies", content=body,
+                         headers={"Content-Type": STOW_JSON})
+    assert response.status_code == 202, response.text
+    answer = Dataset.from_json(response.json())
+    assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == \
+        [native.SOPInstanceUID, j2k.SOPInstanceUID, inline.SOPInstanceUID]
+    assert [(i.get("ReferencedSOPInstanceUID", ""), i.FailureReason)
+            for i in answer.FailedSOPSequence] == [(missing.SOPInstanceUID, 0xC000),
+                                                   ("", 0xC000)]
+    stored = {d.SOPInstanceUID: d for d in
+              (_dataset(http.get(f"/instances/{found['ID']}/file").content)
+               for found in http.get("/instances", params={"expand": ""}).json())}
+    assert stored[native.SOPInstanceUID].PixelData == native.PixelData
+    assert stored[inline.SOPInstanceUID].PixelData == inline.PixelData
+    assert stored[j2k.SOPInstanceUID].file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    assert numpy.array_equal(stored[j2k.SOPInstanceUID].pixel_array, first)
+    assert len(stored) == 3
+
+
+def _without_pixels(dataset: Dataset, uri: str) -> dict[str, Any]:
+    item = dataset.to_json_dict(bulk_data_threshold=1 << 20)
+    item["7FE00010"] = {"vr": "OB", "BulkDataURI": uri}
+    return item
+
+
 @pytest.mark.parametrize("content_type, body, status, message", [
     ("application/dicom", make_instance(), 415, "must be multipart/related"),
-    ('multipart/related; type="application/dicom+json"; boundary=b0undary', b"", 415,
+    ('multipart/related; type="application/xml+dicom"; boundary=b0undary', b"", 415,
      "only type"),
     ('multipart/related; type="application/dicom"', b"x", 400, "no boundary"),
     ('multipart/related; type="application/dicom"; boundary=other',
