@@ -372,10 +372,23 @@ def test_compressed_frames_are_the_stored_fragments(client: DICOMwebClient,
                                   dataset.pixel_array[0].tobytes()]
 
 
-def test_unknown_uids_are_404(http: httpx2.Client) -> None:
+def test_unknown_uids_are_404(client: DICOMwebClient, http: httpx2.Client) -> None:
+    client.store_instances([_dataset(CT)])
     response = http.get("/dicom-web/studies/1.2.3/metadata")
     assert response.status_code == 404
     assert "StudyInstanceUID 1.2.3" in response.json()["Details"]
+    known = f"/dicom-web/studies/{CT_STUDY}/series/{CT_SERIES}"
+    for path in ("/dicom-web/studies/1.2.3", "/dicom-web/studies/1.2.3/rendered",
+                 "/dicom-web/studies/1.2.3/thumbnail", f"/dicom-web/studies/{CT_STUDY}/series/9",
+                 f"/dicom-web/studies/{CT_STUDY}/series/9/metadata",
+                 f"/dicom-web/studies/{CT_STUDY}/series/9/rendered", f"{known}/instances/9",
+                 f"{known}/instances/9/metadata", f"{known}/instances/9/frames/1",
+                 f"{known}/instances/9/bulk/7fe00010", f"{known}/instances/9/rendered",
+                 f"{known}/instances/{CT_SOP}/bulk/00091234"):
+        response = http.get(path)
+        assert response.status_code == 404, path
+        assert response.json()["Details"], path
+    assert http.get(f"{known}/instances/{CT_SOP}").status_code == 200
 
 
 # -- STOW-RS ----------------------------------------------------------------------------
