@@ -34,6 +34,7 @@ from lanthorn.errors import InexistentItem, NotDecodable
 from lanthorn.index.records import Attachment
 from lanthorn.ingest import DICOM_ATTACHMENT
 from lanthorn.rest.common import byte_range
+from lanthorn.rest.streaming import streamed
 from lanthorn.storage import read_all, read_chunks
 from lanthorn.transcode import WRITABLE, check_syntax, transcode
 
@@ -65,7 +66,8 @@ LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR"
 
 def retrieve(request: Request, server: Server) -> Response:
     """Every instance of the study, series or instance, as multipart application/dicom:
-    the stored files, or transcoded one by one when the client asks for another syntax."""
+    the stored files, or transcoded one by one when the client asks for another syntax;
+    read ahead of the socket by a thread of the answer's own (``lanthorn.rest.streaming``)."""
     ids = instances(server, path_level(request), path_uids(request))
     wants = wanted(request, DICOM)
     files = stored_files(server, ids)
@@ -75,7 +77,7 @@ def retrieve(request: Request, server: Server) -> Response:
     parts = (dicom_part(server, attachment, target or syntax, target is not None)
              for (attachment, syntax), target in zip(files, targets, strict=True))
     media_type = related_type(DICOM, boundary, sent.pop() if len(sent) == 1 else "")
-    return StreamingResponse(write_parts(parts, boundary), media_type=media_type)
+    return streamed(write_parts(parts, boundary), media_type=media_type)
 
 
 def writable(syntax: str | None) -> str | None:
