@@ -1,14 +1,16 @@
 """DICOMweb: Lanthorn's plugin against Orthanc 1.10 with its DICOMweb plugin, side by side.
 
-For each server: load one generated series over REST, restart the server, then time
-the first request of each kind (cold: nothing cached by the server; the operating
-system's page cache is warm for both), then the median of ``--repeat`` more (warm):
+Each server is loaded with one generated series over REST; then, ``--rounds`` times,
+each server in turn is restarted and measured (so both see the same load on a shared
+machine): the first request of each kind (cold: nothing cached by the server; the
+operating system's page cache is warm for both), then the median of ``--repeat`` more
+(warm). Lanthorn's cold metadata after the first round reads the JSON it kept.
 
 - QIDO-RS latency: ``/studies?PatientID=..`` and ``/studies/{uid}/series``;
 - series metadata latency: ``/studies/{uid}/series/{uid}/metadata``;
 - WADO-RS retrieval throughput: ``/studies/{uid}`` as multipart, in MB/s.
 
-    python benchmarks/dicomweb.py --dataset ct:1x1x1x1000 --repeat 5
+    python benchmarks/dicomweb.py --dataset ct:1x1x1x1000 --repeat 5 --rounds 3
 
 Needs the Debian packages ``orthanc`` and ``orthanc-dicomweb`` for the comparison
 (``--no-orthanc`` measures Lanthorn alone) and ``lanthorn-dicomweb`` installed.
@@ -17,6 +19,7 @@ Needs the Debian packages ``orthanc`` and ``orthanc-dicomweb`` for the compariso
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -77,7 +80,11 @@ def _timed(request: Callable[[httpx2.Client], httpx2.Response], http: httpx2.Cli
     return time.perf_counter() - start
 
 
-def run(spec: Spec, repeat: int, orthanc: bool, root: Path) -> dict[str, dict]:
+def run(spec: Spec, repeat: int, rounds: int, orthanc: bool,
+        root: Path) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
+    """Load each server, then ``rounds`` times: restart each in turn and measure it, so
+    Lanthorn and Orthanc see the same load on a shared machine. Per server and metric,
+    a (cold, warm, one-minute load average) triple per round."""
     servers = [_lanthorn(root, 1)]
     if orthanc:
         reference = _orthanc(root, nodelay=False)
@@ -86,17 +93,19 @@ def run(spec: Spec, repeat: int, orthanc: bool, root: Path) -> dict[str, dict]:
                                             f'"Plugins": ["{ORTHANC_DICOMWEB}"]')
         settings.write_text(text[:-1] + ', "DicomWeb": {"Enable": true}}')
         servers.append(reference)
-    results = {}
-    for server in servers:
-        name = server.name
+    names = [server.name for server in servers]  # a start adds the version to the name
+    uids = []
+    for server, name in zip(servers, names, strict=True):
         with _started(server, name):
-            uids = load(server, spec)
-        with _started(server, name):  # restarted: the first requests are cold
-            measured = measure(server, *uids, repeat=repeat)
-        with _started(server, name):  # once more: Lanthorn reads the JSON it kept
-            seconds = _metadata_once(server, *uids[:2])
-        measured["series metadata, next restart (ms)"] = (seconds * 1000, seconds * 1000)
-        results[server.label] = measured
+            uids.append(load(server, spec))
+    results: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    for _ in range(rounds):
+        for server, name, loaded in zip(servers, names, uids, strict=True):
+            with _started(server, name):  # restarted: the first requests are cold
+                measured = measure(server, *loaded, repeat=repeat)
+            for metric, (cold, warm) in measured.items():
+                results.setdefault(server.label, {}).setdefault(metric, []).append(
+                    (cold, warm, os.getloadavg()[0]))
     return results
 
 
@@ -107,17 +116,13 @@ def _started(server: Server, name: str) -> Iterator[None]:
         yield
 
 
-def _metadata_once(server: Server, study: str, series: str) -> float:
-    url = f"{server.target().url}/dicom-web/studies/{study}/series/{series}/metadata"
-    with httpx2.Client(timeout=600) as http:
-        return _timed(lambda h: h.get(url), http)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="ct:1x1x1x1000", type=Spec.parse,
                         help="PROFILE:PxSxRxI (default: one series of 1,000 CT slices)")
     parser.add_argument("--repeat", type=int, default=5, help="warm requests per metric")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="restarts of each server, taken in turn")
     parser.add_argument("--no-orthanc", action="store_true", help="measure Lanthorn alone")
     args = parser.parse_args()
     orthanc = not args.no_orthanc
@@ -125,14 +130,24 @@ def main() -> None:
         parser.error(f"{ORTHANC_DICOMWEB} is missing (apt-get install orthanc-dicomweb), "
                      "or pass --no-orthanc")
     with tempfile.TemporaryDirectory(prefix="dicomweb-bench-") as folder:
-        results = run(args.dataset, args.repeat, orthanc, Path(folder))
+        results = run(args.dataset, args.repeat, args.rounds, orthanc, Path(folder))
     labels = list(results)
     metrics = list(next(iter(results.values())))
-    rows = [[metric, *[f"{number(results[label][metric][0])} / "
-                       f"{number(results[label][metric][1])}" for label in labels]]
+    rows = [[metric, *[_cell(results[label][metric]) for label in labels]]
             for metric in metrics]
-    print(f"dataset {args.dataset}, cold / warm (median of {args.repeat})\n")
+    loads = [load for label in labels for triples in results[label].values()
+             for *_, load in triples]
+    print(f"dataset {args.dataset}; cold / warm (median of {args.repeat}); each cell the "
+          f"median of {args.rounds} rounds [every round's cold]; load average "
+          f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores\n")
     print(markdown_table(["metric", *labels], rows))
+
+
+def _cell(triples: list[tuple[float, float, float]]) -> str:
+    colds = [cold for cold, _, _ in triples]
+    warm = statistics.median(w for _, w, _ in triples)
+    return f"{number(statistics.median(colds))} / {number(warm)} " \
+           f"[{', '.join(number(c) for c in colds)}]"
 
 
 if __name__ == "__main__":

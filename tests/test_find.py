@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.uid import generate_uid
+from sqlalchemy import event
 
-from lanthorn.model import Level
+from lanthorn import Server
+from lanthorn.model import Level, parse_tag
+from lanthorn.query import Query
+from lanthorn.requested import requested_datasets
 
 MakeInstance = Callable[..., bytes]
 
@@ -212,6 +219,33 @@ def test_requested_tags(lanthorn_client: Any, archive: dict[str, Stored]) -> Non
                      RequestedTags=["NumberOfSeriesRelatedInstances", "StudyDate"])
     assert series["RequestedTags"] == {"NumberOfSeriesRelatedInstances": "1",
                                        "StudyDate": "20190101"}
+
+
+def test_requested_values_are_read_in_batches(lanthorn_server: Server, lanthorn_client: Any,
+                                              archive: dict[str, Stored]) -> None:
+    """C-FIND answers and QIDO-RS results cost a fixed number of index statements for a
+    page of matches, whatever its size, and each match gets its own values."""
+    asked = [DataElement(parse_tag(k), dictionary_VR(k), None) for k in (
+        "PatientName", "ModalitiesInStudy", "NumberOfStudyRelatedInstances",
+        "NumberOfStudyRelatedSeries", "SOPClassesInStudy", "SliceThickness", "StudyDate")]
+    statements: list[str] = []  # this thread's: the server's own threads run statements too
+    event.listen(lanthorn_server.index.engine, "before_cursor_execute",
+                 lambda _conn, _cursor, statement, *_: threading.get_ident() == here
+                 and statements.append(statement))
+    here = threading.get_ident()
+    every = lanthorn_server.index.find(Query(Level.STUDY))
+    counted = []
+    for ids_ in (every, every[:1], every):  # the first round opens connections
+        statements.clear()
+        answers = list(requested_datasets(lanthorn_server, ids_, Level.STUDY, asked))
+        counted.append(len(statements))
+    assert len(every) == 4 and counted[1] == counted[2]
+    john = answers[0]
+    assert (john.PatientName, john.ModalitiesInStudy, john.NumberOfStudyRelatedInstances,
+            john.NumberOfStudyRelatedSeries, john.SliceThickness, john.StudyDate) \
+        == ("DOE^JOHN", ["CT", "MR"], 3, 2, 1.0, "20200101")
+    assert [a.PatientName for a in answers[1:]] == ["DOE^JOHN", "Doe^Jane", "SMITH^ANNA"]
+    assert [a.NumberOfStudyRelatedInstances for a in answers[1:]] == [1, 1, 1]
 
 
 def test_unknown_label_finds_nothing(lanthorn_client: Any, archive: dict[str, Stored]) -> None:

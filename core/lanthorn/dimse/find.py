@@ -19,7 +19,7 @@ from pydicom.multival import MultiValue
 
 from ..errors import BadRequest, Rejected
 from ..query import build_query
-from ..requested import requested_dataset
+from ..requested import requested_datasets
 from .request import WORKLIST, dimse_request, failure_status, keys, matching
 
 if TYPE_CHECKING:
@@ -117,8 +117,7 @@ def core_find(server: Server, request: DimseRequest) -> Iterator[Dataset]:
     query = build_query(level, matching(asked), main_tags=server.main_tags,
                         case_sensitive_pn=bool(server.config["CaseSensitivePN"]), limit=limit)
     preferred = CHARACTER_SETS.get(server.config["DefaultEncoding"], UTF8)
-    for resource_id in server.index.find(query):
-        answer = requested_dataset(server, resource_id, level, asked)
+    for answer in requested_datasets(server, server.index.find(query), level, asked):
         answer.QueryRetrieveLevel = request.identifier.QueryRetrieveLevel
         answer.RetrieveAETitle = server.config["DicomAet"]
         answer.SpecificCharacterSet = preferred if _encodable(answer, preferred) else UTF8

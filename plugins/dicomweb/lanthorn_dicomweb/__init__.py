@@ -71,6 +71,8 @@ def register_routes(server: Server) -> list[PluginRoute]:
         (INSTANCE + "/metadata", metadata),
         (INSTANCE + "/bulk/{path:path}", lambda r: wado.bulk(r, server)),
         (INSTANCE + "/frames/{frames}", lambda r: wado.frames(r, server)),
+        *((path + "/rendered", lambda r: rendered.rendered_instances(r, server))
+          for path in (STUDY, SERIES)),
         (INSTANCE + "/rendered", lambda r: rendered.rendered_resource(r, server)),
         (INSTANCE + "/frames/{frames}/rendered", lambda r: rendered.rendered_resource(r, server)),
         *((path + "/thumbnail", lambda r: rendered.thumbnail(r, server))

@@ -20,7 +20,7 @@ from lanthorn import BadRequest, Level, Server
 from lanthorn.dicom import read_header
 from lanthorn.model import MAIN_DICOM_TAGS, parse_tag
 from lanthorn.query import build_query
-from lanthorn.requested import COUNT_TAGS, SOP_CLASSES_IN_STUDY, requested_dataset
+from lanthorn.requested import COUNT_TAGS, SOP_CLASSES_IN_STUDY, requested_datasets
 
 from .json_model import PIXEL_DATA, dataset_json
 from .options import Options
@@ -73,7 +73,7 @@ def search(request: Request, level: Level, server: Server, options: Options) -> 
         datasets = _from_headers(server, matches, asked, include == "all")
     else:
         elements = [DataElement(t, _vr(t), None) for t in asked]
-        datasets = (requested_dataset(server, resource, level, elements) for resource in matches)
+        datasets = requested_datasets(server, matches, level, elements)
     return dicom_json([_json(dataset, level, base) for dataset in datasets])
 
 

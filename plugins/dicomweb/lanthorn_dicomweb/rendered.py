@@ -2,28 +2,35 @@
 core's pixel service (``lanthorn.pixels``: decoding through the ``decode_frame`` hook,
 rescale, windowing, resizing) and encoded as JPEG or PNG.
 
-``rendered`` is offered for instances and frames (the first frame of a list); a
-``thumbnail`` also for a series or a study, from its middle instance.
+``rendered`` is offered for instances and frames (the first frame of a list), and for
+studies and series as a multipart of every instance's rendering, each drawn as it is
+sent; a ``thumbnail`` also for a series or a study, from its middle instance.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+from collections.abc import Iterator
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from lanthorn import BadRequest, Level, Server
+from lanthorn import BadRequest, LanthornError, Level, Server
 from lanthorn.ingest import DICOM_ATTACHMENT
 from lanthorn.pixels import Rendering, decode_frame, encode_image, rendered
 from lanthorn.storage import read_all
 
+from .multipart import Part, new_boundary, related_type, write_parts
 from .resources import instances, path_level, path_uids
 from .responses import NotAcceptable
+
+log = logging.getLogger(__name__)
 
 #: What a client may ask for, and PS3.18's default first.
 MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG"}
@@ -34,12 +41,38 @@ def rendered_resource(request: Request, server: Server) -> Response:
     """``.../instances/{instance}[/frames/{frames}]/rendered``."""
     ids = instances(server, Level.INSTANCE, path_uids(request))
     frame = _first_frame(request.path_params.get("frames", "1"))
-    params = request.query_params
+    return _picture(request, server, ids[0], frame, _rendering(request.query_params))
+
+
+def rendered_instances(request: Request, server: Server) -> Response:
+    """``/studies/{study}[/series/{series}]/rendered``: multipart/related, one part per
+    instance (its first frame), rendered only when the client reads that far. Instances
+    that cannot be rendered (no pixels, no codec) are left out, as the answer has begun."""
+    ids = instances(server, path_level(request), path_uids(request))
+    media_type = _accepted(request)
+    options = _rendering(request.query_params)
+    quality = _quality(request.query_params.get("quality"))
+
+    def parts() -> Iterator[Part]:
+        for instance_id in ids:
+            try:
+                picture = _draw(server, instance_id, 0, options)
+            except LanthornError as exc:
+                log.warning("rendered: instance %d left out: %s", instance_id, exc)
+                continue
+            yield media_type, [encode_image(picture, MEDIA_TYPES[media_type], quality)]
+
+    boundary = new_boundary()
+    return StreamingResponse(write_parts(parts(), boundary),
+                             media_type=related_type(media_type, boundary))
+
+
+def _rendering(params: QueryParams) -> Rendering:
+    """``window`` and ``viewport`` of a rendered resource."""
     center, width = _window(params.get("window"))
     max_width, max_height = _viewport(params.get("viewport"), 0)
-    return _picture(request, server, ids[0], frame,
-                    Rendering(center=center, width=width, max_width=max_width,
-                              max_height=max_height, smooth=True))
+    return Rendering(center=center, width=width, max_width=max_width, max_height=max_height,
+                     smooth=True)
 
 
 def thumbnail(request: Request, server: Server) -> Response:
@@ -92,16 +125,24 @@ def _stored(server: Server, instance_id: int) -> Dataset:
 
 
 def _accepted(request: Request) -> str:
-    """The first of JPEG and PNG the client accepts (JPEG, the standard's default, for
-    ``*/*`` or no ``Accept``); 406 otherwise."""
-    asked = [part.split(";")[0].strip().lower()
-             for part in request.headers.get("accept", "").split(",") if part.strip()]
+    """The first of JPEG and PNG the client accepts, alone or as the ``type`` of
+    multipart/related (JPEG, the standard's default, for ``*/*`` or no ``Accept``); 406
+    otherwise."""
+    asked = [_media_type(part) for part in request.headers.get("accept", "").split(",")
+             if part.strip()]
     for media_type in asked or ["image/jpeg"]:
         if media_type in MEDIA_TYPES:
             return media_type
         if media_type in ("*/*", "image/*"):
             return "image/jpeg"
     raise NotAcceptable(f"a rendering is image/jpeg or image/png, not {', '.join(asked)}")
+
+
+def _media_type(accepted: str) -> str:
+    media_type, parameters = parse_options_header(accepted.strip())
+    if media_type == b"multipart/related":
+        return parameters.get(b"type", b"image/jpeg").decode("latin-1").lower()
+    return media_type.decode("latin-1").lower()
 
 
 def _first_frame(text: str) -> int:

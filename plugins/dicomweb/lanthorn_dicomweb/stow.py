@@ -1,17 +1,25 @@
-"""STOW-RS (PS3.18 10.5): store the application/dicom parts of a multipart request.
+"""STOW-RS (PS3.18 10.5): store the instances of a multipart request.
 
-The body is parsed as it arrives; each complete part goes through the core's one
-ingest path at once, so good parts are stored whatever happens to the others, and
-every part is accounted for in the answer: ReferencedSOPSequence for what was stored,
+The body is parsed as it arrives. Each complete application/dicom part goes through the
+core's one ingest path at once; application/dicom+json parts (a dataset or an array of
+them) wait for the end of the body, as their bulk data (parts named by their
+``Content-Location``) may come after them, and are then written as DICOM files that
+take the same path. Good instances are stored whatever happens to the others, and
+every one is accounted for in the answer: ReferencedSOPSequence for what was stored,
 FailedSOPSequence (with a FailureReason) for what was not.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,12 +28,13 @@ from lanthorn import BadRequest, LanthornError, Origin, Server
 from lanthorn.dicom import parse_instance
 from lanthorn.errors import BadFileFormat, Rejected, StorageFull
 from lanthorn.redact import phi
+from lanthorn.transcode import write
 
-from .json_model import dataset_json
+from .json_model import PIXEL_DATA, dataset_json
 from .multipart import PartReader, ReceivedPart, UnsupportedMediaType
 from .options import Options
 from .resources import base_url, retrieve_url
-from .responses import dicom_json
+from .responses import DICOM_JSON, dicom_json
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +59,27 @@ class Outcome:
 
 async def store(request: Request, server: Server, options: Options) -> Response:
     reader = PartReader(request.headers.get("content-type", ""))
-    if reader.type not in ("", DICOM):
-        raise UnsupportedMediaType(f'only type="{DICOM}" parts can be stored, not '
-                                   f'"{reader.type}" (the JSON + bulk data form is not '
-                                   "supported)")
+    if reader.type not in ("", DICOM, DICOM_JSON):
+        raise UnsupportedMediaType(f'only type="{DICOM}" or "{DICOM_JSON}" parts can be '
+                                   f'stored, not "{reader.type}"')
     expected_study = request.path_params.get("study", "")
     origin = Origin("Plugins", remote_ip=request.client.host if request.client else "")
     outcomes: list[Outcome] = []
+    metadata: list[ReceivedPart] = []
+    bulk: dict[str, ReceivedPart] = {}
     async for block in request.stream():
         for part in reader.feed(block):
-            outcomes.append(await run_in_threadpool(_store_part, server, part, origin,
-                                                    expected_study))
+            kind = _media_type(part)
+            if kind == DICOM_JSON:
+                metadata.append(part)
+            elif kind not in ("", DICOM) and "content-location" in part.headers:
+                bulk[part.headers["content-location"]] = part
+            else:
+                outcomes.append(await run_in_threadpool(_store_part, server, part, origin,
+                                                        expected_study))
+    for part in metadata:
+        outcomes += await run_in_threadpool(_store_json, server, part, bulk, origin,
+                                            expected_study)
     if not reader.finished:
         if not outcomes:
             raise BadRequest("the body has no complete part delimited by the boundary of "
@@ -73,15 +92,80 @@ async def store(request: Request, server: Server, options: Options) -> Response:
     return _answer(outcomes, base_url(request, options), expected_study)
 
 
+def _media_type(part: ReceivedPart) -> str:
+    return part.content_type.split(";")[0].strip().lower()
+
+
 def _store_part(server: Server, part: ReceivedPart, origin: Origin, expected_study: str
                 ) -> Outcome:
-    """Store one part; any refusal becomes a FailureReason, never an exception."""
-    media_type = part.content_type.split(";")[0].strip().lower()
-    if media_type not in ("", DICOM):
-        log.warning("STOW-RS: a part of type %r is not %s", media_type, DICOM)
+    """Store one application/dicom part; any refusal becomes a FailureReason."""
+    if _media_type(part) not in ("", DICOM):
+        log.warning("STOW-RS: a part of type %r is neither DICOM nor bulk data named by a "
+                    "Content-Location", _media_type(part))
         return Outcome("", "", failure=CANNOT_UNDERSTAND)
+    return _store_file(server, bytes(part.data), origin, expected_study)
+
+
+def _store_json(server: Server, part: ReceivedPart, bulk: dict[str, ReceivedPart],
+                origin: Origin, expected_study: str) -> list[Outcome]:
+    """Store the datasets of an application/dicom+json part (one, or an array)."""
     try:
-        parsed = parse_instance(bytes(part.data))
+        items = json.loads(bytes(part.data))
+    except ValueError as exc:
+        log.warning("STOW-RS: a %s part is not JSON: %s", DICOM_JSON, exc)
+        return [Outcome("", "", failure=CANNOT_UNDERSTAND)]
+    outcomes = []
+    for item in items if isinstance(items, list) else [items]:
+        try:
+            data = _dicom_file(item, bulk)
+        except Exception as exc:  # pydicom's and our own: the dataset cannot be rebuilt
+            log.warning("STOW-RS: a dataset of a %s part cannot be read: %s", DICOM_JSON, exc)
+            outcomes.append(Outcome(*_uids(item), failure=CANNOT_UNDERSTAND))
+            continue
+        outcomes.append(_store_file(server, data, origin, expected_study))
+    return outcomes
+
+
+def _dicom_file(item: dict[str, Any], bulk: dict[str, ReceivedPart]) -> bytes:
+    """A DICOM file of a DICOM JSON dataset, bulk data read from the parts its
+    BulkDataURIs name. The transfer syntax is the one the pixel data part names
+    (its frame encapsulated), else Explicit VR Little Endian."""
+    syntax = ExplicitVRLittleEndian
+
+    def bulk_value(tag: str, _vr: str, uri: str) -> bytes:
+        nonlocal syntax
+        if uri not in bulk:
+            raise BadFileFormat(f"no part has the Content-Location {uri}")
+        part = bulk[uri]
+        _, parameters = parse_options_header(part.content_type)
+        named = parameters.get(b"transfer-syntax", b"").decode("latin-1")
+        if tag.upper() == f"{PIXEL_DATA:08X}" and named and UID(named).is_encapsulated:
+            syntax = UID(named)
+            return encapsulate([bytes(part.data)])
+        return bytes(part.data)
+
+    dataset = Dataset.from_json(item, bulk_data_uri_handler=bulk_value)
+    if syntax.is_encapsulated:
+        dataset["PixelData"].is_undefined_length = True
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.file_meta.TransferSyntaxUID = syntax
+    return write(dataset)
+
+
+def _uids(item: Any) -> tuple[str, str]:
+    """SOP class and instance UIDs of a DICOM JSON dataset, as far as they can be read."""
+    def value(tag: str) -> str:
+        found = item.get(tag, {}).get("Value", [""]) if isinstance(item, dict) else [""]
+        return str(found[0]) if isinstance(found, list) and found else ""
+    return value("00080016"), value("00080018")
+
+
+def _store_file(server: Server, data: bytes, origin: Origin, expected_study: str) -> Outcome:
+    """Store one DICOM file; any refusal becomes a FailureReason, never an exception."""
+    try:
+        parsed = parse_instance(data)
     except BadFileFormat as exc:
         log.warning("STOW-RS: a part is not a DICOM file: %s", exc)
         return Outcome("", "", failure=CANNOT_UNDERSTAND)

@@ -11,22 +11,30 @@ import io
 import json
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import pydicom.encaps
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+)
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from lanthorn import BadRequest, Level, Server, UnknownResource
 from lanthorn.dicom import read_header
-from lanthorn.errors import InexistentItem
+from lanthorn.errors import InexistentItem, NotDecodable
 from lanthorn.index.records import Attachment
 from lanthorn.ingest import DICOM_ATTACHMENT
 from lanthorn.rest.common import byte_range
+from lanthorn.rest.streaming import streamed
 from lanthorn.storage import read_all, read_chunks
 from lanthorn.transcode import WRITABLE, check_syntax, transcode
 
@@ -34,7 +42,7 @@ from .json_model import BINARY_VRS, PIXEL_DATA, dataset_json
 from .multipart import new_boundary, related_type, write_parts
 from .options import Options
 from .resources import base_url, instances, path_level, path_uids, retrieve_url
-from .responses import NotAcceptable, choose, json_array, require_json, wanted
+from .responses import ANY_SYNTAX, NotAcceptable, Wanted, choose, json_array, require_json, wanted
 
 DICOM = "application/dicom"
 OCTETS = "application/octet-stream"
@@ -58,7 +66,8 @@ LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR"
 
 def retrieve(request: Request, server: Server) -> Response:
     """Every instance of the study, series or instance, as multipart application/dicom:
-    the stored files, or transcoded one by one when the client asks for another syntax."""
+    the stored files, or transcoded one by one when the client asks for another syntax;
+    read ahead of the socket by a thread of the answer's own (``lanthorn.rest.streaming``)."""
     ids = instances(server, path_level(request), path_uids(request))
     wants = wanted(request, DICOM)
     files = stored_files(server, ids)
@@ -68,7 +77,7 @@ def retrieve(request: Request, server: Server) -> Response:
     parts = (dicom_part(server, attachment, target or syntax, target is not None)
              for (attachment, syntax), target in zip(files, targets, strict=True))
     media_type = related_type(DICOM, boundary, sent.pop() if len(sent) == 1 else "")
-    return StreamingResponse(write_parts(parts, boundary), media_type=media_type)
+    return streamed(write_parts(parts, boundary), media_type=media_type)
 
 
 def writable(syntax: str | None) -> str | None:
@@ -249,33 +258,82 @@ def _element_bytes(dataset: Dataset, path: str) -> bytes:
 
 
 def frames(request: Request, server: Server) -> Response:
-    """Frames (1-based numbers, "1,3,5") as stored: native bytes or compressed fragments."""
+    """Frames (1-based numbers, "1,3,5"): as stored (native bytes or compressed
+    fragments), or through the core's transcoding when the client asks for another media
+    type or transfer syntax; 406 when no codec can write what it accepts."""
     instance = _Instance(server, request)
-    header = instance.header
-    count = int(header.get("NumberOfFrames", 1) or 1)
+    count = int(instance.header.get("NumberOfFrames", 1) or 1)
     numbers = _frame_numbers(request.path_params["frames"], count)
-    encapsulated_syntax = UID(instance.syntax).is_encapsulated
-    media_type = FRAME_TYPES.get(instance.syntax, OCTETS) if encapsulated_syntax else OCTETS
-    if choose(wanted(request, OCTETS), media_type, instance.syntax) is not None:
-        raise NotAcceptable(f"the frames are stored in {instance.syntax}; transcoding "
-                            "frames is not available yet")
-    start, end, encapsulated = instance.pixel_span()
-    if encapsulated:
-        value = instance.read(start, end)
-        contents = [pydicom.encaps.get_frame(io.BytesIO(value), n - 1, number_of_frames=count)
-                    for n in numbers]
-        parts: list[tuple[str, Any]] = [(f"{media_type}; transfer-syntax={instance.syntax}",
-                                         [c]) for c in contents]
+    syntax = _frame_syntax(wanted(request, OCTETS), instance.syntax)
+    if syntax is None:
+        syntax = instance.syntax
+        start, end, encapsulated = instance.pixel_span()
+        contents = _frame_contents(instance.read, start, end, encapsulated, numbers, count,
+                                   instance.header)
     else:
-        size = _frame_size(header)
-        if start + size * count > end:
-            raise InexistentItem(f"the pixel data is shorter than {count} frames")
-        parts = [(f"{OCTETS}; transfer-syntax={instance.syntax}",
-                  read_chunks(server.storage, instance.file.uuid, instance.file.compression,
-                              start + (n - 1) * size, start + n * size)) for n in numbers]
+        contents = _transcoded_frames(server, instance, syntax, numbers, count)
+    media_type = frame_type(syntax)
     boundary = new_boundary()
-    return StreamingResponse(write_parts(parts, boundary),
-                             media_type=related_type(media_type, boundary, instance.syntax))
+    return StreamingResponse(
+        write_parts(((f"{media_type}; transfer-syntax={syntax}", c) for c in contents),
+                    boundary),
+        media_type=related_type(media_type, boundary, syntax))
+
+
+#: The transfer syntax a frame media type means when Accept names none (PS3.18 8.7.3-5).
+FRAME_DEFAULT_SYNTAXES = {
+    OCTETS: ExplicitVRLittleEndian, "image/jpeg": JPEGBaseline8Bit, "image/jls": JPEGLSLossless,
+    "image/jp2": JPEG2000Lossless, "image/dicom-rle": RLELossless,
+}
+
+
+def frame_type(syntax: str) -> str:
+    """The media type of frames in ``syntax``: native ones are application/octet-stream."""
+    return FRAME_TYPES.get(syntax, OCTETS) if UID(syntax).is_encapsulated else OCTETS
+
+
+def _frame_syntax(wants: list[Wanted], stored: str) -> str | None:
+    """None to send the stored frames, or the syntax to transcode them to: the first
+    acceptable one that the core can write; 406 when there is none."""
+    for want in wants:
+        if want.media_type in ("*/*", frame_type(stored)) \
+                and want.transfer_syntax in (ANY_SYNTAX, stored):
+            return None
+        syntax = FRAME_DEFAULT_SYNTAXES.get(want.media_type) \
+            if want.transfer_syntax == ANY_SYNTAX else want.transfer_syntax
+        if syntax in WRITABLE and want.media_type in ("*/*", frame_type(syntax)):
+            return syntax
+    asked = ", ".join(f"{w.media_type} ({w.transfer_syntax})" for w in wants)
+    raise NotAcceptable(f"the frames are stored in {stored}; asked for {asked}; possible "
+                        f"transfer syntaxes: {stored}, {', '.join(WRITABLE)}")
+
+
+def _transcoded_frames(server: Server, instance: _Instance, syntax: str, numbers: list[int],
+                       count: int) -> Iterable[Iterable[bytes]]:
+    """The frames after the core's transcoding of the instance; 406 if it cannot."""
+    try:
+        data = transcode(server, instance.read(0, instance.file.uncompressed_size), [syntax])
+    except NotDecodable as exc:
+        raise NotAcceptable(f"the frames cannot be sent in {syntax}: {exc}") from None
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    value = dataset.PixelData
+    return _frame_contents(lambda start, end: value[start:end], 0, len(value),
+                           UID(syntax).is_encapsulated, numbers, count, dataset)
+
+
+def _frame_contents(read: Callable[[int, int], bytes], start: int, end: int,
+                    encapsulated: bool, numbers: list[int], count: int,
+                    header: Dataset) -> Iterable[Iterable[bytes]]:
+    """The frames of a pixel data value lying at [start, end) of what ``read`` reads;
+    native frames are read one by one as the answer is sent."""
+    if encapsulated:
+        value = io.BytesIO(read(start, end))
+        return [[pydicom.encaps.get_frame(value, n - 1, number_of_frames=count)]
+                for n in numbers]
+    size = _frame_size(header)
+    if start + size * count > end:
+        raise InexistentItem(f"the pixel data is shorter than {count} frames")
+    return ([read(start + (n - 1) * size, start + n * size)] for n in numbers)
 
 
 def _frame_numbers(text: str, count: int) -> list[int]:

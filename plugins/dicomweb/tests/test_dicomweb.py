@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import jpeg_ls
 import lanthorn_dicomweb
 import numpy
+import openjpeg
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
@@ -24,9 +26,10 @@ from pydicom.dataset import Dataset
 
 from lanthorn import Server
 from lanthorn.config import ConfigError
-from lanthorn.testing import ServerProcess, make_instance
+from lanthorn.testing import ServerProcess, make_image, make_instance
 
 DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
 CT = Path(get_testdata_file("CT_small.dcm")).read_bytes()
 RLE_2_FRAMES = Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes()
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
@@ -309,11 +312,44 @@ def test_native_frames(client: DICOMwebClient, http: httpx2.Client) -> None:
     base = "/dicom-web/studies/{}/series/{}/instances/{}".format(*uids)
     assert http.get(f"{base}/frames/4").status_code == 404
     assert http.get(f"{base}/frames/0").status_code == 400
-    other = http.get(f"{base}/frames/1", headers={
-        "Accept": 'multipart/related; type="application/octet-stream"; '
-                  "transfer-syntax=1.2.840.10008.1.2.4.90"})
-    assert other.status_code == 406
-    assert "transcoding frames is not available" in other.json()["Details"]
+    for accept in ('multipart/related; type="application/octet-stream"; '
+                   "transfer-syntax=1.2.840.10008.1.2.4.90",  # a JPEG 2000 syntax
+                   'multipart/related; type="image/jpeg"',  # baseline: 8 bits only
+                   'multipart/related; type="image/jls"; transfer-syntax=1.2.3'):
+        other = http.get(f"{base}/frames/1", headers={"Accept": accept})
+        assert other.status_code == 406, accept
+        assert other.json()["Details"].startswith("the frames ")
+
+
+@pytest.mark.parametrize(("media_type", "syntax", "decode"), [
+    ("image/jls", "1.2.840.10008.1.2.4.80",
+     lambda data: jpeg_ls.decode(numpy.frombuffer(data, numpy.uint8))),
+    ("image/jp2", "1.2.840.10008.1.2.4.90", lambda data: openjpeg.decode(data)),
+    ("image/dicom-rle", "1.2.840.10008.1.2.5", None),
+])
+def test_native_frames_transcoded_to_compressed_ones(client: DICOMwebClient,
+                                                     http: httpx2.Client, media_type: str,
+                                                     syntax: str, decode: Any) -> None:
+    """Lossless media types: the frames decode to the stored pixels."""
+    pixels = numpy.random.default_rng(7).integers(0, 4096, (2, 64, 48), dtype=numpy.uint16)
+    dataset = _dataset(make_image(pixels, bits_stored=12))
+    client.store_instances([dataset])
+    uids = (dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID)
+    base = "/dicom-web/studies/{}/series/{}/instances/{}".format(*uids)
+    response = http.get(f"{base}/frames/2",
+                        headers={"Accept": f'multipart/related; type="{media_type}"'})
+    assert response.status_code == 200, response.text
+    assert f"transfer-syntax={syntax}" in response.headers["content-type"]
+    (frame,) = _parts(response)
+    if decode is None:  # RLE: through pydicom, as a one-frame dataset
+        single = copy.deepcopy(dataset)
+        single.NumberOfFrames = 1
+        single.file_meta.TransferSyntaxUID = syntax
+        single.PixelData = pydicom.encaps.encapsulate([frame])
+        decoded = single.pixel_array
+    else:
+        decoded = decode(frame)
+    assert numpy.array_equal(decoded.reshape(pixels[1].shape), pixels[1])
 
 
 def test_compressed_frames_are_the_stored_fragments(client: DICOMwebClient,
@@ -326,25 +362,53 @@ def test_compressed_frames_are_the_stored_fragments(client: DICOMwebClient,
                                           media_types=("image/dicom-rle",))
     assert got == expected
     base = "/dicom-web/studies/{}/series/{}/instances/{}".format(*uids)
-    native = http.get(f"{base}/frames/1",
-                      headers={"Accept": 'multipart/related; type="application/octet-stream"; '
-                                         "transfer-syntax=1.2.840.10008.1.2.1"})
-    assert native.status_code == 406
-    assert "image/dicom-rle" in native.json()["Details"]
+    for accept in ('multipart/related; type="application/octet-stream"; '
+                   "transfer-syntax=1.2.840.10008.1.2.1",
+                   'multipart/related; type="application/octet-stream"'):
+        native = http.get(f"{base}/frames/2,1", headers={"Accept": accept})
+        assert native.status_code == 200, native.text
+        assert "transfer-syntax=1.2.840.10008.1.2.1" in native.headers["content-type"]
+        assert _parts(native) == [dataset.pixel_array[1].tobytes(),
+                                  dataset.pixel_array[0].tobytes()]
 
 
-def test_unknown_uids_are_404(http: httpx2.Client) -> None:
+def test_unknown_uids_are_404(client: DICOMwebClient, http: httpx2.Client) -> None:
+    client.store_instances([_dataset(CT)])
     response = http.get("/dicom-web/studies/1.2.3/metadata")
     assert response.status_code == 404
     assert "StudyInstanceUID 1.2.3" in response.json()["Details"]
+    known = f"/dicom-web/studies/{CT_STUDY}/series/{CT_SERIES}"
+    for path in ("/dicom-web/studies/1.2.3", "/dicom-web/studies/1.2.3/rendered",
+                 "/dicom-web/studies/1.2.3/thumbnail", f"/dicom-web/studies/{CT_STUDY}/series/9",
+                 f"/dicom-web/studies/{CT_STUDY}/series/9/metadata",
+                 f"/dicom-web/studies/{CT_STUDY}/series/9/rendered", f"{known}/instances/9",
+                 f"{known}/instances/9/metadata", f"{known}/instances/9/frames/1",
+                 f"{known}/instances/9/bulk/7fe00010", f"{known}/instances/9/rendered",
+                 f"{known}/instances/{CT_SOP}/bulk/00091234"):
+        response = http.get(path)
+        assert response.status_code == 404, path
+        assert response.json()["Details"], path
+    assert http.get(f"{known}/instances/{CT_SOP}").status_code == 200
 
 
 # -- STOW-RS ----------------------------------------------------------------------------
 
 
-def _multipart(parts: list[tuple[str, bytes]], boundary: str = "b0undary") -> bytes:
-    body = b"".join(f"--{boundary}\r\nContent-Type: {kind}\r\n\r\n".encode() + data + b"\r\n"
-                    for kind, data in parts)
+def _parts(response: httpx2.Response) -> list[bytes]:
+    """The bodies of a multipart answer's parts."""
+    boundary = re.search(r"boundary=([^;]+)", response.headers["content-type"])
+    assert boundary is not None
+    chunks = response.content.split(b"--" + boundary.group(1).encode())[1:-1]
+    return [chunk.split(b"\r\n\r\n", 1)[1][:-2] for chunk in chunks]
+
+
+def _multipart(parts: list[tuple[str, bytes]], boundary: str = "b0undary",
+               locations: tuple[str, ...] = ()) -> bytes:
+    """A multipart body; the last parts get the Content-Locations ``locations``."""
+    named = [""] * (len(parts) - len(locations)) + [f"Content-Location: {u}\r\n"
+                                                    for u in locations]
+    body = b"".join(f"--{boundary}\r\nContent-Type: {kind}\r\n{where}\r\n".encode() + data
+                    + b"\r\n" for (kind, data), where in zip(parts, named, strict=True))
     return body + f"--{boundary}--\r\n".encode()
 
 
@@ -386,9 +450,65 @@ def test_store_into_a_study_refuses_other_studies(http: httpx2.Client) -> None:
     assert http.get("/statistics").json()["CountInstances"] == 0
 
 
+STOW_JSON = 'multipart/related; type="application/dicom+json"; boundary=b0undary'
+
+
+def test_store_dicom_json_with_bulk_data(http: httpx2.Client) -> None:
+    """The JSON form: metadata parts, pixel data in parts named by BulkDataURI (native,
+    and one JPEG 2000 frame), small values inline; a dataset whose bulk data is missing
+    and a part that is not JSON are reported, the others stored."""
+    native, compressed = _dataset(make_instance(rows=16, columns=16)), _dataset(RLE_2_FRAMES)
+    inline, missing = _dataset(make_instance()), _dataset(make_instance())
+    first = compressed.pixel_array[0]
+    j2k = copy.deepcopy(compressed)  # the RLE sample's first frame, in JPEG 2000 lossless
+    j2k.NumberOfFrames = 1
+    j2k.PixelData = first.tobytes()
+    j2k.PlanarConfiguration, j2k.PhotometricInterpretation = 0, "RGB"
+    j2k.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    j2k.compress("1.2.840.10008.1.2.4.90", generate_instance_uid=False)
+    frame = next(pydicom.encaps.generate_frames(j2k.PixelData, number_of_frames=1))
+    items = [
+        native.to_json_dict(bulk_data_threshold=64,
+                            bulk_data_element_handler=lambda e: "http://x/native"),
+        _without_pixels(j2k, "http://x/j2k"),
+        inline.to_json_dict(bulk_data_threshold=1 << 20),
+        missing.to_json_dict(bulk_data_threshold=64,
+                             bulk_data_element_handler=lambda e: "http://x/nowhere"),
+    ]
+    body = _multipart([(DICOM_JSON, json.dumps(items[:2]).encode()),
+                       (DICOM_JSON, json.dumps(items[2:]).encode()),
+                       (DICOM_JSON, b"{not json"),
+                       ("application/octet-stream", native.PixelData),
+                       ("image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90", frame)],
+                      locations=("http://x/native", "http://x/j2k"))
+    response = http.post("/dicom-web/studies", content=body,
+                         headers={"Content-Type": STOW_JSON})
+    assert response.status_code == 202, response.text
+    answer = Dataset.from_json(response.json())
+    assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == \
+        [native.SOPInstanceUID, j2k.SOPInstanceUID, inline.SOPInstanceUID]
+    assert [(i.get("ReferencedSOPInstanceUID", ""), i.FailureReason)
+            for i in answer.FailedSOPSequence] == [(missing.SOPInstanceUID, 0xC000),
+                                                   ("", 0xC000)]
+    stored = {d.SOPInstanceUID: d for d in
+              (_dataset(http.get(f"/instances/{found['ID']}/file").content)
+               for found in http.get("/instances", params={"expand": ""}).json())}
+    assert stored[native.SOPInstanceUID].PixelData == native.PixelData
+    assert stored[inline.SOPInstanceUID].PixelData == inline.PixelData
+    assert stored[j2k.SOPInstanceUID].file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    assert numpy.array_equal(stored[j2k.SOPInstanceUID].pixel_array, first)
+    assert len(stored) == 3
+
+
+def _without_pixels(dataset: Dataset, uri: str) -> dict[str, Any]:
+    item = dataset.to_json_dict(bulk_data_threshold=1 << 20)
+    item["7FE00010"] = {"vr": "OB", "BulkDataURI": uri}
+    return item
+
+
 @pytest.mark.parametrize("content_type, body, status, message", [
     ("application/dicom", make_instance(), 415, "must be multipart/related"),
-    ('multipart/related; type="application/dicom+json"; boundary=b0undary', b"", 415,
+    ('multipart/related; type="application/xml+dicom"; boundary=b0undary', b"", 415,
      "only type"),
     ('multipart/related; type="application/dicom"', b"x", 400, "no boundary"),
     ('multipart/related; type="application/dicom"; boundary=other',
@@ -434,6 +554,36 @@ def test_rendered_and_thumbnails_are_the_core_renderings(client: DICOMwebClient,
     for bad in ({"window": "40"}, {"viewport": "big"}, {"quality": "0"}):
         assert http.get(f"{instance}/rendered", params=bad).status_code == 400, bad
     assert http.get(f"{instance}/rendered", headers={"Accept": "image/gif"}).status_code == 406
+
+
+def test_study_and_series_rendered_are_every_instance_rendered(
+        client: DICOMwebClient, http: httpx2.Client) -> None:
+    files = _series(3)
+    no_pixels = _dataset(files[0])
+    no_pixels.SOPInstanceUID = pydicom.uid.generate_uid()
+    del no_pixels.PixelData
+    client.store_instances([_dataset(f) for f in files] + [no_pixels])
+    first = _dataset(files[0])
+    study = f"/dicom-web/studies/{first.StudyInstanceUID}"
+    singles = [http.get(f"{study}/series/{first.SeriesInstanceUID}/instances/"
+                        f"{_dataset(f).SOPInstanceUID}/rendered",
+                        headers={"Accept": "image/png"}).content for f in files]
+    for path in (study, f"{study}/series/{first.SeriesInstanceUID}"):
+        answer = http.get(f"{path}/rendered", params={"window": "100,1000"},
+                          headers={"Accept": 'multipart/related; type="image/png"'})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"].startswith('multipart/related; type="image/png"')
+        parts = _parts(answer)  # the instance without pixels is left out
+        assert [Image.open(io.BytesIO(p)).format for p in parts] == ["PNG"] * 3
+        assert len({*parts}) == 3 and len(parts[0]) > 0
+    windowed = http.get(f"{study}/series/{first.SeriesInstanceUID}/instances/"
+                        f"{first.SOPInstanceUID}/rendered", params={"window": "100,1000"},
+                        headers={"Accept": "image/png"}).content
+    assert _parts(answer)[0] == windowed and windowed != singles[0]
+    jpeg = http.get(f"{study}/rendered")
+    assert [Image.open(io.BytesIO(p)).format for p in _parts(jpeg)] == ["JPEG"] * 3
+    assert http.get(f"{study}/rendered", headers={"Accept": "image/gif"}).status_code == 406
+    assert http.get("/dicom-web/studies/1.2.3/rendered").status_code == 404
 
 
 # -- WADO-URI and configuration --------------------------------------------------------
