@@ -152,7 +152,7 @@ def start_listener(server: Server) -> ThreadedAssociationServer:
                 (evt.EVT_C_STORE, _on_store, [server, rules]),
                 (evt.EVT_C_FIND, serve_find, [server]),
                 (evt.EVT_C_MOVE, serve_move, [server, rules]),
-                (evt.EVT_C_GET, serve_get, [server]),
+                (evt.EVT_C_GET, serve_get, [server, rules]),
                 (evt.EVT_N_ACTION, serve_n_action, [server, rules]),
                 (evt.EVT_N_EVENT_REPORT, serve_n_event_report, [server, rules])]
     listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer,
