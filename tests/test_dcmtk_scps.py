@@ -1,5 +1,6 @@
-"""Lanthorn's SCU side against DCMTK's servers: store to ``storescp``, and query and
-retrieve (C-MOVE and C-GET) from ``dcmqrscp``, over real associations."""
+"""Lanthorn's SCU side against DCMTK's servers: store to ``storescp`` (also as the
+destination of a C-MOVE that ``movescu`` asks of Lanthorn), and query and retrieve
+(C-MOVE and C-GET) from ``dcmqrscp``, over real associations."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Any
 
 import pydicom
 import pytest
-from dimse_peers import listening
+from dimse_peers import SCU_AET, dcmtk, listening
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from starlette.testclient import TestClient
 
 import lanthorn
@@ -76,6 +79,54 @@ def test_store_to_storescp(client: TestClient, dcmtk_port: int, tmp_path: Path) 
     assert answer.json()["FailedInstancesCount"] == 0
     sent = sorted(pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID for d in data)
     assert sorted(pydicom.dcmread(f).SOPInstanceUID for f in received.iterdir()) == sent
+
+
+#: JPEG baseline (YBR colour), JPEG 2000 lossless, RLE (RGB): storescp takes none by default.
+COMPRESSED = ("SC_rgb_jpeg_dcmtk.dcm", "MR_small_jp2klossless.dcm", "SC_rgb_rle.dcm")
+
+
+@pytest.mark.parametrize(("option", "syntax"), [("+x=", ExplicitVRLittleEndian),
+                                                ("+xi", ImplicitVRLittleEndian),
+                                                ("+x=", None)],
+                         ids=["uncompressed", "implicit-only", "transcoding-refused"])
+def test_c_move_to_storescp_transcodes_what_it_refuses(
+        lanthorn_server: lanthorn.Server, client: TestClient, dcmtk_port: int, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, option: str, syntax: str | None) -> None:
+    """storescp accepts uncompressed syntaxes only: compressed instances are decoded for
+    it, to the same pixels, unless its ``AllowTranscoding`` is false."""
+    storescp = require_tool("storescp", "dcmtk")
+    lanthorn_server.config = lanthorn_server.config.with_overrides(DicomModalities={
+        "movescu": [SCU_AET, "127.0.0.1", 104], "storescp": {
+            "AET": QR_AET, "Host": "127.0.0.1", "Port": dcmtk_port,
+            "AllowTranscoding": syntax is not None}})
+    originals = {}
+    for name in COMPRESSED:
+        data = Path(get_testdata_file(name)).read_bytes()
+        assert client.post("/instances", content=data).status_code == 200
+        original = pydicom.dcmread(io.BytesIO(data))
+        originals[original.SOPInstanceUID] = original
+    received = tmp_path / "received"
+    received.mkdir()
+    process = running([storescp, option, "-aet", QR_AET, "-od", str(received), str(dcmtk_port)],
+                      dcmtk_port)
+    try:
+        done = dcmtk("movescu", lanthorn_server.config["DicomPort"], "-S", "-aem", QR_AET,
+                     "-k", "QueryRetrieveLevel=IMAGE",
+                     "-k", "SOPInstanceUID=" + "\\".join(originals))
+    finally:
+        stopped(process)
+    files = [pydicom.dcmread(path) for path in received.iterdir()]
+    if syntax is None:
+        assert "Final Move Response (Refused: OutOfResourcesSubOperations)" in done.stderr
+        assert files == []
+        assert all(f"instance {uid} is stored in" in caplog.text for uid in originals)
+        assert "transcoding for it is off (AllowTranscoding" in caplog.text
+        return
+    assert "Received Final Move Response (Success)" in done.stderr, done.stderr
+    assert sorted(f.SOPInstanceUID for f in files) == sorted(originals)
+    for sent in files:
+        assert sent.file_meta.TransferSyntaxUID == syntax
+        assert (sent.pixel_array == originals[sent.SOPInstanceUID].pixel_array).all()
 
 
 @pytest.fixture

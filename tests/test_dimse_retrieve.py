@@ -23,7 +23,13 @@ from dimse_peers import (
 )
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import ImplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -114,8 +120,11 @@ def test_c_move_reports_pending_counts_and_uses_tcp_nodelay(setup: Setup) -> Non
 
 
 @pytest.mark.lanthorn_config(SynchronousCMove=False)
-def test_an_asynchronous_c_move_is_a_store_job(setup: Setup) -> None:
-    """SynchronousCMove false: success at once, then the job sends (as Orthanc does)."""
+@pytest.mark.parametrize("peer", [[ImplicitVRLittleEndian]], ids=["implicit-peer"],
+                         indirect=True)
+def test_an_asynchronous_c_move_is_a_store_job(setup: Setup, rle_instance: str) -> None:
+    """SynchronousCMove false: success at once, then the job sends (as Orthanc does),
+    transcoding the RLE instance the peer refuses."""
     responses = move(setup, study(setup.study))
     assert [(s, st.get("NumberOfCompletedSuboperations", 0)) for s, st, _ in responses] == \
         [(0x0000, 0)]
@@ -125,7 +134,9 @@ def test_an_asynchronous_c_move_is_a_store_job(setup: Setup) -> None:
         assert time.monotonic() < deadline, job
         time.sleep(0.05)
     assert (job.job_type, job.state) == ("DicomModalityStore", "Success")
-    assert sorted(r.sop_instance for r in setup.peer.received) == sorted(setup.uids)
+    assert sorted(r.sop_instance for r in setup.peer.received) == \
+        sorted([*setup.uids, rle_instance])
+    assert {r.transfer_syntax for r in setup.peer.received} == {ImplicitVRLittleEndian}
     assert {r.move_originator for r in setup.peer.received} == {SCU_AET}
 
 
@@ -165,13 +176,37 @@ def rle_instance(setup: Setup) -> str:
     return str(dataset.SOPInstanceUID)
 
 
-def test_a_compressed_instance_the_destination_refuses_is_a_failed_sub_operation(
-        setup: Setup, rle_instance: str) -> None:
+@pytest.mark.parametrize(("allowed", "protocol"), [(True, True), (False, True), (True, False)],
+                         ids=["transcoded", "modality-refuses", "server-refuses"])
+def test_a_compressed_instance_the_destination_refuses_is_transcoded_if_allowed(
+        setup: Setup, rle_instance: str, allowed: bool, protocol: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The peer takes uncompressed syntaxes only: the RLE instance is decoded for it, or
+    with ``AllowTranscoding`` or ``TranscodeDicomProtocol`` false is a failed
+    sub-operation, said in the log."""
+    setup.server.config = setup.server.config.with_overrides(
+        TranscodeDicomProtocol=protocol, DicomModalities={
+            "scu": [SCU_AET, "127.0.0.1", 104], "peer": {
+                "AET": PEER_AET, "Host": "127.0.0.1", "Port": setup.peer.port,
+                "AllowTranscoding": allowed}})
     [*_, (status, final, failed)] = move(setup, study(setup.study))
-    assert (status, final.NumberOfCompletedSuboperations,
-            final.NumberOfFailedSuboperations) == (0xB000, 3, 1)
-    assert failed is not None and failed.FailedSOPInstanceUIDList == rle_instance
-    assert sorted(r.sop_instance for r in setup.peer.received) == sorted(setup.uids)
+    received = {r.sop_instance: r for r in setup.peer.received}
+    if not (allowed and protocol):
+        assert (status, final.NumberOfCompletedSuboperations,
+                final.NumberOfFailedSuboperations) == (0xB000, 3, 1)
+        assert failed is not None and failed.FailedSOPInstanceUIDList == rle_instance
+        assert sorted(received) == sorted(setup.uids)
+        assert f"instance {rle_instance} is stored in RLE Lossless, which {PEER_AET} did not " \
+            "accept, and transcoding for it is off" in caplog.text
+        return
+    assert (status, final.NumberOfCompletedSuboperations) == (0x0000, 4)
+    assert sorted(received) == sorted([*setup.uids, rle_instance])
+    sent = received[rle_instance]
+    assert sent.transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    original = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    decoded = pydicom.dcmread(_as_file(sent.data_set, sent.transfer_syntax, MRImageStorage,
+                                       rle_instance))
+    assert (decoded.pixel_array == original.pixel_array).all()
 
 
 @pytest.mark.parametrize("peer", [[RLELossless, ImplicitVRLittleEndian]], ids=["rle-peer"],
@@ -184,6 +219,23 @@ def test_a_compressed_instance_goes_in_its_stored_syntax(setup: Setup, rle_insta
     original = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
     assert pydicom.dcmread(_as_file(received.data_set, RLELossless, MRImageStorage,
                                     rle_instance)).PixelData == original.PixelData
+
+
+@pytest.mark.lanthorn_config(DicomScuPreferredTransferSyntax=JPEG2000Lossless)
+@pytest.mark.parametrize("peer", [[JPEG2000Lossless, ImplicitVRLittleEndian]], ids=["j2k-peer"],
+                         indirect=True)
+def test_a_refused_instance_is_transcoded_to_the_preferred_syntax(setup: Setup,
+                                                                   rle_instance: str) -> None:
+    """``DicomScuPreferredTransferSyntax`` is proposed for the RLE instance besides its own
+    syntax; the peer takes it, so the instance goes losslessly in JPEG 2000."""
+    [*_, (status, _, _)] = move(setup, study(setup.study))
+    assert status == 0x0000
+    [sent] = [r for r in setup.peer.received if r.sop_instance == rle_instance]
+    assert sent.transfer_syntax == JPEG2000Lossless
+    original = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    decoded = pydicom.dcmread(_as_file(sent.data_set, JPEG2000Lossless, MRImageStorage,
+                                       rle_instance))
+    assert (decoded.pixel_array == original.pixel_array).all()
 
 
 def _as_file(data_set: bytes, syntax: str, sop_class: str, sop_instance: str) -> Any:

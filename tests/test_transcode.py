@@ -301,11 +301,13 @@ def test_ingest_transcoding_of_uncompressed_can_be_switched_off(lanthorn_client:
     assert syntax_of(_stored(lanthorn_client, lossless)[0]) == RLELossless
 
 
-def test_a_mistyped_ingest_transcoding_stops_start_up(lanthorn_config: Config) -> None:
-    server = Server(lanthorn_config.with_overrides(IngestTranscoding="1.2.840.10008.1.2.4.5x"),
+@pytest.mark.parametrize("option", ["IngestTranscoding", "DicomScuPreferredTransferSyntax"])
+def test_a_mistyped_transfer_syntax_option_stops_start_up(lanthorn_config: Config,
+                                                          option: str) -> None:
+    server = Server(lanthorn_config.with_overrides(**{option: "1.2.840.10008.1.2.4.5x"}),
                     load_entry_points=False)
     try:
-        with pytest.raises(ConfigError, match="IngestTranscoding"):
+        with pytest.raises(ConfigError, match=option):
             server.start(background=False)
     finally:
         server.close()

@@ -227,6 +227,10 @@ OPTIONS: tuple[Option, ...] = (
         bool,
         "Send C-MOVE sub-operations during the request; false queues a store job.",
     ),
+    Option("TranscodeDicomProtocol", True, bool, "Instances sent over DICOM (C-STORE, "
+           "C-MOVE, C-GET) may be transcoded when the peer refuses their syntax."),
+    Option("DicomScuPreferredTransferSyntax", "1.2.840.10008.1.2.1", str, "Transfer "
+           "syntax proposed and preferred when an instance sent over DICOM is transcoded."),
     Option(
         "DefaultEncoding",
         "Latin1",
@@ -683,13 +687,13 @@ ORTHANC_ONLY_OPTIONS = frozenset({
     "BuiltinDecoderTranscoderOrder",
     "DeidentifyLogsDicomVersion",
     "DicomAssociationCloseDelay", "DicomEchoChecksFind",
-    "DicomScuPreferredTransferSyntax", "Dictionary", "ExecuteLuaEnabled",
+    "Dictionary", "ExecuteLuaEnabled",
     "HttpCompressionEnabled", "HttpProxy", "HttpRequestTimeout", "HttpVerbose",
     "HttpsCACertificates", "HttpsVerifyPeers",
     "LoadPrivateDictionary", "LuaScripts", "MallocArenaMax",
     "MaximumStorageCacheSize", "MediaArchiveSize",
     "OrthancExplorerEnabled", "SslMinimumProtocolVersion",
     "StoreDicom", "StoreMD5ForAttachments",
-    "SynchronousZipStream", "TranscodeDicomProtocol", "WebDavDeleteAllowed", "WebDavEnabled",
+    "SynchronousZipStream", "WebDavDeleteAllowed", "WebDavEnabled",
     "WebDavUploadAllowed", "ZipLoaderThreads",
 })

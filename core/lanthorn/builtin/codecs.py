@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 
 @hookimpl
 def startup(server: Server) -> None:
-    """A mistyped ``IngestTranscoding`` stops start-up rather than every ingest."""
-    if server.config["IngestTranscoding"]:
-        try:
-            check_syntax(server.config["IngestTranscoding"])
-        except BadRequest as exc:
-            raise ConfigError(f"IngestTranscoding: {exc.message}") from None
+    """A mistyped transfer syntax option stops start-up rather than every ingest or send."""
+    for option in ("IngestTranscoding", "DicomScuPreferredTransferSyntax"):
+        if server.config[option]:
+            try:
+                check_syntax(server.config[option])
+            except BadRequest as exc:
+                raise ConfigError(f"{option}: {exc.message}") from None
 
 
 @hookimpl(trylast=True)

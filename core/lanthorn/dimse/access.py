@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 #: The services that the access options name (``DicomAlwaysAllow<name>``, ``Allow<name>``).
 SERVICES = ("Echo", "Store", "Find", "FindWorklist", "Get", "Move")
 #: Orthanc's other per-modality permissions: storage commitment requests (NAction) and
-#: reports (EventReport); Transcoding is kept and shown, not used yet.
+#: reports (EventReport), and Transcoding of instances sent to it.
 OTHER_PERMISSIONS = ("EventReport", "NAction", "Transcoding")
 
 

@@ -4,6 +4,9 @@ The handlers follow pynetdicom's generator contract: C-MOVE yields the destinati
 both yield the number of sub-operations and then one dataset per sub-operation;
 pynetdicom sends each (over a new association for C-MOVE, over the requesting one for
 C-GET) and reports pending and final statuses with the counts and failed instances.
+Each dataset is prepared for the association it goes over as a REST store's is
+(``scu.prepared``: transcoded when the peer refused its syntax); the association
+pynetdicom opens for C-MOVE is caught when it is established, before the first dataset.
 C-MOVE runs during the request, or as a store job when ``SynchronousCMove`` is false.
 
 Errors before the first sub-operation (an invalid identifier, a plugin's exception)
@@ -15,15 +18,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
+from pynetdicom import evt
 
 from ..errors import BadRequest
 from ..model import IDENTIFIER_KEYWORDS, format_tag, parse_tag
 from ..query import build_query
 from .request import dimse_request, keys, matching
-from .scu import SubOperation, fitted, load, plan, store_contexts
+from .scu import SubOperation, plan, prepared, store_contexts, transcoding_allowed
 from .tls import client_context
 
 if TYPE_CHECKING:
@@ -38,6 +43,18 @@ log = logging.getLogger(__name__)
 
 PENDING = 0xFF00
 CANCEL = 0xFE00
+
+
+@dataclass
+class _Peer:
+    """Where sub-operations go: the association (known once established) and whether
+    instances may be transcoded for it."""
+
+    transcoding: bool
+    association: Association | None = None
+
+    def established(self, event: Event) -> None:
+        self.association = event.assoc
 
 
 def serve_move(event: Event, server: Server, rules: AccessRules) -> Iterator[Any]:
@@ -64,13 +81,15 @@ def serve_move(event: Event, server: Server, rules: AccessRules) -> Iterator[Any
         yield 0  # pynetdicom answers success without associating
         return
     operations = _planned(server, request, "C-MOVE", items)
-    options = {"ae_title": destination.aet, "contexts": store_contexts(operations),
-               "max_pdu": int(server.config["MaximumPduLength"])}
+    peer = _Peer(transcoding_allowed(server, destination))
+    options = {"ae_title": destination.aet, "contexts": store_contexts(server, operations),
+               "max_pdu": int(server.config["MaximumPduLength"]),
+               "evt_handlers": [(evt.EVT_ESTABLISHED, peer.established)]}
     if destination.use_tls:
         options["tls_args"] = (client_context(server.config), None)
     yield destination.host, destination.port, options
     yield len(operations)
-    yield from _each(server, request, operations)
+    yield from _each(server, request, operations, peer)
 
 
 def _queue(server: Server, request: DimseRequest, modality: str, items: list[str],
@@ -82,12 +101,14 @@ def _queue(server: Server, request: DimseRequest, modality: str, items: list[str
     return server.jobs.submit("DicomModalityStore", parameters)
 
 
-def serve_get(event: Event, server: Server) -> Iterator[Any]:
+def serve_get(event: Event, server: Server, rules: AccessRules) -> Iterator[Any]:
     """EVT_C_GET: the number of sub-operations, then each dataset."""
     request = _request(event, "C-GET")
     operations = _planned(server, request, "C-GET", _items(server, request, "C-GET"))
+    requestor = rules.caller(request.origin.remote_aet, request.origin.remote_ip)
     yield len(operations)
-    yield from _each(server, request, operations, event.assoc)
+    yield from _each(server, request, operations,
+                     _Peer(transcoding_allowed(server, requestor), event.assoc))
 
 
 def _request(event: Event, name: str) -> DimseRequest:
@@ -117,15 +138,14 @@ def _planned(server: Server, request: DimseRequest, name: str,
 
 
 def _each(server: Server, request: DimseRequest, operations: list[SubOperation],
-          association: Association | None = None) -> Iterator[tuple[int, Dataset | None]]:
-    """Each dataset to send; over a C-GET's own ``association`` (whose accepted contexts
-    are known) a compressed instance is transcoded when the peer refused its syntax."""
+          peer: _Peer) -> Iterator[tuple[int, Dataset | None]]:
+    """Each dataset to send, prepared for the peer's association."""
     for op in operations:
         if request.is_cancelled():
             yield CANCEL, None
             return
-        dataset = load(server, op)
-        yield PENDING, fitted(server, association, dataset) if association else dataset
+        assert peer.association is not None, "pynetdicom associates before the first dataset"
+        yield PENDING, prepared(server, peer.association, op, peer.transcoding)
 
 
 # -- the core's answer ---------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Lanthorn as a DICOM client: associations, C-ECHO, and the store SCU.
 
 The store SCU serves ``POST /modalities/{id}/store`` and the sub-operations of C-MOVE
-and C-GET alike: the same planning (which instances, which presentation contexts) and
-the same reading of stored files, one instance in memory at a time.
+and C-GET alike: the same planning (which instances, which presentation contexts), the
+same reading of stored files, one instance in memory at a time, and the same transcoding
+when the peer refuses an instance's stored syntax.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -182,20 +184,22 @@ def _stored(info: ResourceInfo) -> SubOperation:
                         attachment=info.attachments.get(DICOM_ATTACHMENT))
 
 
-def store_contexts(operations: list[SubOperation]) -> list[PresentationContext]:
+def store_contexts(server: Server, operations: list[SubOperation]
+                   ) -> list[PresentationContext]:
     """Propose each instance's own syntax, and explicit/implicit little endian besides.
 
     Uncompressed instances can be re-encoded in whichever the peer picks; a compressed
-    one goes as stored or not at all (transcoding comes later), so its syntax gets a
-    context of its own that the peer accepts or refuses separately.
+    one gets a context of its own syntax, and another of ``DicomScuPreferredTransferSyntax``
+    and the uncompressed ones to be transcoded to when the peer refuses the first.
     """
+    preferred = str(server.config["DicomScuPreferredTransferSyntax"])
     wanted: dict[tuple[str, tuple[str, ...]], None] = {}
     for op in operations:
         if op.transfer_syntax in CONVERTIBLE:
             wanted[op.sop_class, tuple(dict.fromkeys((op.transfer_syntax, *UNCOMPRESSED)))] = None
         else:
             wanted[op.sop_class, (op.transfer_syntax,)] = None
-            wanted[op.sop_class, UNCOMPRESSED] = None
+            wanted[op.sop_class, tuple(dict.fromkeys((preferred, *UNCOMPRESSED)))] = None
     if len(wanted) > MAX_CONTEXTS:
         log.warning("%d presentation contexts needed, %d proposed: instances of the others "
                     "will fail", len(wanted), MAX_CONTEXTS)
@@ -223,9 +227,25 @@ def load(server: Server, op: SubOperation) -> Dataset:
         return stand_in
 
 
-def fitted(server: Server, association: Association, dataset: Dataset) -> Dataset:
+def transcoding_allowed(server: Server, modality: Modality | None) -> bool:
+    """Orthanc's rule: ``TranscodeDicomProtocol``, and ``AllowTranscoding`` of the peer
+    when it is a known modality."""
+    return bool(server.config["TranscodeDicomProtocol"]) and \
+        (modality is None or modality.allows("Transcoding"))
+
+
+def prepared(server: Server, association: Association, op: SubOperation,
+             transcoding: bool) -> Dataset:
+    """The dataset of one sub-operation, ready for ``association``: the one path of REST
+    stores, store jobs, C-MOVE and C-GET sub-operations."""
+    return fitted(server, association, load(server, op), transcoding)
+
+
+def fitted(server: Server, association: Association, dataset: Dataset,
+           transcoding: bool) -> Dataset:
     """The dataset in a transfer syntax the peer accepted for its SOP class: a
-    compressed instance is transcoded when only other syntaxes were accepted."""
+    compressed instance is transcoded (to ``DicomScuPreferredTransferSyntax`` first)
+    when only other syntaxes were accepted, if ``transcoding`` is allowed."""
     meta = getattr(dataset, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     accepted = [c.transfer_syntax[0] for c in association.accepted_contexts
@@ -233,11 +253,19 @@ def fitted(server: Server, association: Association, dataset: Dataset) -> Datase
     if syntax is None or not accepted or syntax in accepted \
             or (syntax in CONVERTIBLE and CONVERTIBLE.intersection(accepted)):
         return dataset
+    peer = association.acceptor if association.is_requestor else association.requestor
+    if not transcoding:
+        log.warning("instance %s is stored in %s, which %s did not accept, and transcoding "
+                    "for it is off (AllowTranscoding or TranscodeDicomProtocol false)",
+                    phi(dataset.get("SOPInstanceUID")), UID(syntax).name, peer.ae_title.strip())
+        return dataset
+    preferred = server.config["DicomScuPreferredTransferSyntax"]
+    accepted.sort(key=lambda accepted_syntax: accepted_syntax != preferred)
     try:
         return pydicom.dcmread(io.BytesIO(transcode(server, dataset, accepted)))
     except LanthornError as exc:
-        log.warning("instance %s cannot be transcoded for the peer: %s",
-                    phi(dataset.get("SOPInstanceUID")), exc)
+        log.warning("instance %s cannot be transcoded for %s: %s",
+                    phi(dataset.get("SOPInstanceUID")), peer.ae_title.strip(), exc)
         return dataset
 
 
@@ -267,12 +295,10 @@ def store(server: Server, modality: Modality, operations: list[SubOperation], *,
     if not operations:
         return 0
     failed = 0
-    with associate(server, modality, store_contexts(operations)) as association:
+    transcoding = transcoding_allowed(server, modality)
+    with associate(server, modality, store_contexts(server, operations)) as association:
         for op in operations:
-            dataset = load(server, op)
-            if modality.allows("Transcoding"):
-                dataset = fitted(server, association, dataset)
-            why = send(association, dataset, originator)
+            why = send(association, prepared(server, association, op, transcoding), originator)
             if why is not None:
                 message = (f'C-STORE of {op.sop_instance} to modality "{modality.name}" '
                            f"failed: {why}")
