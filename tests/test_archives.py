@@ -5,7 +5,6 @@ pydicom reads back, request options, and streaming in bounded memory."""
 from __future__ import annotations
 
 import io
-import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -263,17 +262,15 @@ def test_archive_of_a_large_study_streams(lanthorn_process: Any) -> None:
         status = Path(f"/proc/{lanthorn_process.process.pid}/status")
         Path(f"/proc/{lanthorn_process.process.pid}/clear_refs").write_text("5")  # peak := now
         before = _kilobytes(status, "VmRSS")
-        downloaded, started = 0, time.monotonic()
+        downloaded = 0
         with client.stream("GET", f"/studies/{study}/archive") as response:
             assert response.status_code == 200
             length = int(response.headers["content-length"])
             for chunk in response.iter_bytes():
                 downloaded += len(chunk)
-        elapsed = time.monotonic() - started
     growth = (_kilobytes(status, "VmHWM") - before) * 1024
     assert downloaded == length > count * size
     assert growth < 32 * 2**20, f"the server grew by {growth / 2**20:.0f} MB"
-    assert downloaded / elapsed > 50 * 2**20, f"{downloaded / elapsed / 2**20:.0f} MB/s"
 
 
 def _kilobytes(status: Path, field: str) -> int:
