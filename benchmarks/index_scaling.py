@@ -6,9 +6,9 @@ in steps of ``--step`` up to ``--total``, from ``--clients`` parallel REST clien
 each step it records the step's instances/s and the median and p90 latency of
 ``--calls`` study-level ``/tools/find`` calls by PatientName wildcard and by StudyDate
 range (each answer checked, as in run.py). As wall-clock rates on a shared machine follow
-the load, each step also records the CPU seconds per instance of the server process (and
-its children) and, on PostgreSQL, of the database's server processes (read from ``/proc``:
-Linux only), and the load average.
+the load, each step also records the CPU milliseconds per instance and per find of the
+server process (and its children) plus, on PostgreSQL, the database's server processes
+(read from ``/proc``: Linux only), and the load average.
 
     python benchmarks/index_scaling.py --total 200000 --step 10000 --json scaling.json
 
@@ -95,14 +95,16 @@ def measure_backend(backend: str, args: argparse.Namespace,
                     os.getloadavg()[0])
                 loaded.append(spec)
                 _check_count(target, result.instances)
-                result.find_ms = _find_latencies(target, loaded, args.calls, args.seed)
+                result.find_ms = _find_latencies(target, loaded, args.calls, args.seed,
+                                                 [c for c in (server_cpu, database_cpu) if c])
                 results.append(result)
                 save()
                 print(f"{backend} {result.instances:>8}: {rate:7.1f} inst/s, "
                       f"server {result.server_cpu_ms:.2f} CPU ms/inst, "
                       f"database {result.database_cpu_ms or 0:.2f} CPU ms/inst, "
                       f"load {result.load_average:.1f}, "
-                      + ", ".join(f"{k} {v['median']:.1f} ms" for k, v in result.find_ms.items()),
+                      + ", ".join(f"{k} {v['median']:.1f} ms ({v['cpu']:.1f} CPU ms)"
+                                  for k, v in result.find_ms.items()),
                       file=sys.stderr, flush=True)
         finally:
             server.stop()
@@ -219,20 +221,24 @@ def _check_count(target: Target, expected: int) -> None:
         raise BenchmarkError(f"the index holds {count} instances, expected {expected}")
 
 
-def _find_latencies(target: Target, loaded: list[Spec], calls: int,
-                    seed: str) -> dict[str, dict[str, float]]:
-    """Median and p90 (ms) of random queries about any of the datasets loaded so far."""
+def _find_latencies(target: Target, loaded: list[Spec], calls: int, seed: str,
+                    clocks: list[_CpuClock]) -> dict[str, dict[str, float]]:
+    """Median and p90 (ms) of random queries about any of the datasets loaded so far,
+    and the CPU ms per query of the server and the database (``cpu``)."""
     rng = random.Random(f"{seed}/find/{len(loaded)}")
     found: dict[str, dict[str, float]] = {}
     with _rest_asker(target) as ask:
         for kind in FIND_KINDS:
             times = []
+            for clock in clocks:
+                clock.lap()
             for _ in range(calls):
                 spec = rng.choice(loaded)
                 key = (rng.randrange(spec.patients), rng.randrange(spec.studies), 0, 0)
                 times.append(_time_query(ask, QUERIES[kind](spec, key)))
             found[kind] = {"median": statistics.median(times),
-                           "p90": statistics.quantiles(times, n=10, method="inclusive")[8]}
+                           "p90": statistics.quantiles(times, n=10, method="inclusive")[8],
+                           "cpu": sum(clock.lap() for clock in clocks) * 1000 / calls}
     return found
 
 
@@ -240,11 +246,12 @@ def table(results: dict[str, list[StepResult]]) -> str:
     rows = [[backend, str(r.instances), number(r.ingest_per_second), f"{r.server_cpu_ms:.2f}",
              "" if r.database_cpu_ms is None else f"{r.database_cpu_ms:.2f}",
              f"{r.load_average:.1f}",
-             *(number(r.find_ms[k][q]) for k in FIND_KINDS for q in ("median", "p90"))]
+             *(number(r.find_ms[k][q]) for k in FIND_KINDS for q in ("median", "p90", "cpu"))]
             for backend, steps in results.items() for r in steps]
     return markdown_table(["backend", "instances", "inst/s", "server CPU ms/inst",
                            "database CPU ms/inst", "load", "name* median ms", "name* p90 ms",
-                           "date range median ms", "date range p90 ms"], rows)
+                           "name* CPU ms", "date range median ms", "date range p90 ms",
+                           "date range CPU ms"], rows)
 
 
 def main() -> None:
