@@ -5,7 +5,10 @@ throwaway database, dropped at the end), then ingests small instances (64×64, ~
 in steps of ``--step`` up to ``--total``, from ``--clients`` parallel REST clients. After
 each step it records the step's instances/s and the median and p90 latency of
 ``--calls`` study-level ``/tools/find`` calls by PatientName wildcard and by StudyDate
-range (each answer checked, as in run.py).
+range (each answer checked, as in run.py). As wall-clock rates on a shared machine follow
+the load, each step also records the CPU milliseconds per instance and per find of the
+server process (and its children) plus, on PostgreSQL, the database's server processes
+(read from ``/proc``: Linux only), and the load average.
 
     python benchmarks/index_scaling.py --total 200000 --step 10000 --json scaling.json
 
@@ -17,14 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,31 +63,49 @@ PER_PATIENT = STUDIES * SERIES * INSTANCES
 class StepResult:
     instances: int  # in the index after the step
     ingest_per_second: float
+    server_cpu_ms: float  # CPU milliseconds of the server per ingested instance
+    database_cpu_ms: float | None  # and of PostgreSQL's processes (None on SQLite)
+    load_average: float  # 1-minute load average at the end of the step's ingest
     find_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # kind: median, p90
 
 
-def measure_backend(backend: str, args: argparse.Namespace) -> list[StepResult]:
-    """Start a server on ``backend``, ingest step by step, time finds after each step."""
+def measure_backend(backend: str, args: argparse.Namespace,
+                    results: list[StepResult], save: Callable[[], None]) -> None:
+    """Start a server on ``backend``, ingest step by step, time finds after each step;
+    ``save`` after each step keeps what a long run measured before it is interrupted."""
     with tempfile.TemporaryDirectory(prefix="lanthorn-scaling-") as folder, \
             _database(backend, args.postgres) as section:
         server = _start(Path(folder), section)
         try:
             target = Target(server.url)
-            results: list[StepResult] = []
+            assert server.process is not None
+            server_cpu = _CpuClock(partial(_process_tree, server.process.pid))
+            database_cpu = _CpuClock(partial(_database_pids, section)) if section else None
             loaded: list[Spec] = []
             for number_ in range(args.total // args.step):
                 spec = Spec("small", args.step // PER_PATIENT, STUDIES, SERIES, INSTANCES,
                             seed=f"{args.seed}/{backend}/{number_}")
+                server_cpu.lap()
+                if database_cpu:
+                    database_cpu.lap()
                 rate = _ingest(target, spec, args.clients)
+                result = StepResult(
+                    (number_ + 1) * spec.count, rate, server_cpu.lap() * 1000 / spec.count,
+                    database_cpu.lap() * 1000 / spec.count if database_cpu else None,
+                    os.getloadavg()[0])
                 loaded.append(spec)
-                _check_count(target, (number_ + 1) * spec.count)
-                result = StepResult((number_ + 1) * spec.count, rate,
-                                    _find_latencies(target, loaded, args.calls, args.seed))
+                _check_count(target, result.instances)
+                result.find_ms = _find_latencies(target, loaded, args.calls, args.seed,
+                                                 [c for c in (server_cpu, database_cpu) if c])
                 results.append(result)
+                save()
                 print(f"{backend} {result.instances:>8}: {rate:7.1f} inst/s, "
-                      + ", ".join(f"{k} {v['median']:.1f} ms" for k, v in result.find_ms.items()),
-                      file=sys.stderr)
-            return results
+                      f"server {result.server_cpu_ms:.2f} CPU ms/inst, "
+                      f"database {result.database_cpu_ms or 0:.2f} CPU ms/inst, "
+                      f"load {result.load_average:.1f}, "
+                      + ", ".join(f"{k} {v['median']:.1f} ms ({v['cpu']:.1f} CPU ms)"
+                                  for k, v in result.find_ms.items()),
+                      file=sys.stderr, flush=True)
         finally:
             server.stop()
 
@@ -104,6 +127,64 @@ def _database(backend: str, admin_dsn: str) -> Iterator[dict[str, Any] | None]:
     finally:
         with engine.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+class _CpuClock:
+    """CPU seconds (user + system) spent by a changing set of processes between laps.
+
+    Each process is charged from the first lap that sees it; a process that exits between
+    laps loses its last interval (PostgreSQL backends of the pool live as long as it).
+    """
+
+    def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
+        self._pids = pids
+        self._seen: dict[int, float] = {}
+
+    def lap(self) -> float:
+        now = {pid: seconds for pid in self._pids()
+               if (seconds := _cpu_seconds(pid)) is not None}
+        spent = sum(seconds - self._seen.get(pid, seconds) for pid, seconds in now.items())
+        self._seen = now
+        return spent
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name, or None once it exited."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    fields = _stat(pid)  # fields[11], [12]: utime, stime (stat fields 14 and 15)
+    return (int(fields[11]) + int(fields[12])) / _TICKS if fields else None
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (the workers of ``--workers``)."""
+    parents = {int(entry.name): int(fields[1]) for entry in Path("/proc").iterdir()
+               if entry.name.isdigit() and (fields := _stat(int(entry.name)))}
+    tree = [root]
+    for pid in tree:
+        tree.extend(child for child, parent in parents.items() if parent == pid)
+    return tree
+
+
+def _database_pids(section: dict[str, Any]) -> list[int]:
+    """The PostgreSQL server processes serving the benchmark's database."""
+    url = make_url(section["ConnectionUri"])
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = :name "
+                "AND pid <> pg_backend_pid()"), {"name": url.database}).scalars())
+    finally:
         engine.dispose()
 
 
@@ -140,29 +221,37 @@ def _check_count(target: Target, expected: int) -> None:
         raise BenchmarkError(f"the index holds {count} instances, expected {expected}")
 
 
-def _find_latencies(target: Target, loaded: list[Spec], calls: int,
-                    seed: str) -> dict[str, dict[str, float]]:
-    """Median and p90 (ms) of random queries about any of the datasets loaded so far."""
+def _find_latencies(target: Target, loaded: list[Spec], calls: int, seed: str,
+                    clocks: list[_CpuClock]) -> dict[str, dict[str, float]]:
+    """Median and p90 (ms) of random queries about any of the datasets loaded so far,
+    and the CPU ms per query of the server and the database (``cpu``)."""
     rng = random.Random(f"{seed}/find/{len(loaded)}")
     found: dict[str, dict[str, float]] = {}
     with _rest_asker(target) as ask:
         for kind in FIND_KINDS:
             times = []
+            for clock in clocks:
+                clock.lap()
             for _ in range(calls):
                 spec = rng.choice(loaded)
                 key = (rng.randrange(spec.patients), rng.randrange(spec.studies), 0, 0)
                 times.append(_time_query(ask, QUERIES[kind](spec, key)))
             found[kind] = {"median": statistics.median(times),
-                           "p90": statistics.quantiles(times, n=10, method="inclusive")[8]}
+                           "p90": statistics.quantiles(times, n=10, method="inclusive")[8],
+                           "cpu": sum(clock.lap() for clock in clocks) * 1000 / calls}
     return found
 
 
 def table(results: dict[str, list[StepResult]]) -> str:
-    rows = [[backend, str(r.instances), number(r.ingest_per_second),
-             *(number(r.find_ms[k][q]) for k in FIND_KINDS for q in ("median", "p90"))]
+    rows = [[backend, str(r.instances), number(r.ingest_per_second), f"{r.server_cpu_ms:.2f}",
+             "" if r.database_cpu_ms is None else f"{r.database_cpu_ms:.2f}",
+             f"{r.load_average:.1f}",
+             *(number(r.find_ms[k][q]) for k in FIND_KINDS for q in ("median", "p90", "cpu"))]
             for backend, steps in results.items() for r in steps]
-    return markdown_table(["backend", "instances", "inst/s", "name* median ms", "name* p90 ms",
-                           "date range median ms", "date range p90 ms"], rows)
+    return markdown_table(["backend", "instances", "inst/s", "server CPU ms/inst",
+                           "database CPU ms/inst", "load", "name* median ms", "name* p90 ms",
+                           "name* CPU ms", "date range median ms", "date range p90 ms",
+                           "date range CPU ms"], rows)
 
 
 def main() -> None:
@@ -180,12 +269,18 @@ def main() -> None:
     if args.step % PER_PATIENT or args.total < args.step or args.calls < 2:
         raise SystemExit(f"--step must be a multiple of {PER_PATIENT}, --total at least "
                          "--step, --calls at least 2")
-    results = {backend: measure_backend(backend, args) for backend in args.backends}
+    results: dict[str, list[StepResult]] = {}
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(
+                {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "arguments": sys.argv[1:],
+                 **{backend: [asdict(r) for r in steps] for backend, steps in results.items()}},
+                indent=1))
+
+    for backend in args.backends:
+        measure_backend(backend, args, results.setdefault(backend, []), save)
     print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps(
-            {backend: [asdict(r) for r in steps] for backend, steps in results.items()},
-            indent=1))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect, text
 
 from lanthorn.index import migrate, schema
 
@@ -37,3 +38,28 @@ def test_migrations_go_down_to_nothing_and_up_again(tmp_path: Path) -> None:
     assert added == set(schema.metadata.tables)
     command.upgrade(config, "head")
     assert differences(url) == []
+
+
+def test_a_plugin_branch_is_applied_with_the_core_history_once(tmp_path: Path) -> None:
+    """A plugin's folder of revisions (docs/writing-plugins.md): from an empty database,
+    its branch alone pulls in the core revision it depends on; a full upgrade adds the
+    rest; upgrading again (each start-up does) changes nothing."""
+    branch = Path(__file__).with_name("migration_branch")
+    engine = create_engine(f"sqlite:///{tmp_path / 'index.db'}")
+
+    def state() -> tuple[set[str], set[str]]:
+        with engine.connect() as conn:
+            return (set(conn.scalars(text("SELECT version_num FROM alembic_version"))),
+                    set(inspect(conn).get_table_names()))
+
+    migrate.upgrade(engine, [branch], "example@head")
+    versions, tables = state()
+    assert versions == {"example_0001"} and {"example_notes", "resources"} <= tables
+    assert "instance_json" not in tables  # core revisions after 0001 wait for the rest
+    core_head = ScriptDirectory.from_config(migrate.alembic_config(engine)).get_current_head()
+    for _ in range(2):
+        migrate.upgrade(engine, [branch])
+        versions, tables = state()
+        assert versions == {core_head, "example_0001"}
+        assert set(schema.metadata.tables) | {"example_notes"} <= tables
+    engine.dispose()

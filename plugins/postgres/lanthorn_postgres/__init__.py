@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from lanthorn import Command, IndexBackendFactory, StorageAreaFactory, hookimpl
 from lanthorn.index import SqlIndex, upgrade
 
-from .engine import add_trigram_indexes, index_engine, postgres_engine
+from .engine import MIGRATIONS, index_engine, postgres_engine
 from .notify import ChangeListener, notify_on_changes
 from .settings import SECTION, Settings
 
@@ -39,16 +39,16 @@ def settings_of(server: Server) -> Settings:
 
 
 def open_index(settings: Settings, main_tags: MainTags | None = None) -> SqlIndex:
-    """The shared SQL index on PostgreSQL, migrated to the newest schema."""
+    """The shared SQL index on PostgreSQL, migrated to the newest schema (the core's and
+    the plugin's tables)."""
     engine = index_engine(settings)
     notify_on_changes(engine)
-    upgrade(engine)
-    add_trigram_indexes(engine)
+    upgrade(engine, [MIGRATIONS])
     return SqlIndex(engine, main_tags)
 
 
 def open_storage(settings: Settings) -> PostgresStorage:
-    """The storage area in the database of ``settings`` (its tables created if missing)."""
+    """The storage area in the database of ``settings`` (its tables migrated)."""
     from .storage import PostgresStorage
 
     return PostgresStorage(postgres_engine(settings))
@@ -79,7 +79,6 @@ def register_commands(parser: argparse.ArgumentParser) -> list[Command]:
     from .importer import configure, run
 
     return [Command("postgres", "PostgreSQL tools: import-sqlite", run, configure)]
-
 
 
 @hookimpl

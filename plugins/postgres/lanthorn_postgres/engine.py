@@ -15,69 +15,47 @@ Isolation, in one paragraph (the README says more):
 
 from __future__ import annotations
 
-import logging
+from pathlib import Path
 
 from psycopg import IsolationLevel
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection, Engine, create_engine, event
 
 from .settings import Settings
-
-log = logging.getLogger(__name__)
 
 #: The advisory lock every writer takes ("LNTH" in ASCII), shared by all Lanthorn
 #: processes on the database; other applications on the same database must not use it.
 WRITER_LOCK = 0x4C4E5448
 
-#: Trigram indexes: ``LIKE '%abc%'`` and ``'abc%'`` on any collation, for wildcard
-#: matching (the B-tree on (tag, value) only serves prefixes under the C collation).
-TRIGRAM_INDEXES = {
-    "ix_main_tags_value_trgm": "main_tags USING gin (value gin_trgm_ops)",
-    "ix_main_tags_norm_trgm": "main_tags USING gin (norm gin_trgm_ops)",
-}
+#: The plugin's own tables and indexes, as Alembic branches applied with the core's
+#: history (``lanthorn.index.upgrade``): ``postgres_storage`` and ``postgres_index``.
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def postgres_engine(settings: Settings) -> Engine:
-    """A connection pool. No ping before each use (a round trip per transaction): when
-    the server drops connections (a restart), the statement that finds out fails and
-    SQLAlchemy replaces every pooled connection."""
-    return create_engine(settings.url, pool_size=settings.maximum_connections // 2,
-                         max_overflow=settings.maximum_connections // 2, pool_recycle=3600)
+def postgres_engine(settings: Settings, index: bool = False) -> Engine:
+    """A connection pool whose write transactions (``lanthorn_write``) take the writers'
+    lock and, for the ``index``, whose transactions follow the isolation rules above.
 
-
-def index_engine(settings: Settings) -> Engine:
-    """An engine whose transactions follow the isolation rules above."""
-    engine = postgres_engine(settings)
+    No ping before each use (a round trip per transaction): when the server drops
+    connections (a restart), the statement that finds out fails and SQLAlchemy replaces
+    every pooled connection."""
+    engine = create_engine(settings.url, pool_size=settings.maximum_connections // 2,
+                           max_overflow=settings.maximum_connections // 2, pool_recycle=3600)
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        # psycopg opens the transaction with the next statement, as one
-        # "BEGIN ISOLATION LEVEL ..." command: no extra round trip for the settings.
-        dbapi = connection.connection.dbapi_connection
         write = bool(connection.get_execution_options().get("lanthorn_write"))
-        dbapi.isolation_level = IsolationLevel.READ_COMMITTED if write \
-            else IsolationLevel.REPEATABLE_READ
-        dbapi.read_only = not write
+        if index:
+            # psycopg opens the transaction with the next statement, as one
+            # "BEGIN ISOLATION LEVEL ..." command: no extra round trip for the settings.
+            dbapi = connection.connection.dbapi_connection
+            dbapi.isolation_level = IsolationLevel.READ_COMMITTED if write \
+                else IsolationLevel.REPEATABLE_READ
+            dbapi.read_only = not write
         if write:
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITER_LOCK})")
 
     return engine
 
 
-def add_trigram_indexes(engine: Engine) -> bool:
-    """Create the ``pg_trgm`` indexes if the extension is available to this user.
-
-    Not part of the shared Alembic schema: SQLite has no equivalent, and a database
-    where the extension cannot be created still works (wildcards are slower). Returns
-    whether the indexes exist.
-    """
-    try:
-        with engine.connect().execution_options(lanthorn_write=True) as conn, conn.begin():
-            conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
-            for name, target in TRIGRAM_INDEXES.items():
-                conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {target}"))
-    except DBAPIError as exc:
-        log.warning("pg_trgm is not available (%s); wildcard matching will not use "
-                    "trigram indexes", exc.orig)
-        return False
-    return True
+def index_engine(settings: Settings) -> Engine:
+    return postgres_engine(settings, index=True)

@@ -27,19 +27,21 @@ from sqlalchemy import (
     exists,
     insert,
     select,
-    text,
 )
 from sqlalchemy.exc import OperationalError
 
 from lanthorn.errors import InexistentItem, StorageFull
+from lanthorn.index import upgrade
 
-from .engine import WRITER_LOCK
+from .engine import MIGRATIONS
 
 #: Bytes per row: large enough for few round trips, small enough to stream.
 CHUNK = 1 << 20
 DISK_FULL = "53100"
 
-#: The storage tables belong to this plugin, not to the shared index schema.
+#: The storage tables belong to this plugin, not to the shared index schema: they are
+#: created by the migrations of this Alembic branch.
+BRANCH = "postgres_storage"
 metadata = MetaData()
 files = Table(
     "storage_files", metadata,
@@ -61,9 +63,8 @@ class PostgresStorage:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        with engine.begin() as conn:  # concurrent start-ups queue on the writers' lock
-            conn.execute(text(f"SELECT pg_advisory_xact_lock({WRITER_LOCK})"))
-            metadata.create_all(conn)
+        # Its own branch alone: the index may be elsewhere (SQLite) or migrated already.
+        upgrade(engine, [MIGRATIONS], f"{BRANCH}@head")
 
     def close(self) -> None:
         self.engine.dispose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -15,8 +16,16 @@ from typing import Any
 
 import httpx2
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
 
 from lanthorn.testing import ServerProcess, free_port, make_instance, missing
+
+# The core's DICOM test peers and job helpers serve these tests too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+from dimse_peers import PEER_AET, StoreSCP  # noqa: E402
+from test_jobs import wait_job  # noqa: E402
 
 if importlib.util.find_spec("lanthorn_postgres") is None:  # skipped, or failed under CI
     missing("lanthorn-postgres is not installed (pip install -e plugins/postgres)")
@@ -36,13 +45,21 @@ def _wait(condition: Callable[[], bool], timeout: float = 30) -> None:
 
 
 @pytest.fixture
-def nodes(tmp_path: Path, postgres_section: dict[str, Any]) -> Iterator[list[ServerProcess]]:
-    """Two ``lanthorn serve`` processes on one database, each with its own folder."""
+def peer() -> StoreSCP:
+    return StoreSCP()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, postgres_section: dict[str, Any],
+          peer: StoreSCP) -> Iterator[list[ServerProcess]]:
+    """Two ``lanthorn serve`` processes on one database, each with its own folder; the
+    first started holds the jobs lease."""
     started: list[ServerProcess] = []
     try:
         for name in ("a", "b"):
             config = {
                 "StorageDirectory": str(tmp_path / name), "StableAge": 2,
+                "DicomModalities": {"peer": [PEER_AET, "127.0.0.1", peer.port]},
                 "HttpPort": free_port(), "DicomPort": free_port(),
                 "HttpBindAddress": "127.0.0.1", "DicomBindAddress": "127.0.0.1",
                 "PostgreSQL": {**postgres_section, "EnableStorage": True},
@@ -107,3 +124,63 @@ def test_two_nodes_ingesting_one_study_make_one_of_each_and_lose_nothing(
     finally:
         for client in clients:
             client.close()
+
+
+def _jobs_lease_holder(url: URL) -> str:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return str(conn.execute(text("SELECT holder FROM leases WHERE name = 'jobs'"))
+                       .scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _running_and_started(job: dict[str, Any]) -> bool:
+    return job["State"] == "Running" and job["Progress"] > 0
+
+
+@pytest.mark.slow
+def test_a_job_run_by_a_killed_node_is_controlled_from_and_finished_by_the_other(
+        nodes: list[ServerProcess], peer: StoreSCP, postgres_url: URL) -> None:
+    """Node A runs the store jobs; node B sees, pauses, resumes and cancels them; after
+    ``kill -9`` of A, B takes the lease over and finishes the job, sending again at most
+    what was in flight (delivery is at least once)."""
+    a, b = nodes
+    assert a.process and f":{a.process.pid}:" in _jobs_lease_holder(postgres_url)
+    peer.on_store = lambda event: time.sleep(0.4)
+    with httpx2.Client(base_url=a.url, timeout=30) as on_a, \
+            httpx2.Client(base_url=b.url, timeout=30) as on_b, peer.running():
+        for number in range(8):
+            assert on_a.post("/instances", content=make_instance(
+                StudyInstanceUID=STUDY, InstanceNumber=number)).status_code == 200
+        [study] = on_b.get("/studies").json()
+
+        def submit() -> str:
+            return str(on_b.post("/modalities/peer/store", json={
+                "Resources": [study], "Asynchronous": True}).json()["ID"])
+
+        canceled = submit()
+        wait_job(on_a.get, canceled, _running_and_started)
+        assert on_b.post(f"/jobs/{canceled}/cancel").json() == {}
+        assert wait_job(on_a.get, canceled)["ErrorCode"] == 37  # "This job was canceled"
+        peer.received.clear()
+
+        job_id = submit()
+        wait_job(on_b.get, job_id, _running_and_started)
+        assert on_b.post(f"/jobs/{job_id}/pause").json() == {}
+        paused = wait_job(on_a.get, job_id, lambda job: job["State"] == "Paused")
+        sent_while_paused = len(peer.received)
+        time.sleep(1)
+        assert len(peer.received) == sent_while_paused < 8  # A stopped sending
+        assert on_b.get(f"/jobs/{job_id}").json()["Progress"] == paused["Progress"]
+        assert on_b.post(f"/jobs/{job_id}/resume").json() == {}
+        wait_job(on_b.get, job_id, lambda job: job["Progress"] > paused["Progress"])
+        a.kill()
+        sent_before = len(peer.received)
+        job = wait_job(on_b.get, job_id, timeout=60)
+    assert job["State"] == "Success", job
+    assert b.process and f":{b.process.pid}:" in _jobs_lease_holder(postgres_url)
+    received = Counter(r.sop_instance for r in peer.received)
+    assert len(received) == 8 and sum(received.values()) <= 8 + 2, received
+    assert 0 < sent_before < 8

@@ -17,6 +17,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import insert, text
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
@@ -32,10 +33,12 @@ if importlib.util.find_spec("lanthorn_postgres") is None:  # skipped, or failed 
     missing("lanthorn-postgres is not installed (pip install -e plugins/postgres)")
 
 import lanthorn_postgres
-from lanthorn_postgres.engine import TRIGRAM_INDEXES, index_engine
+from lanthorn_postgres.engine import index_engine, postgres_engine
 from lanthorn_postgres.notify import ChangeListener
 from lanthorn_postgres.settings import Settings
 from lanthorn_postgres.storage import CHUNK, PostgresStorage
+from lanthorn_postgres.storage import files as storage_files
+from lanthorn_postgres.storage import metadata as storage_metadata
 from lanthorn_postgres.testing import Databases
 
 
@@ -74,7 +77,7 @@ def test_enabled_index_and_storage_are_chosen_by_the_section(open_server: Any) -
     assert isinstance(server.storage, PostgresStorage)
     with server.index.read() as conn:
         names = set(conn.scalars(text("SELECT indexname FROM pg_indexes")))
-    assert set(TRIGRAM_INDEXES) <= names
+    assert {"ix_main_tags_value_trgm", "ix_main_tags_norm_trgm"} <= names
 
 
 def test_the_core_parametrized_tests_really_run_on_postgresql(
@@ -122,6 +125,61 @@ def test_migrations_build_the_declared_schema_on_postgresql(
         command.upgrade(config, "head")
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), schema.metadata) == []
+    finally:
+        engine.dispose()
+        postgres_databases.drop(url)
+
+
+
+def _state(url: URL) -> tuple[set[str], set[str]]:
+    """The revisions recorded in the version table, and the tables and indexes."""
+    engine = postgres_engine(Settings(url))
+    try:
+        with engine.connect() as conn:
+            return (set(conn.scalars(text("SELECT version_num FROM alembic_version"))),
+                    set(conn.scalars(text("SELECT tablename FROM pg_tables UNION "
+                                          "SELECT indexname FROM pg_indexes"))))
+    finally:
+        engine.dispose()
+
+
+def test_the_plugin_branches_migrate_an_empty_database_once(
+        postgres_databases: Databases) -> None:
+    """The storage area alone applies its own branch; the index then adds the core's
+    history and the trigram branch to the same version table; opening again (another
+    node starting) changes nothing."""
+    url = postgres_databases.create()
+    try:
+        lanthorn_postgres.open_storage(Settings(url)).close()
+        versions, names = _state(url)
+        assert versions == {"postgres_0001"}
+        assert {"storage_files", "storage_chunks"} <= names and "resources" not in names
+        core_head = ScriptDirectory.from_config(migrate.alembic_config(
+            postgres_engine(Settings(url)))).get_current_head()
+        for _ in range(2):
+            lanthorn_postgres.open_index(Settings(url)).close()
+            lanthorn_postgres.open_storage(Settings(url)).close()
+            versions, names = _state(url)
+            assert versions == {core_head, "postgres_0001", "postgres_0002"}
+            assert {"resources", "storage_chunks", "ix_main_tags_value_trgm",
+                    "ix_main_tags_norm_trgm"} <= names
+    finally:
+        postgres_databases.drop(url)
+
+
+def test_a_database_of_the_first_version_adopts_its_storage_tables(
+        postgres_databases: Databases) -> None:
+    """Version 0.1.0 created the storage tables without a migration: they are kept."""
+    url = postgres_databases.create()
+    engine = postgres_engine(Settings(url))
+    try:
+        storage_metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(insert(storage_files).values(uuid="kept", size=0, written=0.0))
+        PostgresStorage(engine)
+        with engine.connect() as conn:
+            assert conn.scalars(text("SELECT uuid FROM storage_files")).all() == ["kept"]
+        assert _state(url)[0] == {"postgres_0001"}
     finally:
         engine.dispose()
         postgres_databases.drop(url)
