@@ -119,7 +119,7 @@ def test_c_move_to_storescp_transcodes_what_it_refuses(
     if syntax is None:
         assert "Final Move Response (Refused: OutOfResourcesSubOperations)" in done.stderr
         assert files == []
-        assert all(f"instance {uid} is stored in" in caplog.text for uid in originals)
+        assert caplog.text.count("instance <hidden> is stored in") == len(originals)
         assert "transcoding for it is off (AllowTranscoding" in caplog.text
         return
     assert "Received Final Move Response (Success)" in done.stderr, done.stderr

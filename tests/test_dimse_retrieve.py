@@ -196,7 +196,8 @@ def test_a_compressed_instance_the_destination_refuses_is_transcoded_if_allowed(
                 final.NumberOfFailedSuboperations) == (0xB000, 3, 1)
         assert failed is not None and failed.FailedSOPInstanceUIDList == rle_instance
         assert sorted(received) == sorted(setup.uids)
-        assert f"instance {rle_instance} is stored in RLE Lossless, which {PEER_AET} did not " \
+        # DeidentifyLogs (on by default) hides the UID.
+        assert f"instance <hidden> is stored in RLE Lossless, which {PEER_AET} did not " \
             "accept, and transcoding for it is off" in caplog.text
         return
     assert (status, final.NumberOfCompletedSuboperations) == (0x0000, 4)
