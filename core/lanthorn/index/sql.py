@@ -48,6 +48,7 @@ from ..model import (
 from ..query import Constraint, Match, Query, normalize
 from . import schema as s
 from .commitments import CommitmentTable
+from .group import GroupCommit
 from .jobs import JobTable
 from .queries import QueryTable
 from .records import (
@@ -63,6 +64,8 @@ from .records import (
 )
 
 Node = TypeVar("Node")
+#: What ``store_instance`` queues for the group commit: its arguments.
+_StoreRequest = tuple[NewInstance, bool, StorageLimits | None]
 
 def orthanc_date(timestamp: float) -> str:
     """Orthanc's compact UTC timestamp, as in ``LastUpdate`` and ``/changes``."""
@@ -80,6 +83,7 @@ class SqlIndex:
         self.jobs = JobTable(self)
         self.queries = QueryTable(self)
         self.commitments = CommitmentTable(self)
+        self._ingests = GroupCommit(self._store_batch)
 
     # -- transactions -------------------------------------------------------------
 
@@ -111,47 +115,63 @@ class SqlIndex:
 
         With ``limits``, the oldest unprotected patients are recycled (in the same
         transaction) to make room, or the instance is refused with StorageFull.
-        Statements are few and prebuilt: this is the hot path of every ingest.
+        Statements are few and prebuilt: this is the hot path of every ingest. Concurrent
+        callers share one transaction and its commit (``group.py``); each still gets its
+        own outcome, or its own exception, only after that commit.
         """
-        with self.write() as conn:
-            known = dict(conn.execute(_IDS_BY_PUBLIC_ID, {"ids": list(new.public_ids)}).all())
-            replaced: list[str] = []
-            if new.public_ids[Level.INSTANCE] in known:
-                if not overwrite:
-                    return StoreOutcome(stored=False)
-                old = known.pop(new.public_ids[Level.INSTANCE])
-                replaced = _attachment_uuids(conn, [old])
-                conn.execute(delete(s.resources).where(s.resources.c.id == old))
-            if limits is not None and limits.active:
-                replaced += _make_room(conn, limits, new, new.public_ids[Level.PATIENT] in known)
-            ancestors: list[int] = []
-            created: list[Level] = []
-            for level in (Level.PATIENT, Level.STUDY, Level.SERIES):
-                resource_id = known.get(new.public_ids[level])
-                if resource_id is None:
-                    resource_id = self._create(conn, level, new, ancestors[-1] if ancestors
-                                               else None)
-                    created.append(level)
-                ancestors.append(resource_id)
-            series_id = ancestors[-1]
-            index_in_series = 1 if Level.SERIES in created else 1 + conn.scalar(
-                select(func.count()).where(s.resources.c.parent_id == series_id))
-            instance_id = self._create(conn, Level.INSTANCE, new, series_id)
-            # Orthanc's order in the change log: the instance first, then new parents.
-            _log_many(conn, [(NEW_RESOURCE_CHANGE[level], level, new.public_ids[level])
-                             for level in (Level.INSTANCE, *reversed(created))], new.timestamp)
-            _insert_metadata(conn, instance_id,
-                             {**new.metadata, "IndexInSeries": str(index_in_series)})
-            conn.execute(insert(s.attachments),
-                         {"resource_id": instance_id, **vars(new.attachment)})
-            conn.execute(insert(s.instance_headers),
-                         {"resource_id": instance_id, "header": new.header})
-            # A new instance makes its (older) series, study and patient unstable again.
-            untouched = [i for level, i in zip(Level, ancestors, strict=False)
-                         if level not in created]
-            if untouched:
-                conn.execute(_TOUCH, [{"key": i, "now": new.timestamp} for i in untouched])
-            return StoreOutcome(True, replaced, (*created, Level.INSTANCE))
+        return self._ingests.submit((new, overwrite, limits))
+
+    def _store_batch(self, batch: list[_StoreRequest]) -> list[StoreOutcome | Exception]:
+        """Several instances in one transaction; if one fails, each in its own, so that
+        only the failing one fails (an error rolls back its whole transaction)."""
+        try:
+            with self.write() as conn:
+                return [self._store(conn, *request) for request in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+        return [outcome for request in batch for outcome in self._store_batch([request])]
+
+    def _store(self, conn: Connection, new: NewInstance, overwrite: bool,
+               limits: StorageLimits | None) -> StoreOutcome:
+        known = dict(conn.execute(_IDS_BY_PUBLIC_ID, {"ids": list(new.public_ids)}).all())
+        replaced: list[str] = []
+        if new.public_ids[Level.INSTANCE] in known:
+            if not overwrite:
+                return StoreOutcome(stored=False)
+            old = known.pop(new.public_ids[Level.INSTANCE])
+            replaced = _attachment_uuids(conn, [old])
+            conn.execute(delete(s.resources).where(s.resources.c.id == old))
+        if limits is not None and limits.active:
+            replaced += _make_room(conn, limits, new, new.public_ids[Level.PATIENT] in known)
+        ancestors: list[int] = []
+        created: list[Level] = []
+        for level in (Level.PATIENT, Level.STUDY, Level.SERIES):
+            resource_id = known.get(new.public_ids[level])
+            if resource_id is None:
+                resource_id = self._create(conn, level, new, ancestors[-1] if ancestors
+                                           else None)
+                created.append(level)
+            ancestors.append(resource_id)
+        series_id = ancestors[-1]
+        index_in_series = 1 if Level.SERIES in created else 1 + conn.scalar(
+            select(func.count()).where(s.resources.c.parent_id == series_id))
+        instance_id = self._create(conn, Level.INSTANCE, new, series_id)
+        # Orthanc's order in the change log: the instance first, then new parents.
+        _log_many(conn, [(NEW_RESOURCE_CHANGE[level], level, new.public_ids[level])
+                         for level in (Level.INSTANCE, *reversed(created))], new.timestamp)
+        _insert_metadata(conn, instance_id,
+                         {**new.metadata, "IndexInSeries": str(index_in_series)})
+        conn.execute(insert(s.attachments),
+                     {"resource_id": instance_id, **vars(new.attachment)})
+        conn.execute(insert(s.instance_headers),
+                     {"resource_id": instance_id, "header": new.header})
+        # A new instance makes its (older) series, study and patient unstable again.
+        untouched = [i for level, i in zip(Level, ancestors, strict=False)
+                     if level not in created]
+        if untouched:
+            conn.execute(_TOUCH, [{"key": i, "now": new.timestamp} for i in untouched])
+        return StoreOutcome(True, replaced, (*created, Level.INSTANCE))
 
     def _create(self, conn: Connection, level: Level, new: NewInstance, parent: int | None) -> int:
         resource_id = conn.execute(insert(s.resources), {
