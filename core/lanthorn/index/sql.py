@@ -134,7 +134,8 @@ class SqlIndex:
 
     def _store(self, conn: Connection, new: NewInstance, overwrite: bool,
                limits: StorageLimits | None) -> StoreOutcome:
-        known = dict(conn.execute(_IDS_BY_PUBLIC_ID, {"ids": list(new.public_ids)}).all())
+        known = dict(conn.execute(_IDS_OF_LEVELS, dict(zip(_LEVEL_KEYS, new.public_ids,
+                                                           strict=True))).all())
         replaced: list[str] = []
         if new.public_ids[Level.INSTANCE] in known:
             if not overwrite:
@@ -155,17 +156,15 @@ class SqlIndex:
             ancestors.append(resource_id)
         series_id = ancestors[-1]
         index_in_series = 1 if Level.SERIES in created else 1 + conn.scalar(
-            select(func.count()).where(s.resources.c.parent_id == series_id))
+            _COUNT_CHILDREN, {"parent": series_id})
         instance_id = self._create(conn, Level.INSTANCE, new, series_id)
         # Orthanc's order in the change log: the instance first, then new parents.
         _log_many(conn, [(NEW_RESOURCE_CHANGE[level], level, new.public_ids[level])
                          for level in (Level.INSTANCE, *reversed(created))], new.timestamp)
         _insert_metadata(conn, instance_id,
                          {**new.metadata, "IndexInSeries": str(index_in_series)})
-        conn.execute(insert(s.attachments),
-                     {"resource_id": instance_id, **vars(new.attachment)})
-        conn.execute(insert(s.instance_headers),
-                     {"resource_id": instance_id, "header": new.header})
+        conn.execute(_INSERT_ATTACHMENT, {"resource_id": instance_id, **vars(new.attachment)})
+        conn.execute(_INSERT_HEADER, {"resource_id": instance_id, "header": new.header})
         # A new instance makes its (older) series, study and patient unstable again.
         untouched = [i for level, i in zip(Level, ancestors, strict=False)
                      if level not in created]
@@ -174,7 +173,7 @@ class SqlIndex:
         return StoreOutcome(True, replaced, (*created, Level.INSTANCE))
 
     def _create(self, conn: Connection, level: Level, new: NewInstance, parent: int | None) -> int:
-        resource_id = conn.execute(insert(s.resources), {
+        resource_id = conn.execute(_INSERT_RESOURCE, {
             "level": level, "public_id": new.public_ids[level], "parent_id": parent,
             "last_update": new.timestamp, "is_stable": False, "protected": False,
         }).inserted_primary_key[0]
@@ -835,7 +834,7 @@ def _log(conn: Connection, change_type: ChangeType, level: Level, public_id: str
 def _log_many(conn: Connection, entries: list[tuple[ChangeType, Level, str]],
               timestamp: float) -> None:
     date = orthanc_date(timestamp)
-    conn.execute(insert(s.changes), [
+    conn.execute(_INSERT_CHANGES, [
         {"change_type": change_type, "level": level, "public_id": public_id, "date": date}
         for change_type, level, public_id in entries
     ])
@@ -863,13 +862,23 @@ _IDS_BY_PUBLIC_ID = select(s.resources.c.public_id, s.resources.c.id).where(
 #: PostgreSQL sums BIGINTs to NUMERIC (a Decimal in Python).
 _SIZES = select(*(cast(func.coalesce(func.sum(column), 0), BigInteger) for column in (
     s.attachments.c.compressed_size, s.attachments.c.uncompressed_size)))
+#: The inserts of every ingest.
+_INSERT_RESOURCE, _INSERT_MAIN_TAGS, _INSERT_METADATA, _INSERT_CHANGES, _INSERT_ATTACHMENT, \
+    _INSERT_HEADER = (insert(t) for t in (s.resources, s.main_tags, s.metadata_table, s.changes,
+                                          s.attachments, s.instance_headers))
+#: The resource IDs of an instance's four public IDs: four parameters, not an expanding
+#: ``IN``, which is rendered anew on every execution.
+_LEVEL_KEYS = tuple(f"level{level}" for level in Level)
+_IDS_OF_LEVELS = select(s.resources.c.public_id, s.resources.c.id).where(
+    s.resources.c.public_id.in_([bindparam(key) for key in _LEVEL_KEYS]))
+_COUNT_CHILDREN = select(func.count()).where(s.resources.c.parent_id == bindparam("parent"))
 _TOUCH = update(s.resources).where(s.resources.c.id == bindparam("key")).values(
     last_update=bindparam("now"), is_stable=False)
 
 
 def _insert_main_tags(conn: Connection, resource_id: int, tags: dict[int, str]) -> None:
     if tags:
-        conn.execute(insert(s.main_tags), [
+        conn.execute(_INSERT_MAIN_TAGS, [
             {"resource_id": resource_id, "tag": tag, "value": value, "norm": normalize(value)}
             for tag, value in tags.items()
         ])
@@ -877,7 +886,7 @@ def _insert_main_tags(conn: Connection, resource_id: int, tags: dict[int, str]) 
 
 def _insert_metadata(conn: Connection, resource_id: int, values: dict[str, str]) -> None:
     if values:
-        conn.execute(insert(s.metadata_table), [
+        conn.execute(_INSERT_METADATA, [
             {"resource_id": resource_id, "name": k, "value": v} for k, v in values.items()
         ])
 
