@@ -6,14 +6,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+from sqlalchemy import Insert, event
+
+from lanthorn import Origin
 
 pytestmark = pytest.mark.all_index_backends
 
@@ -166,3 +171,73 @@ def test_public_ids_of_a_multi_valued_patient_id(lanthorn_client: Any,
     answer = lanthorn_client.post("/instances", content=ct_instance(PatientID=["A", "B"]))
     digest = hashlib.sha1(b"A\\B").hexdigest()
     assert answer.json()["ParentPatient"] == "-".join(digest[i:i + 8] for i in range(0, 40, 8))
+
+
+
+def _stored_while_the_index_is_busy(server: Any, files: list[bytes]
+                                    ) -> tuple[list[Any], list[int]]:
+    """Store ``files`` from as many threads while the test holds the index's write lock,
+    so that all but the first queue behind one another: each thread's result (or the
+    exception it raised), and how many instances each committed transaction stored."""
+    engine, group = server.index.engine, server.index._ingests
+    inserted: dict[int, int] = {}  # instances inserted, by connection, until its commit
+    committed: list[int] = []
+
+    def count(conn: Any, clause: Any, *_: Any) -> None:
+        if isinstance(clause, Insert) and clause.table.name == "instance_headers":
+            inserted[id(conn)] = inserted.get(id(conn), 0) + 1
+
+    def commit(conn: Any) -> None:
+        if stored := inserted.pop(id(conn), 0):
+            committed.append(stored)
+
+    event.listen(engine, "after_execute", count)
+    event.listen(engine, "commit", commit)
+    try:
+        with ThreadPoolExecutor(len(files)) as pool:
+            with server.index.write():
+                futures = [pool.submit(server.ingest.store, data, Origin()) for data in files]
+                deadline = time.monotonic() + 30
+                # The group's queue is the only sign that a thread is waiting.
+                while len(group._queue) < len(files) - 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            results = [f.exception() or f.result() for f in futures]
+    finally:
+        event.remove(engine, "after_execute", count)
+        event.remove(engine, "commit", commit)
+    return results, committed
+
+
+def _outcome(result: Any) -> str:
+    return type(result).__name__ if isinstance(result, Exception) else result.status
+
+
+def test_concurrent_stores_share_one_commit(lanthorn_server: Any, lanthorn_client: Any,
+                                            ct_instance: MakeInstance) -> None:
+    series = {"StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid()}
+    files = [ct_instance(**series) for _ in range(6)]
+    results, committed = _stored_while_the_index_is_busy(lanthorn_server, files)
+    assert [_outcome(r) for r in results] == ["Success"] * 6
+    assert committed == [1, 5]  # the first alone, the five that queued behind it together
+    for data, result in zip(files, results, strict=True):
+        assert lanthorn_client.get(f"/instances/{result.public_ids[3]}/file").content == data
+    indexes = {lanthorn_client.get(f"/instances/{r.public_ids[3]}/metadata/IndexInSeries").text
+               for r in results}
+    assert indexes == {str(n) for n in range(1, 7)}
+    changes = lanthorn_client.get("/changes?limit=100").json()["Changes"]
+    assert sum(c["ChangeType"] == "NewInstance" for c in changes) == 6
+
+
+@pytest.mark.lanthorn_config(MaximumPatientCount=2, MaximumStorageMode="Reject")
+def test_a_refused_store_in_a_group_fails_alone(lanthorn_server: Any, lanthorn_client: Any,
+                                                ct_instance: MakeInstance) -> None:
+    first = ct_instance(PatientID="P1")
+    assert lanthorn_client.post("/instances", content=first).status_code == 200
+    files = [ct_instance(PatientID="P2"), ct_instance(PatientID="P3"),
+             ct_instance(PatientID="P1"), first]
+    results, _ = _stored_while_the_index_is_busy(lanthorn_server, files)
+    assert sorted(_outcome(r) for r in results) \
+        == ["AlreadyStored", "StorageFull", "Success", "Success"]
+    assert _outcome(results[2]) == "Success"
+    assert lanthorn_client.get("/statistics").json()["CountInstances"] == 3
+    assert len(_stored_files(lanthorn_server.config)) == 3

@@ -49,6 +49,7 @@ from ..query import Constraint, Match, Query, normalize
 from . import schema as s
 from .audit import AuditTable
 from .commitments import CommitmentTable
+from .group import GroupCommit
 from .jobs import JobTable
 from .queries import QueryTable
 from .records import (
@@ -65,6 +66,9 @@ from .records import (
 from .tokens import TokenTable
 
 Node = TypeVar("Node")
+#: What ``store_instance`` queues for the group commit: its arguments.
+_StoreRequest = tuple[NewInstance, bool, StorageLimits | None]
+
 
 def orthanc_date(timestamp: float) -> str:
     """Orthanc's compact UTC timestamp, as in ``LastUpdate`` and ``/changes``."""
@@ -84,6 +88,7 @@ class SqlIndex:
         self.commitments = CommitmentTable(self)
         self.audit = AuditTable(self)
         self.tokens = TokenTable(self)
+        self._ingests = GroupCommit(self._store_batch)
 
     # -- transactions -------------------------------------------------------------
 
@@ -115,50 +120,65 @@ class SqlIndex:
 
         With ``limits``, the oldest unprotected patients are recycled (in the same
         transaction) to make room, or the instance is refused with StorageFull.
-        Statements are few and prebuilt: this is the hot path of every ingest.
+        Statements are few and prebuilt: this is the hot path of every ingest. Concurrent
+        callers share one transaction and its commit (``group.py``); each still gets its
+        own outcome, or its own exception, only after that commit.
         """
-        with self.write() as conn:
-            known = dict(conn.execute(_IDS_BY_PUBLIC_ID, {"ids": list(new.public_ids)}).all())
-            replaced: list[str] = []
-            if new.public_ids[Level.INSTANCE] in known:
-                if not overwrite:
-                    return StoreOutcome(stored=False)
-                old = known.pop(new.public_ids[Level.INSTANCE])
-                replaced = _attachment_uuids(conn, [old])
-                conn.execute(delete(s.resources).where(s.resources.c.id == old))
-            if limits is not None and limits.active:
-                replaced += _make_room(conn, limits, new, new.public_ids[Level.PATIENT] in known)
-            ancestors: list[int] = []
-            created: list[Level] = []
-            for level in (Level.PATIENT, Level.STUDY, Level.SERIES):
-                resource_id = known.get(new.public_ids[level])
-                if resource_id is None:
-                    resource_id = self._create(conn, level, new, ancestors[-1] if ancestors
-                                               else None)
-                    created.append(level)
-                ancestors.append(resource_id)
-            series_id = ancestors[-1]
-            index_in_series = 1 if Level.SERIES in created else 1 + conn.scalar(
-                select(func.count()).where(s.resources.c.parent_id == series_id))
-            instance_id = self._create(conn, Level.INSTANCE, new, series_id)
-            # Orthanc's order in the change log: the instance first, then new parents.
-            _log_many(conn, [(NEW_RESOURCE_CHANGE[level], level, new.public_ids[level])
-                             for level in (Level.INSTANCE, *reversed(created))], new.timestamp)
-            _insert_metadata(conn, instance_id,
-                             {**new.metadata, "IndexInSeries": str(index_in_series)})
-            conn.execute(insert(s.attachments),
-                         {"resource_id": instance_id, **vars(new.attachment)})
-            conn.execute(insert(s.instance_headers),
-                         {"resource_id": instance_id, "header": new.header})
-            # A new instance makes its (older) series, study and patient unstable again.
-            untouched = [i for level, i in zip(Level, ancestors, strict=False)
-                         if level not in created]
-            if untouched:
-                conn.execute(_TOUCH, [{"key": i, "now": new.timestamp} for i in untouched])
-            return StoreOutcome(True, replaced, (*created, Level.INSTANCE))
+        return self._ingests.submit((new, overwrite, limits))
+
+    def _store_batch(self, batch: list[_StoreRequest]) -> list[StoreOutcome | Exception]:
+        """Several instances in one transaction; if one fails, each in its own, so that
+        only the failing one fails (an error rolls back its whole transaction)."""
+        try:
+            with self.write() as conn:
+                return [self._store(conn, *request) for request in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+        return [outcome for request in batch for outcome in self._store_batch([request])]
+
+    def _store(self, conn: Connection, new: NewInstance, overwrite: bool,
+               limits: StorageLimits | None) -> StoreOutcome:
+        known = dict(conn.execute(_IDS_OF_LEVELS, dict(zip(_LEVEL_KEYS, new.public_ids,
+                                                           strict=True))).all())
+        replaced: list[str] = []
+        if new.public_ids[Level.INSTANCE] in known:
+            if not overwrite:
+                return StoreOutcome(stored=False)
+            old = known.pop(new.public_ids[Level.INSTANCE])
+            replaced = _attachment_uuids(conn, [old])
+            conn.execute(delete(s.resources).where(s.resources.c.id == old))
+        if limits is not None and limits.active:
+            replaced += _make_room(conn, limits, new, new.public_ids[Level.PATIENT] in known)
+        ancestors: list[int] = []
+        created: list[Level] = []
+        for level in (Level.PATIENT, Level.STUDY, Level.SERIES):
+            resource_id = known.get(new.public_ids[level])
+            if resource_id is None:
+                resource_id = self._create(conn, level, new, ancestors[-1] if ancestors
+                                           else None)
+                created.append(level)
+            ancestors.append(resource_id)
+        series_id = ancestors[-1]
+        index_in_series = 1 if Level.SERIES in created else 1 + conn.scalar(
+            _COUNT_CHILDREN, {"parent": series_id})
+        instance_id = self._create(conn, Level.INSTANCE, new, series_id)
+        # Orthanc's order in the change log: the instance first, then new parents.
+        _log_many(conn, [(NEW_RESOURCE_CHANGE[level], level, new.public_ids[level])
+                         for level in (Level.INSTANCE, *reversed(created))], new.timestamp)
+        _insert_metadata(conn, instance_id,
+                         {**new.metadata, "IndexInSeries": str(index_in_series)})
+        conn.execute(_INSERT_ATTACHMENT, {"resource_id": instance_id, **vars(new.attachment)})
+        conn.execute(_INSERT_HEADER, {"resource_id": instance_id, "header": new.header})
+        # A new instance makes its (older) series, study and patient unstable again.
+        untouched = [i for level, i in zip(Level, ancestors, strict=False)
+                     if level not in created]
+        if untouched:
+            conn.execute(_TOUCH, [{"key": i, "now": new.timestamp} for i in untouched])
+        return StoreOutcome(True, replaced, (*created, Level.INSTANCE))
 
     def _create(self, conn: Connection, level: Level, new: NewInstance, parent: int | None) -> int:
-        resource_id = conn.execute(insert(s.resources), {
+        resource_id = conn.execute(_INSERT_RESOURCE, {
             "level": level, "public_id": new.public_ids[level], "parent_id": parent,
             "last_update": new.timestamp, "is_stable": False, "protected": False,
         }).inserted_primary_key[0]
@@ -878,7 +898,7 @@ def _log(conn: Connection, change_type: ChangeType, level: Level, public_id: str
 def _log_many(conn: Connection, entries: list[tuple[ChangeType, Level, str]],
               timestamp: float) -> None:
     date = orthanc_date(timestamp)
-    conn.execute(insert(s.changes), [
+    conn.execute(_INSERT_CHANGES, [
         {"change_type": change_type, "level": level, "public_id": public_id, "date": date}
         for change_type, level, public_id in entries
     ])
@@ -913,13 +933,23 @@ _IDS_BY_PUBLIC_ID = select(s.resources.c.public_id, s.resources.c.id).where(
 #: PostgreSQL sums BIGINTs to NUMERIC (a Decimal in Python).
 _SIZES = select(*(cast(func.coalesce(func.sum(column), 0), BigInteger) for column in (
     s.attachments.c.compressed_size, s.attachments.c.uncompressed_size)))
+#: The inserts of every ingest.
+_INSERT_RESOURCE, _INSERT_MAIN_TAGS, _INSERT_METADATA, _INSERT_CHANGES, _INSERT_ATTACHMENT, \
+    _INSERT_HEADER = (insert(t) for t in (s.resources, s.main_tags, s.metadata_table, s.changes,
+                                          s.attachments, s.instance_headers))
+#: The resource IDs of an instance's four public IDs: four parameters, not an expanding
+#: ``IN``, which is rendered anew on every execution.
+_LEVEL_KEYS = tuple(f"level{level}" for level in Level)
+_IDS_OF_LEVELS = select(s.resources.c.public_id, s.resources.c.id).where(
+    s.resources.c.public_id.in_([bindparam(key) for key in _LEVEL_KEYS]))
+_COUNT_CHILDREN = select(func.count()).where(s.resources.c.parent_id == bindparam("parent"))
 _TOUCH = update(s.resources).where(s.resources.c.id == bindparam("key")).values(
     last_update=bindparam("now"), is_stable=False)
 
 
 def _insert_main_tags(conn: Connection, resource_id: int, tags: dict[int, str]) -> None:
     if tags:
-        conn.execute(insert(s.main_tags), [
+        conn.execute(_INSERT_MAIN_TAGS, [
             {"resource_id": resource_id, "tag": tag, "value": value, "norm": normalize(value)}
             for tag, value in tags.items()
         ])
@@ -927,7 +957,7 @@ def _insert_main_tags(conn: Connection, resource_id: int, tags: dict[int, str]) 
 
 def _insert_metadata(conn: Connection, resource_id: int, values: dict[str, str]) -> None:
     if values:
-        conn.execute(insert(s.metadata_table), [
+        conn.execute(_INSERT_METADATA, [
             {"resource_id": resource_id, "name": k, "value": v} for k, v in values.items()
         ])
 
