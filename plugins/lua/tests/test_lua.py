@@ -15,7 +15,7 @@ import pytest
 from lua_support import StoreSCP, config_with_sample, sample_peer, wait_for  # noqa: F401
 
 import lanthorn_lua
-from lanthorn import Server
+from lanthorn import Origin, Server
 from lanthorn.config import Config
 from lanthorn.testing import make_instance
 
@@ -125,6 +125,28 @@ def test_anonymize_and_forward(lanthorn_client: Any, peer: StoreSCP) -> None:
     patients = wait_for(lambda: len(lanthorn_client.get("/patients").json()) == 1
                         and lanthorn_client.get("/patients?expand").json())
     assert patients[0]["MainDicomTags"]["PatientName"] == "Anonymous SECRET"
+
+
+def test_write_to_disk_copies_stable_series(lanthorn_config: Config, tmp_path: Path,
+                                            lanthorn_make_server: Callable[..., Server]) -> None:
+    target = tmp_path / "copies"
+    settings = tmp_path / "target.lua"
+    settings.write_text(f"TARGET = '{target}'\n")
+    config = lanthorn_config.with_overrides(
+        LuaScripts=[str(settings), str(SCRIPTS / "write_to_disk.lua")])
+    server = lanthorn_make_server(config, [lanthorn_lua])
+    server.start()
+    try:
+        files = [make_instance(PatientID="DISK", StudyDate="20240102",
+                               SeriesDescription="AXIAL 5MM", SeriesInstanceUID="1.2.9",
+                               StudyInstanceUID="1.2.8", seed=n) for n in range(2)]
+        ids = [server.ingest.store(data, Origin()).id for data in files]
+        folder = target / "DISK" / "20240102" / "AXIAL_5MM"
+        wait_for(lambda: len(list(folder.glob("*.dcm"))) == 2, timeout=30)
+        assert {(folder / f"{i}.dcm").read_bytes() for i in ids} == set(files)
+    finally:
+        server.stop()
+        server.close()
 
 
 @pytest.mark.lanthorn_config(**scripts("broken.lua"))
