@@ -114,3 +114,20 @@ def test_fix_find_queries(lanthorn_server: Server, lanthorn_client: Any) -> None
     assert [a.PatientID for a in found] == ["P1"]  # the private key would match nothing
     assert [a["PatientID"] for a in answers] == ["P1"]
     assert RECEIVED.names == ["-", ""]  # the "*" left as an empty key
+
+
+@pytest.fixture
+def copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LANTHORN_COPIES", str(tmp_path / "copies"))
+    return tmp_path / "copies"
+
+
+@recipe("write_to_disk")
+def test_write_to_disk(copies: Path, lanthorn_server: Server) -> None:
+    files = [make_instance(PatientID="DISK", StudyDate="20240102", SeriesDescription="AXIAL 5MM",
+                           StudyInstanceUID="1.2.8", SeriesInstanceUID="1.2.9", seed=n)
+             for n in range(2)]
+    ids = [lanthorn_server.ingest.store(data, Origin()).id for data in files]
+    folder = copies / "DISK" / "20240102" / "AXIAL_5MM"
+    wait_for(lambda: len(list(folder.glob("*.dcm"))) == 2, timeout=30)
+    assert {(folder / f"{i}.dcm").read_bytes() for i in ids} == set(files)
