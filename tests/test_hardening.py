@@ -132,3 +132,19 @@ def test_malformed_authorization_headers_over_http(make_client: Callable[..., Te
     answer = client.get("/system", headers={"Authorization": header.encode()})
     assert answer.status_code == 401, answer.text
     assert "pw" not in answer.text and "Traceback" not in answer.text
+
+
+def test_wrong_content_types_are_clear_4xx(make_client: Callable[..., TestClient]) -> None:
+    """Bodies that are not what the route reads, whatever Content-Type claims."""
+    client = make_client()
+    dicom = make_instance()
+    wrong = [("/instances", b'{"PatientID": "X"}', "application/json"),
+             ("/tools/find", dicom, "application/dicom"),
+             ("/tools/find", b"<Level>Study</Level>", "application/xml"),
+             ("/tools/create-dicom", b"PatientName=X", "application/x-www-form-urlencoded"),
+             ("/tools/bulk-delete", dicom, "application/dicom")]
+    for path, body, media_type in wrong:
+        reply = client.post(path, content=body, headers={"content-type": media_type})
+        assert 400 <= reply.status_code < 500, (path, reply.status_code, reply.text)
+        assert "Traceback" not in reply.text and "File \"" not in reply.text, path
+    assert client.get("/instances").json() == []  # nothing stored on the way
