@@ -880,7 +880,8 @@ def test_hook_on_job_event(lanthorn_server: lanthorn.Server) -> None:
         (broken, "JobFailure")])
     jobs.pause(waiting := jobs.submit("Count", {"UpTo": 1}))
     jobs.cancel(waiting)  # a paused job cancelled fails without running
-    assert watcher.events[-2:] == [(waiting, "JobSubmitted"), (waiting, "JobFailure")]
+    wait_for(lambda: [e for e in watcher.events if e[0] == waiting]
+             == [(waiting, "JobSubmitted"), (waiting, "JobFailure")])
 
 
 # -- monitoring -------------------------------------------------------------------------
