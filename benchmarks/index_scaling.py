@@ -96,6 +96,7 @@ def measure_backend(backend: str, args: argparse.Namespace,
                 loaded.append(spec)
                 _check_count(target, result.instances)
                 result.find_ms = _find_latencies(target, loaded, args.calls, args.seed,
+                                                 args.find_limit,
                                                  [c for c in (server_cpu, database_cpu) if c])
                 results.append(result)
                 save()
@@ -221,13 +222,13 @@ def _check_count(target: Target, expected: int) -> None:
         raise BenchmarkError(f"the index holds {count} instances, expected {expected}")
 
 
-def _find_latencies(target: Target, loaded: list[Spec], calls: int, seed: str,
+def _find_latencies(target: Target, loaded: list[Spec], calls: int, seed: str, limit: int,
                     clocks: list[_CpuClock]) -> dict[str, dict[str, float]]:
     """Median and p90 (ms) of random queries about any of the datasets loaded so far,
     and the CPU ms per query of the server and the database (``cpu``)."""
     rng = random.Random(f"{seed}/find/{len(loaded)}")
     found: dict[str, dict[str, float]] = {}
-    with _rest_asker(target) as ask:
+    with _rest_asker(target, limit) as ask:
         for kind in FIND_KINDS:
             times = []
             for clock in clocks:
@@ -260,6 +261,8 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=10_000, help="instances per step")
     parser.add_argument("--clients", type=int, default=5, help="parallel REST clients")
     parser.add_argument("--calls", type=int, default=20, help="find calls per kind and step")
+    parser.add_argument("--find-limit", type=int, default=100,
+                        help="Limit of each find, as a paging client sends (0: none)")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL server and maintenance database (DSN)")

@@ -379,8 +379,12 @@ def _client(target: Target) -> httpx2.Client:
                          headers={"Accept-Encoding": "identity"})
 
 
-def _find(http: httpx2.Client, level: str, tags: dict[str, str], expand: bool = False) -> list:
-    response = http.post("/tools/find", json={"Level": level, "Query": tags, "Expand": expand})
+def _find(http: httpx2.Client, level: str, tags: dict[str, str], expand: bool = False,
+          limit: int = 0) -> list:
+    request = {"Level": level, "Query": tags, "Expand": expand}
+    if limit:
+        request["Limit"] = limit
+    response = http.post("/tools/find", json=request)
     response.raise_for_status()
     return response.json()
 
@@ -443,9 +447,12 @@ def _time_query(ask: Asker, query: Query) -> float:
 
 
 @contextmanager
-def _rest_asker(target: Target) -> Iterator[Asker]:
+def _rest_asker(target: Target, limit: int = 0) -> Iterator[Asker]:
+    """Expanded finds; with ``limit``, a page of at most that many answers, as a user
+    interface asks for (a query's expected count must then not exceed it)."""
     with _client(target) as http:
-        yield lambda query: query.check(len(_find(http, query.level, query.tags, expand=True)))
+        yield lambda query: query.check(len(_find(http, query.level, query.tags, expand=True,
+                                                  limit=limit)))
 
 
 @contextmanager

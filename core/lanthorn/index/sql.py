@@ -1097,6 +1097,9 @@ def _match(c: Constraint) -> ColumnElement[bool]:
         if low:
             parts.append(column >= low)
         if high:
+            bound = _digits_above(high)
+            if bound:
+                parts.append(column < bound)  # lets the index stop the scan
             parts.append(func.substr(column, 1, len(high)) <= high)
         return and_(*parts) if parts else literal(True)
     pattern = c.values[0]
@@ -1105,6 +1108,16 @@ def _match(c: Constraint) -> ColumnElement[bool]:
     # Case-sensitive on every backend: SQLite connections set case_sensitive_like, and
     # insensitive matching compares the case-folded ``norm`` column instead.
     return column.like(like, escape="\\")
+
+
+def _digits_above(high: str) -> str | None:
+    """A string of digits greater than every value whose prefix is at most ``high``
+    (``20201231`` gives ``20201232``), or None when ``high`` is not all digits or is
+    all nines. Digits sort alike in every collation, unlike a bumped last character."""
+    if not (high.isascii() and high.isdigit()):
+        return None
+    above = str(int(high) + 1).zfill(len(high))
+    return above if len(above) == len(high) else None
 
 
 def _label_conditions(target, query: Query) -> list[ColumnElement[bool]]:  # noqa: ANN001
