@@ -3,7 +3,8 @@
 - disk: write the dataset's files into a folder, without fsync, and with an fsync of each
   file and then of its folder (what a server that acknowledges durably does per instance);
   and read them back from the page cache (what an archive of warm files can stream at
-  most);
+  most); with ``cold``, read them from the disk after dropping the page cache, file by
+  file (as ``cat``) and as one file of the same bytes (as ``dd``: the disk's throughput);
 - loopback TCP: send the files one after the other over one connection on 127.0.0.1,
   waiting for a one-byte answer after each (what a client uploading instance after
   instance waits for), with Nagle's algorithm off on both ends.
@@ -22,19 +23,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from generate import Spec
-from run import Metric
+from run import Metric, drop_page_cache
 
 SOCKET_TIMEOUT = 30.0
 
 
-def ceilings(specs: list[Spec], folder: Path, repeat: int) -> list[Metric]:
-    """The three ceilings for each dataset's files, ``repeat`` runs each."""
+def ceilings(specs: list[Spec], folder: Path, repeat: int, cold: bool = False) -> list[Metric]:
+    """The ceilings for each dataset's files, ``repeat`` runs each."""
     probes: dict[str, Callable[[list[bytes], Path], float]] = {
         "disk write, no fsync": lambda files, into: _write(files, into, sync=False),
         "disk write, fsync file + folder": lambda files, into: _write(files, into, sync=True),
         "disk read (page cache)": _read,
         "loopback TCP, answer per file": lambda files, _: _loopback(files),
     }
+    if cold:
+        probes["disk read, cold, file by file"] = lambda files, into: _read(files, into, True)
+        probes["disk read, cold, as one file"] = lambda files, into: _read([b"".join(files)],
+                                                                         into, True)
     metrics = []
     for spec in specs:
         files = [data for _, data in spec.with_seed("ceilings").files()]
@@ -66,9 +71,12 @@ def _write(files: list[bytes], folder: Path, sync: bool) -> float:
     return time.perf_counter() - start
 
 
-def _read(files: list[bytes], folder: Path) -> float:
-    """Seconds to read every file back, 64 KB at a time, after writing it (unclocked)."""
+def _read(files: list[bytes], folder: Path, cold: bool = False) -> float:
+    """Seconds to read every file back, 64 KB at a time, after writing it (unclocked),
+    from the page cache or, when ``cold``, from the disk."""
     _write(files, folder, sync=False)
+    if cold:
+        drop_page_cache()
     start = time.perf_counter()
     for number in range(len(files)):
         with open(folder / f"{number:06d}.dcm", "rb") as file:

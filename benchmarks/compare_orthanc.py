@@ -284,7 +284,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="lanthorn-compare-", dir=args.workdir))
     try:
         host = machine(root)
-        limits = ceilings(list(options.datasets), root, options.repeat)
+        limits = ceilings(list(options.datasets), root, options.repeat, options.cold)
         results = compare(root, args.workers, options)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -101,6 +101,7 @@ class Options:
     calls: int
     steps: frozenset[str]
     seed: str
+    cold: bool = False  # drop the page cache before each archive run (needs root)
 
 
 @dataclass
@@ -526,11 +527,14 @@ def _download(target: Target, spec: Spec, clients: int, options: Options) -> Met
 
 def _archive(target: Target, spec: Spec, options: Options) -> Metric:
     """Each study's ZIP in turn; the rate counts the instances inside."""
-    metric = Metric(f"study archive x1 [{spec}]", "inst/s")
+    cold = ", cold" if options.cold else ""
+    metric = Metric(f"study archive x1{cold} [{spec}]", "inst/s")
 
     def measure() -> None:
         studies = _ids(target, spec, "Study")
         for run in range(options.repeat):
+            if options.cold:
+                drop_page_cache()
             with _client(target) as http:
                 start = time.perf_counter()
                 size = sum(_zip_size(http, study) for study in studies)
@@ -539,6 +543,15 @@ def _archive(target: Target, spec: Spec, options: Options) -> Metric:
             _progress(f"{metric.name} run {run + 1}: {metric.values[-1]:.1f} inst/s")
 
     return _guarded([metric], measure)[0]
+
+
+def drop_page_cache() -> None:
+    """Write back and forget every cached file page, so that the next reads hit the disk."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        raise BenchmarkError(f"cannot drop the page cache (--cold needs root): {exc}") from None
 
 
 def _preview(target: Target, spec: Spec, options: Options) -> Metric:
@@ -695,13 +708,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="base of every dataset's seed; a server holding this seed's "
                              "ingest copies needs another one")
     parser.add_argument("--json", type=Path, help="write every number to this file")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop the page cache before each archive run (root only)")
 
 
 def options_from(args: argparse.Namespace) -> Options:
     if args.calls < 2 or args.repeat < 1 or min(args.clients) < 1:
         raise SystemExit("--calls must be at least 2, --repeat and --clients at least 1")
     return Options(tuple(args.dataset), args.find_dataset, tuple(args.clients), args.repeat,
-                   args.calls, frozenset(args.steps), args.seed)
+                   args.calls, frozenset(args.steps), args.seed, args.cold)
 
 
 def main() -> None:

@@ -1,14 +1,27 @@
-"""The read-ahead behind every streamed answer: order, blocks, early close, errors."""
+"""The read-ahead behind every streamed answer (order, blocks, early close, errors) and
+the storage's read-ahead of the files an archive or a multipart answer sends in turn."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
+from lanthorn import storage
+from lanthorn.errors import InexistentItem
+from lanthorn.index.records import Attachment
 from lanthorn.rest.streaming import read_ahead
+from lanthorn.storage import (
+    COMPRESSION_NONE,
+    COMPRESSION_ZLIB,
+    FilesystemStorage,
+    compress,
+    read_ahead_files,
+)
 
 
 def pieces(count: int, size: int, closed: threading.Event | None = None) -> Iterator[bytes]:
@@ -54,3 +67,69 @@ def test_an_error_while_reading_reaches_the_sender() -> None:
 
     with pytest.raises(OSError, match="disk gone"):
         asyncio.run(collect(failing(), block=5))
+
+
+class WatchedStorage(FilesystemStorage):
+    """A real filesystem area that tells which files were opened, and when."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, sync=False)
+        self.opened: list[str] = []
+        self.changed = threading.Condition()
+
+    def open(self, uuid: str) -> BinaryIO:
+        with self.changed:
+            self.opened.append(uuid)
+            self.changed.notify_all()
+        return super().open(uuid)
+
+    def wait_opened(self, count: int) -> list[str]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.opened) >= count, 5)
+            return list(self.opened)
+
+
+def stored(area: FilesystemStorage, name: str, data: bytes, zlib: bool = False) -> Attachment:
+    area.write(name, compress(data) if zlib else data)
+    return Attachment(1, name, len(data), len(data), COMPRESSION_ZLIB if zlib else
+                      COMPRESSION_NONE, "", "")
+
+
+def test_files_arrive_in_order_while_the_next_ones_are_read(tmp_path: Path) -> None:
+    area = WatchedStorage(tmp_path)
+    contents = [bytes([n]) * (1000 + n) for n in range(40)]
+    files = [stored(area, f"f{n:02}", data, zlib=n % 3 == 0) for n, data in enumerate(contents)]
+
+    streams = read_ahead_files(area, files)
+    assert area.opened == []  # nothing is read before the consumer starts
+    first = b"".join(streams[0])
+    assert first == contents[0]
+    ahead = area.wait_opened(storage.AHEAD_FILES)
+    assert set(ahead) == {f.uuid for f in files[:storage.AHEAD_FILES]}
+    assert [b"".join(s) for s in streams[1:]] == contents[1:]
+    assert sorted(area.opened) == sorted(f.uuid for f in files)  # each file read once
+
+
+def test_files_over_the_budget_are_streamed_block_by_block(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "AHEAD_BYTES", 3 << 20)
+    area = FilesystemStorage(tmp_path, sync=False)
+    big = bytes(range(256)) * (5 << 12)  # 5 MB
+    files = [stored(area, "small", b"s" * 10), stored(area, "big", big)]
+
+    streams = read_ahead_files(area, files)
+    assert list(streams[0]) == [b"s" * 10]
+    blocks = list(streams[1])
+    assert len(blocks) == 5 and b"".join(blocks) == big
+
+
+def test_a_missing_file_fails_at_its_turn(tmp_path: Path) -> None:
+    area = FilesystemStorage(tmp_path, sync=False)
+    files = [stored(area, "there", b"x"),
+             Attachment(1, "gone", 1, 1, COMPRESSION_NONE, "", ""), stored(area, "after", b"y")]
+
+    streams = read_ahead_files(area, files)
+    assert b"".join(streams[0]) == b"x"
+    with pytest.raises(InexistentItem):
+        b"".join(streams[1])
+    assert b"".join(streams[2]) == b"y"

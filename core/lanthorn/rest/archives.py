@@ -36,7 +36,7 @@ from ..index.records import Attachment, Resource
 from ..ingest import DICOM_ATTACHMENT
 from ..jobs import JobContext, JobType
 from ..model import Level
-from ..storage import read_all, read_chunks
+from ..storage import read_ahead_files, read_all
 from ..transcode import check_syntax, transcode
 from ..types import PluginRoute, permitted
 from .common import asynchronous, flag, job_answer, json_body, resource_of, server_of
@@ -368,11 +368,12 @@ def _pack(server: Server, options: Options, media: bool) -> Packed:
     else:
         members, dicomdir = _archive_members(server.index, selection), None
     stream = ZipStream(sized=transcoder is None)
-    for name, instance, attachment in members:
-        if transcoder is None:
-            stream.add(read_chunks(server.storage, attachment.uuid, attachment.compression),
-                       name, size=attachment.uncompressed_size)
-        else:
+    if transcoder is None:
+        files = read_ahead_files(server.storage, [attachment for _, _, attachment in members])
+        for (name, _, attachment), data in zip(members, files, strict=True):
+            stream.add(data, name, size=attachment.uncompressed_size)
+    else:
+        for name, instance, attachment in members:
             stream.add(transcoder.member(instance, attachment), name)
     if dicomdir is not None:
         stream.add(dicomdir() if transcoder is None else _later(dicomdir), "DICOMDIR")

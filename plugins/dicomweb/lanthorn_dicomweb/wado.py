@@ -35,7 +35,7 @@ from lanthorn.index.records import Attachment
 from lanthorn.ingest import DICOM_ATTACHMENT
 from lanthorn.rest.common import byte_range
 from lanthorn.rest.streaming import streamed
-from lanthorn.storage import read_all, read_chunks
+from lanthorn.storage import read_ahead_files, read_chunks
 from lanthorn.transcode import WRITABLE, check_syntax, transcode
 
 from .json_model import BINARY_VRS, PIXEL_DATA, dataset_json
@@ -74,8 +74,9 @@ def retrieve(request: Request, server: Server) -> Response:
     targets = [writable(choose(wants, DICOM, syntax)) for _, syntax in files]
     sent = {target or syntax for (_, syntax), target in zip(files, targets, strict=True)}
     boundary = new_boundary()
-    parts = (dicom_part(server, attachment, target or syntax, target is not None)
-             for (attachment, syntax), target in zip(files, targets, strict=True))
+    stored = read_ahead_files(server.storage, [attachment for attachment, _ in files])
+    parts = (dicom_part(server, blocks, target or syntax, target is not None)
+             for blocks, (_, syntax), target in zip(stored, files, targets, strict=True))
     media_type = related_type(DICOM, boundary, sent.pop() if len(sent) == 1 else "")
     return streamed(write_parts(parts, boundary), media_type=media_type)
 
@@ -87,19 +88,16 @@ def writable(syntax: str | None) -> str | None:
     return syntax
 
 
-def dicom_part(server: Server, attachment: Attachment, syntax: str,
-                transcoded: bool) -> tuple[str, Iterable[bytes]]:
+def dicom_part(server: Server, blocks: Iterable[bytes], syntax: str,
+               transcoded: bool) -> tuple[str, Iterable[bytes]]:
     """One instance: its stored bytes streamed, or (lazily) transcoded to ``syntax``."""
-    blocks: Iterable[bytes] = read_chunks(server.storage, attachment.uuid,
-                                          attachment.compression)
     if transcoded:
-        blocks = _transcoded(server, attachment, syntax)
+        blocks = _transcoded(server, blocks, syntax)
     return f"{DICOM}; transfer-syntax={syntax}", blocks
 
 
-def _transcoded(server: Server, attachment: Attachment, syntax: str) -> Iterator[bytes]:
-    yield transcode(server, read_all(server.storage, attachment.uuid, attachment.compression),
-                    [syntax])
+def _transcoded(server: Server, blocks: Iterable[bytes], syntax: str) -> Iterator[bytes]:
+    yield transcode(server, b"".join(blocks), [syntax])
 
 
 def stored_files(server: Server, ids: Sequence[int]) -> list[tuple[Attachment, str]]:

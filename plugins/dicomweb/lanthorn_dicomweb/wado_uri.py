@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from lanthorn import BadRequest, Level, Server
+from lanthorn.storage import read_chunks
 
 from .rendered import MEDIA_TYPES, wado_uri_picture
 from .resources import instances
@@ -40,6 +41,7 @@ def wado_uri(request: Request, server: Server) -> Response:
     (attachment, syntax), *_ = stored_files(server, found)
     asked = params.get("transferSyntax", syntax)
     target = writable(asked if asked != syntax else None)
-    _, blocks = dicom_part(server, attachment, target or syntax, target is not None)
+    stored = read_chunks(server.storage, attachment.uuid, attachment.compression)
+    _, blocks = dicom_part(server, stored, target or syntax, target is not None)
     headers = {} if target else {"Content-Length": str(attachment.uncompressed_size)}
     return StreamingResponse(blocks, media_type=DICOM, headers=headers)
