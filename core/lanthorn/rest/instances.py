@@ -27,7 +27,7 @@ from ..model import Level, format_tag, parse_tag
 from ..storage import COMPRESSION_NONE, read_all, read_chunks
 from ..types import Origin, PluginRoute, permitted
 from .common import answer, byte_range, dicom_form, resource_of, server_of
-from .streaming import streamed
+from .streaming import BLOCK, streamed
 
 if TYPE_CHECKING:
     from ..index.records import Attachment, Resource
@@ -97,10 +97,13 @@ def serve_attachment(request: Request, server: Server, attachment: Attachment,
     start, end = byte_range(request.headers.get("range"), size)
     chunks = read_chunks(server.storage, attachment.uuid, compression, start, end)
     headers = {**(headers or {}), "Content-Length": str(end - start), "Accept-Ranges": "bytes"}
-    if "range" not in request.headers:
-        return streamed(chunks, media_type=media_type, headers=headers)
-    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    return streamed(chunks, status_code=206, media_type=media_type, headers=headers)
+    status = 200
+    if "range" in request.headers:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        status = 206
+    if end - start <= BLOCK:  # read at once: a read-ahead thread would only add hops
+        return Response(b"".join(chunks), status, headers, media_type)
+    return streamed(chunks, status_code=status, media_type=media_type, headers=headers)
 
 
 def _dataset(request: Request):  # noqa: ANN202 - a pydicom Dataset
