@@ -60,6 +60,13 @@ def new_token(client: TestClient, caller: str, **options: Any) -> dict[str, Any]
     return answer.json()
 
 
+def test_a_request_without_a_body_makes_a_token_for_the_caller(client: TestClient) -> None:
+    created = client.post("/auth/tokens", headers=basic("alice"))
+    assert created.status_code == 200, created.text
+    assert created.json()["User"] == "alice"
+    assert client.get("/patients", headers=bearer(created.json()["Token"])).status_code == 200
+
+
 def test_a_token_acts_for_its_user(client: TestClient, secured: Server) -> None:
     created = new_token(client, "alice", Description="nightly export")
     assert created["User"] == "alice" and created["Role"] is None

@@ -20,7 +20,8 @@ from .common import answer, json_body, server_of, text
 
 async def create(request: Request) -> Response:
     caller = principal_of(request)
-    options = json_body(await request.body())
+    body = await request.body()
+    options = json_body(body) if body.strip() else {}  # no body: a token for oneself
     if not isinstance(options, dict):
         raise BadRequest("The body must contain a JSON object")
     unknown = set(options) - {"User", "Role", "ExpiresIn", "Description"}
