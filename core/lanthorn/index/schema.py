@@ -41,13 +41,15 @@ resources = Table(
     Column("id", Key, primary_key=True, autoincrement=True),
     Column("level", SmallInteger, nullable=False),
     Column("public_id", String(44), nullable=False, unique=True),
-    Column("parent_id", Key, ForeignKey("resources.id", ondelete="CASCADE"), index=True),
+    Column("parent_id", Key, ForeignKey("resources.id", ondelete="CASCADE")),
     Column("last_update", Float, nullable=False),
     # Stable = no new child for StableAge seconds (never set on instances).
     Column("is_stable", Boolean, nullable=False, default=False),
     Column("protected", Boolean, nullable=False, default=False),
     Index("ix_resources_unstable", "is_stable", "last_update"),
     Index("ix_resources_level", "level", "id"),
+    # Children of a resource at one level (finds walking down from a matching parent).
+    Index("ix_resources_parent_level", "parent_id", "level"),
 )
 
 #: Main DICOM tags per resource; ``norm`` is the case- and accent-folded value used
