@@ -17,6 +17,7 @@ from lanthorn import Server
 from lanthorn.model import Level, parse_tag
 from lanthorn.query import Query
 from lanthorn.requested import requested_datasets
+from lanthorn.rest.describe import describe_many
 
 MakeInstance = Callable[..., bytes]
 
@@ -246,6 +247,28 @@ def test_requested_values_are_read_in_batches(lanthorn_server: Server, lanthorn_
         == ("DOE^JOHN", ["CT", "MR"], 3, 2, 1.0, "20200101")
     assert [a.PatientName for a in answers[1:]] == ["DOE^JOHN", "Doe^Jane", "SMITH^ANNA"]
     assert [a.NumberOfStudyRelatedInstances for a in answers[1:]] == [1, 1, 1]
+
+
+def test_an_answer_reads_the_index_in_one_transaction(lanthorn_server: Server,
+                                                      archive: dict[str, Stored]) -> None:
+    """Nested ``read()`` calls of one thread share the outer transaction (a find and the
+    description of its matches: one BEGIN, one connection); another thread gets its own."""
+    index = lanthorn_server.index
+    begins: list[int] = []
+    event.listen(index.engine, "begin", lambda _conn: begins.append(threading.get_ident()))
+    here = threading.get_ident()
+    with index.read() as outer:
+        ids = index.find(Query(Level.STUDY))
+        described = describe_many(lanthorn_server, ids)
+        with index.read() as inner:
+            assert inner is outer
+        elsewhere = threading.Thread(target=lambda: index.find(Query(Level.STUDY)))
+        elsewhere.start()
+        elsewhere.join()
+    assert len(described) == 4
+    assert begins.count(here) == 1 and begins.count(elsewhere.ident) == 1
+    index.find(Query(Level.STUDY))  # after the outer one ended: a transaction of its own
+    assert begins.count(here) == 2
 
 
 def test_unknown_label_finds_nothing(lanthorn_client: Any, archive: dict[str, Stored]) -> None:

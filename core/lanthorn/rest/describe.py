@@ -40,7 +40,7 @@ def describe_many(server: Server, ids: Sequence[int], *, form: str = "simplify",
 def _patient_tags(server: Server, infos: list[ResourceInfo]) -> dict[int, dict[int, str]]:
     """The patients' main tags that study descriptions repeat (one query for all)."""
     patients = {i.resource.parent_id for i in infos if i.resource.level == Level.STUDY}
-    return {info.resource.id: info.main_tags for info in server.index.describe(list(patients))}
+    return server.index.main_tags_of_many(list(patients)) if patients else {}
 
 
 def _describe(server: Server, info: ResourceInfo, form: str, requested: Sequence[int],

@@ -37,12 +37,14 @@ async def count_resources(request: Request) -> Response:
 
 def _find(request: Request, body: object) -> Response:
     server, body = server_of(request), _object(body)
-    ids = server.index.find(_query(server, body))
-    if not body.get("Expand", False):
-        return answer(server.index.public_ids_of(ids))
-    requested = parse_requested(body.get("RequestedTags") or [])
-    form = "full" if body.get("Full") else "short" if body.get("Short") else "simplify"
-    return answer(describe_many(server, ids, form=form, requested=requested))
+    query = _query(server, body)
+    with server.index.read():  # one transaction for the matches and their descriptions
+        ids = server.index.find(query)
+        if not body.get("Expand", False):
+            return answer(server.index.public_ids_of(ids))
+        requested = parse_requested(body.get("RequestedTags") or [])
+        form = "full" if body.get("Full") else "short" if body.get("Short") else "simplify"
+        return answer(describe_many(server, ids, form=form, requested=requested))
 
 
 def _object(body: object) -> dict:

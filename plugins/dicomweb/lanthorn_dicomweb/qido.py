@@ -66,15 +66,16 @@ def search(request: Request, level: Level, server: Server, options: Options) -> 
     engine_query = build_query(level, query, main_tags=server.main_tags,
                                case_sensitive_pn=options.qido_case_sensitive and not fuzzy,
                                limit=limit, since=offset)
-    matches = server.index.find(engine_query)
     asked = _asked(level, [parse_tag(k) for k in query], include)
     base = base_url(request, options)
-    if level == Level.INSTANCE:
-        datasets = _from_headers(server, matches, asked, include == "all")
-    else:
-        elements = [DataElement(t, _vr(t), None) for t in asked]
-        datasets = requested_datasets(server, matches, level, elements)
-    return dicom_json([_json(dataset, level, base) for dataset in datasets])
+    with server.index.read():  # one transaction for the matches and their attributes
+        matches = server.index.find(engine_query)
+        if level == Level.INSTANCE:
+            datasets = _from_headers(server, matches, asked, include == "all")
+        else:
+            elements = [DataElement(t, _vr(t), None) for t in asked]
+            datasets = requested_datasets(server, matches, level, elements)
+        return dicom_json([_json(dataset, level, base) for dataset in datasets])
 
 
 def _parameters(request: Request) -> tuple[dict[str, str], list[int] | str, int, int, bool]:
