@@ -107,6 +107,10 @@ def measure_backend(backend: str, args: argparse.Namespace,
                       + ", ".join(f"{k} {v['median']:.1f} ms ({v['cpu']:.1f} CPU ms)"
                                   for k, v in result.find_ms.items()),
                       file=sys.stderr, flush=True)
+        except BaseException:
+            print(f"--- the server's log ({backend}):\n{server.log_path.read_text()[-6000:]}",
+                  file=sys.stderr)
+            raise
         finally:
             server.stop()
 
