@@ -125,6 +125,10 @@ def _database(backend: str, admin_dsn: str) -> Iterator[dict[str, Any] | None]:
     name = f"lanthorn_scaling_{uuid.uuid4().hex[:8]}"
     engine = create_engine(admin, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with engine.connect() as conn:
+        if conn.scalar(text("SHOW autovacuum")) != "on":
+            raise SystemExit("PostgreSQL runs with autovacuum off: its planner would work "
+                             "without statistics, which no production server does; turn it "
+                             "on (ALTER SYSTEM SET autovacuum = on; SELECT pg_reload_conf())")
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
         yield {"EnableIndex": True, "ConnectionUri":
