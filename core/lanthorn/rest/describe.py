@@ -32,9 +32,10 @@ def tags_json(tags: dict[int, str], form: str = "simplify") -> dict[str, Any]:
 
 def describe_many(server: Server, ids: Sequence[int], *, form: str = "simplify",
                   requested: Sequence[int] = ()) -> list[dict[str, Any]]:
-    infos = server.index.describe(ids)
-    patient_tags = _patient_tags(server, infos)
-    return [_describe(server, info, form, requested, patient_tags) for info in infos]
+    with server.index.read():  # one transaction for the resources and what they repeat
+        infos = server.index.describe(ids)
+        patient_tags = _patient_tags(server, infos)
+        return [_describe(server, info, form, requested, patient_tags) for info in infos]
 
 
 def _patient_tags(server: Server, infos: list[ResourceInfo]) -> dict[int, dict[int, str]]:
