@@ -135,11 +135,19 @@ class Ingester:
                           stored_md5, md5)
 
     def store_many(self, data: bytes, origin: Origin) -> Iterator[BatchItem]:
-        """A ZIP archive member by member, or a single file; bad members are reported."""
-        if not zipfile.is_zipfile(io.BytesIO(data)):
+        """A ZIP archive member by member, or a single file; bad members are reported.
+
+        A ZIP is recognised by its first bytes: ``zipfile.is_zipfile`` looks for an
+        end record among the last bytes, which the pixels of a DICOM file may hold.
+        """
+        if not _is_zip(data):
             yield self._attempt("", lambda: data, origin)
             return
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+        except zipfile.BadZipFile as exc:
+            raise BadFileFormat(f"Cannot read this ZIP archive: {exc}") from None
+        with archive:
             for member in archive.infolist():
                 if not member.is_dir():
                     yield self._attempt(member.filename, lambda m=member: archive.read(m), origin)
@@ -153,6 +161,17 @@ class Ingester:
             return BatchItem(name, stored=self.store(data, origin))
         except LanthornError as exc:
             return BatchItem(name, error=exc)
+
+
+#: The first bytes of a ZIP archive: a member's local header, or the end record of an
+#: empty archive.
+ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _is_zip(data: bytes) -> bool:
+    """Whether an upload is a ZIP archive rather than one DICOM file (whose 128-byte
+    preamble is free, but followed by ``DICM``)."""
+    return data.startswith(ZIP_SIGNATURES) and data[128:132] != b"DICM"
 
 
 def storage_limits(config: Config) -> StorageLimits:
