@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .index.records import Change
+from .lease import Lease
 
 if TYPE_CHECKING:
     from pluggy import HookImpl
@@ -36,6 +37,7 @@ class EventDispatcher:
         self.server = server
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._lease = Lease(server.index, LEASE, server.identity, LEASE_SECONDS)
         self._thread = threading.Thread(target=self._run, name="lanthorn-events", daemon=True)
 
     def start(self) -> None:
@@ -51,24 +53,31 @@ class EventDispatcher:
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout=30)
-        self.server.index.release_lease(LEASE, self.server.identity)
+        self._lease.release()
 
     def _run(self) -> None:
+        stable_checked = float("-inf")
         while not self._stopping.is_set():
             try:
-                if self.server.index.acquire_lease(LEASE, self.server.identity, LEASE_SECONDS):
-                    self.run_once()
+                if self._lease.held():
+                    # Woken by each new change, a round delivers it; stability is a
+                    # matter of seconds, looked for at most every POLL_SECONDS.
+                    due = time.monotonic() - stable_checked >= POLL_SECONDS
+                    if due:
+                        stable_checked = time.monotonic()
+                    self.run_once(stable=due)
             except Exception:
                 log.exception("the event loop failed; retrying")
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
 
-    def run_once(self) -> None:
-        """One round: stable resources, then every consumer up to the end of the log (and,
-        now and then, the audit log's expired entries)."""
-        stable_age = float(self.server.config["StableAge"])
-        self.server.index.mark_stable(time.time() - stable_age)
-        self.server.audit.purge_expired()
+    def run_once(self, stable: bool = True) -> None:
+        """One round: stable resources (when ``stable``), then every consumer up to the
+        end of the log (and, now and then, the audit log's expired entries)."""
+        if stable:
+            stable_age = float(self.server.config["StableAge"])
+            self.server.index.mark_stable(time.time() - stable_age)
+            self.server.audit.purge_expired()
         for impl in self.server.plugins.hook.on_change.get_hookimpls():
             self._feed(impl)
 

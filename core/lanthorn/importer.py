@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import BadFileFormat
+from .ingest import is_zip
+from .lease import Lease
 from .types import Origin
 
 if TYPE_CHECKING:
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
 #: Orthanc's origin for instances that neither REST, DICOM nor Lua brought in.
 ORIGIN = Origin("Plugins")
 LEASE_SECONDS = 60.0
-RENEW_SECONDS = 5.0
 PROGRESS_SECONDS = 0.1
 #: What reading a file or an archive member can raise (corrupt, encrypted, unsupported).
 UNREADABLE = (OSError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError,
@@ -103,19 +104,21 @@ class _Importer:
         self.server = server
         self.progress = progress
         self.report = ImportReport()
-        self.lease = f"import:{server.identity}"
+        # Taken before the first write (``lanthorn check --repair`` spares its files).
+        self.lease = Lease(server.index, f"import:{server.identity}", server.identity,
+                           LEASE_SECONDS)
         self._started = time.monotonic()
-        self._renewed = self._drawn = float("-inf")
+        self._drawn = float("-inf")
 
     def run(self, paths: list[str]) -> ImportReport:
         try:
             for path in _walk(paths, self.report):
-                if zipfile.is_zipfile(path):
+                if _starts_like_a_zip(path):
                     self._archive(path)
                 else:
                     self._one(str(path), path.read_bytes)
         finally:
-            self.server.index.release_lease(self.lease, self.server.identity)
+            self.lease.release()
             self._tick(final=True)
             if self.progress:
                 sys.stderr.write("\n")
@@ -132,7 +135,7 @@ class _Importer:
             self.report.failures.append(Failure(str(path), f"Cannot read this archive: {exc}"))
 
     def _one(self, name: str, read: Callable[[], bytes]) -> None:
-        self._renew_lease()
+        self.lease.held()
         self.report.files += 1
         try:
             data = read()
@@ -144,13 +147,6 @@ class _Importer:
             self.report.add(":".join(filter(None, (name, item.name))), item)
         self._tick()
 
-    def _renew_lease(self) -> None:
-        """Taken before the first write, renewed well before it could expire."""
-        now = time.monotonic()
-        if now - self._renewed >= RENEW_SECONDS:
-            self.server.index.acquire_lease(self.lease, self.server.identity, LEASE_SECONDS)
-            self._renewed = now
-
     def _tick(self, final: bool = False) -> None:
         now = time.monotonic()
         self.report.elapsed = now - self._started
@@ -158,6 +154,14 @@ class _Importer:
             sys.stderr.write(f"\r{self.report.progress_line()}\x1b[K")
             sys.stderr.flush()
             self._drawn = now
+
+
+def _starts_like_a_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return is_zip(file.read(132))
+    except OSError:
+        return False  # reported when the file is read
 
 
 def _walk(paths: list[str], report: ImportReport) -> Iterator[Path]:

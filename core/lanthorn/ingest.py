@@ -140,7 +140,7 @@ class Ingester:
         A ZIP is recognised by its first bytes: ``zipfile.is_zipfile`` looks for an
         end record among the last bytes, which the pixels of a DICOM file may hold.
         """
-        if not _is_zip(data):
+        if not is_zip(data):
             yield self._attempt("", lambda: data, origin)
             return
         try:
@@ -168,9 +168,9 @@ class Ingester:
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def _is_zip(data: bytes) -> bool:
-    """Whether an upload is a ZIP archive rather than one DICOM file (whose 128-byte
-    preamble is free, but followed by ``DICM``)."""
+def is_zip(data: bytes) -> bool:
+    """Whether a file (or its first 132 bytes) is a ZIP archive rather than one DICOM
+    file, whose 128-byte preamble is free but followed by ``DICM``."""
     return data.startswith(ZIP_SIGNATURES) and data[128:132] != b"DICM"
 
 

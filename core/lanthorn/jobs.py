@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BadRequest, CanceledJob, InexistentItem, LanthornError, NetworkError
 from .index.jobs import FAILURE, FINISHED, PAUSED, PENDING, RETRY, RUNNING, SUCCESS, JobRecord
+from .lease import Lease
 from .model import ChangeType
 from .storage import new_uuid
 
@@ -122,6 +123,7 @@ class JobEngine:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.identity = server.identity
+        self._lease = Lease(server.index, LEASE, server.identity, LEASE_SECONDS)
         self.types: dict[str, JobType] = {}
         for batch in server.plugins.hook.register_job_types(server=server):
             for job_type in batch:
@@ -222,7 +224,7 @@ class JobEngine:
             self._thread.join(timeout=30)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        self.server.index.release_lease(LEASE, self.identity)
+        self._lease.release()
 
     def wake(self) -> None:
         self._wake.set()
@@ -233,7 +235,7 @@ class JobEngine:
     def _loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                if self.server.index.acquire_lease(LEASE, self.identity, LEASE_SECONDS):
+                if self._lease.held():
                     self.run_once()
             except Exception:
                 log.exception("the job runner failed; retrying")

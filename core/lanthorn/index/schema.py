@@ -20,6 +20,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
+    false,
+    literal_column,
 )
 
 metadata = MetaData()
@@ -46,11 +49,17 @@ resources = Table(
     # Stable = no new child for StableAge seconds (never set on instances).
     Column("is_stable", Boolean, nullable=False, default=False),
     Column("protected", Boolean, nullable=False, default=False),
-    Index("ix_resources_unstable", "is_stable", "last_update"),
     Index("ix_resources_level", "level", "id"),
     # Children of a resource at one level (finds walking down from a matching parent).
     Index("ix_resources_parent_level", "parent_id", "level"),
 )
+
+#: Patients, studies and series not yet stable: the stable scan's condition, written with
+#: literals so that it matches the partial index below (instances are never stable, and
+#: an index of every unstable row would hold them all).
+UNSTABLE = and_(resources.c.is_stable == false(), resources.c.level < literal_column("3"))
+Index("ix_resources_unstable", resources.c.last_update,
+      sqlite_where=UNSTABLE, postgresql_where=UNSTABLE)
 
 #: Main DICOM tags per resource; ``norm`` is the case- and accent-folded value used
 #: for case-insensitive matching (PN and Orthanc's insensitive mode).

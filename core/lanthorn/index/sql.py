@@ -657,9 +657,7 @@ class SqlIndex:
         with self.write() as conn:
             rows = conn.execute(select(s.resources.c.id, s.resources.c.level,
                                        s.resources.c.public_id).where(
-                s.resources.c.is_stable == False,  # noqa: E712 - SQL comparison
-                s.resources.c.last_update <= cutoff,
-                s.resources.c.level < Level.INSTANCE,
+                s.UNSTABLE, s.resources.c.last_update <= cutoff,
             ).order_by(s.resources.c.level.desc(), s.resources.c.id)).all()
             if rows:
                 conn.execute(update(s.resources).where(s.resources.c.id.in_([r.id for r in rows]))
