@@ -22,10 +22,10 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from conftest import StoreScu, split_file_meta
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.association import Association
 
+from conftest import StoreScu, split_file_meta
 from lanthorn import changes, jobs
 from lanthorn.config import Config
 from lanthorn.model import public_ids
