@@ -27,13 +27,13 @@ from typing import Any, Literal
 import httpx2
 import pydicom
 import pytest
-from conftest import StoreScu, split_file_meta
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
+from conftest import StoreScu, split_file_meta
 from lanthorn.check import check
 from lanthorn.dicom import MAX_SEQUENCE_DEPTH, parse_instance
 from lanthorn.errors import BadFileFormat

@@ -35,36 +35,55 @@ def wait_until(condition: Any, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def remote_ports() -> tuple[int, int]:
+    """The HTTP and DICOM ports of the second Lanthorn."""
     return free_port(), free_port()
 
 
 @pytest.fixture
-def lanthorn_config(lanthorn_config: Config, remote_ports: tuple[int, int]) -> Config:
+def other_ports() -> tuple[int, int]:
+    """The HTTP and DICOM ports of the other SCPs (Orthanc, a worklist SCP)."""
+    return free_port(), free_port()
+
+
+@pytest.fixture
+def lanthorn_config(lanthorn_config: Config, remote_ports: tuple[int, int],
+                    other_ports: tuple[int, int]) -> Config:
     return lanthorn_config.with_overrides(DicomModalities={
         "remote": [REMOTE_AET, "127.0.0.1", remote_ports[1]],
+        "other": [REMOTE_AET, "127.0.0.1", other_ports[1]],
         "down": ["DOWN", "127.0.0.1", free_port()],
     }, DicomBindAddress="127.0.0.1")
 
 
-@pytest.fixture
-def remote(tmp_path: Path, remote_ports: tuple[int, int], lanthorn_config: Config
-           ) -> Iterator[httpx2.Client]:
-    """A second Lanthorn, our query/retrieve SCP, knowing us as a move destination."""
+@pytest.fixture(scope="module")
+def filled_remote(tmp_path_factory: pytest.TempPathFactory, remote_ports: tuple[int, int]
+                  ) -> Iterator[httpx2.Client]:
+    """A second Lanthorn, our query/retrieve SCP, holding what ``fill`` stores. The
+    tests only read it, so it is started and filled once."""
+    folder = tmp_path_factory.mktemp("remote")
     http_port, dicom_port = remote_ports
-    config = tmp_path / "remote.json"
+    config = folder / "remote.json"
     config.write_text(json.dumps({
         "DicomAet": REMOTE_AET, "HttpPort": http_port, "DicomPort": dicom_port,
-        "StorageDirectory": str(tmp_path / "remote"), "HttpBindAddress": "127.0.0.1",
-        "DicomBindAddress": "127.0.0.1",
-        "DicomModalities": {"us": ["LANTHORN", "127.0.0.1", lanthorn_config["DicomPort"]]}}))
-    process = ServerProcess(config, http_port, dicom_port, tmp_path / "remote.log").start()
+        "StorageDirectory": str(folder / "storage"), "HttpBindAddress": "127.0.0.1",
+        "DicomBindAddress": "127.0.0.1"}))
+    process = ServerProcess(config, http_port, dicom_port, folder / "remote.log").start()
     try:
         with httpx2.Client(base_url=process.url, timeout=30) as client:
+            fill(client)
             yield client
     finally:
         process.kill_group()
+
+
+@pytest.fixture
+def remote(filled_remote: httpx2.Client, lanthorn_config: Config) -> httpx2.Client:
+    """The second Lanthorn, knowing this test's server as a move destination."""
+    us = ["LANTHORN", "127.0.0.1", lanthorn_config["DicomPort"]]
+    assert filled_remote.put("/modalities/us", json=us).status_code == 200
+    return filled_remote
 
 
 @pytest.fixture
@@ -86,8 +105,8 @@ def fill(remote: httpx2.Client) -> list[str]:
     return ["1.2.1", "1.2.2", "1.2.3"]
 
 
-def study_query(client: TestClient, **query: str) -> str:
-    answer = client.post("/modalities/remote/query",
+def study_query(client: TestClient, *, modality: str = "remote", **query: str) -> str:
+    answer = client.post(f"/modalities/{modality}/query",
                          json={"Level": "Study", "Query": query})
     assert answer.status_code == 200, answer.text
     query_id = answer.json()["ID"]
@@ -97,7 +116,6 @@ def study_query(client: TestClient, **query: str) -> str:
 
 def test_a_study_query_and_its_answers_in_orthanc_shapes(client: TestClient,
                                                          remote: httpx2.Client) -> None:
-    fill(remote)
     query_id = study_query(client, PatientID="P1", StudyDescription="")
     assert client.get("/queries").json() == [query_id]
     assert client.get(f"/queries/{query_id}").json() == \
@@ -125,7 +143,6 @@ def test_a_study_query_and_its_answers_in_orthanc_shapes(client: TestClient,
 
 def test_retrieve_one_answer_then_query_its_series_and_retrieve_them_as_a_job(
         client: TestClient, remote: httpx2.Client) -> None:
-    fill(remote)
     query_id = study_query(client, StudyInstanceUID="1.2.1")
     moved = client.post(f"/queries/{query_id}/answers/0/retrieve", content="LANTHORN")
     assert moved.status_code == 200, moved.text
@@ -151,7 +168,6 @@ def test_retrieve_one_answer_then_query_its_series_and_retrieve_them_as_a_job(
 
 def test_move_resources_and_the_deprecated_finds(client: TestClient,
                                                   remote: httpx2.Client) -> None:
-    fill(remote)
     moved = client.post("/modalities/remote/move", json={
         "Level": "Study", "Resources": [{"StudyInstanceUID": "1.2.3"}],
         "TargetAet": "LANTHORN"})
@@ -187,11 +203,11 @@ def test_bad_query_requests(client: TestClient) -> None:
 
 
 @pytest.fixture
-def orthanc(tmp_path: Path, lanthorn_config: Config, remote_ports: tuple[int, int]
+def orthanc(tmp_path: Path, lanthorn_config: Config, other_ports: tuple[int, int]
             ) -> Iterator[httpx2.Client]:
-    """Orthanc as the query/retrieve SCP, on the remote modality's port."""
+    """Orthanc as the query/retrieve SCP, on the "other" modality's port."""
     binary = require_tool("Orthanc", "orthanc")
-    http_port, dicom_port = remote_ports
+    http_port, dicom_port = other_ports
     config = tmp_path / "orthanc.json"
     config.write_text(json.dumps({
         "Name": "reference", "DicomAet": REMOTE_AET, "HttpPort": http_port,
@@ -218,7 +234,8 @@ def _answers(client: httpx2.Client) -> bool:
 
 def test_query_and_retrieve_from_orthanc(client: TestClient, orthanc: httpx2.Client) -> None:
     fill(orthanc)
-    query_id = study_query(client, PatientName="DOE^P1", ModalitiesInStudy="")
+    query_id = study_query(client, modality="other", PatientName="DOE^P1",
+                           ModalitiesInStudy="")
     answers = client.get(f"/queries/{query_id}/answers?expand&simplify").json()
     assert sorted(a["StudyInstanceUID"] for a in answers) == ["1.2.1", "1.2.2"]
     assert {a["ModalitiesInStudy"] for a in answers} == {"CT"}
@@ -229,8 +246,8 @@ def test_query_and_retrieve_from_orthanc(client: TestClient, orthanc: httpx2.Cli
 
 
 def test_find_worklist_asks_a_worklist_scp(client: TestClient,
-                                           remote_ports: tuple[int, int]) -> None:
-    """A pynetdicom Modality Worklist SCP on the remote modality's port."""
+                                           other_ports: tuple[int, int]) -> None:
+    """A pynetdicom Modality Worklist SCP on the "other" modality's port."""
     seen: list[Dataset] = []
 
     def on_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
@@ -241,12 +258,12 @@ def test_find_worklist_asks_a_worklist_scp(client: TestClient,
 
     ae = AE(REMOTE_AET)
     ae.add_supported_context(ModalityWorklistInformationFind)
-    server = ae.start_server(("127.0.0.1", remote_ports[1]), block=False,
+    server = ae.start_server(("127.0.0.1", other_ports[1]), block=False,
                              evt_handlers=[(evt.EVT_C_FIND, on_find)])
     try:
-        answer = client.post("/modalities/remote/find-worklist",
+        answer = client.post("/modalities/other/find-worklist",
                              json={"Query": {"PatientID": "W*", "AccessionNumber": ""}})
-        short = client.post("/modalities/remote/find-worklist",
+        short = client.post("/modalities/other/find-worklist",
                             json={"Query": {"PatientID": "W*"}, "Short": True})
     finally:
         server.shutdown()
@@ -257,7 +274,6 @@ def test_find_worklist_asks_a_worklist_scp(client: TestClient,
 
 
 def test_deprecated_finds_at_every_level(client: TestClient, remote: httpx2.Client) -> None:
-    fill(remote)
     studies = client.post("/modalities/remote/find-study", json={"PatientID": "P1"}).json()
     assert sorted(s["StudyInstanceUID"] for s in studies) == ["1.2.1", "1.2.2"]
     series = client.post("/modalities/remote/find-series",
@@ -267,7 +283,6 @@ def test_deprecated_finds_at_every_level(client: TestClient, remote: httpx2.Clie
 
 
 def test_child_queries_of_a_patient(client: TestClient, remote: httpx2.Client) -> None:
-    fill(remote)
     patients = client.post("/modalities/remote/query",
                            json={"Level": "Patient", "Query": {"PatientID": "P1"}}).json()["ID"]
     assert client.get(f"/queries/{patients}/answers/0").json() == \
@@ -285,7 +300,6 @@ def test_child_queries_of_a_patient(client: TestClient, remote: httpx2.Client) -
 
 def test_retrieve_by_c_get(client: TestClient, remote: httpx2.Client) -> None:
     """The instances come back over our own association: no move destination needed."""
-    fill(remote)
     got = client.post("/modalities/remote/get", json={
         "Level": "Series", "Resources": [{"StudyInstanceUID": "1.2.1",
                                           "SeriesInstanceUID": "1.2.1.2"}]})
@@ -307,7 +321,6 @@ def test_retrieve_by_c_get(client: TestClient, remote: httpx2.Client) -> None:
 
 
 def test_the_deprecated_hierarchical_find(client: TestClient, remote: httpx2.Client) -> None:
-    fill(remote)
     [patient] = client.post("/modalities/remote/find", json={"PatientID": "P1"}).json()
     assert (patient["PatientName"], patient["PatientSex"]) == ("DOE^P1", "")  # main tags
     studies = {s["StudyInstanceUID"]: s for s in patient["Studies"]}

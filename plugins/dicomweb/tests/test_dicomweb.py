@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 
 from lanthorn import Server
 from lanthorn.config import ConfigError
-from lanthorn.testing import ServerProcess, make_image, make_instance
+from lanthorn.testing import ServerProcess, free_port, make_image, make_instance
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
@@ -40,15 +40,44 @@ JSON_VRS = {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "L
             "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV"}
 
 
+def _with_host(process: ServerProcess) -> ServerProcess:
+    """Set ``DicomWeb.Host``: dicomweb-client sends a Host header without the port, so
+    URLs built from it would miss the port (the README says so)."""
+    config = json.loads(process.config_path.read_text())
+    config.setdefault("DicomWeb", {}).setdefault("Host", f"127.0.0.1:{process.http_port}")
+    process.config_path.write_text(json.dumps(config))
+    return process
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the tests of this module that do not configure their own: starting
+    a process costs seconds, emptying it a few requests."""
+    folder = tmp_path_factory.mktemp("dicomweb")
+    process = ServerProcess(folder / "lanthorn.json", free_port(), free_port(),
+                            folder / "server.log")
+    process.config_path.write_text(json.dumps({
+        "StorageDirectory": str(folder / "storage"), "HttpPort": process.http_port,
+        "DicomPort": process.dicom_port, "StableAge": 1, "HttpBindAddress": "127.0.0.1",
+        "DicomBindAddress": "127.0.0.1"}))
+    try:
+        yield _with_host(process).start()
+    finally:
+        process.kill_group()
+
+
 @pytest.fixture
-def server(lanthorn_process: ServerProcess) -> Iterator[ServerProcess]:
-    """The server, with ``DicomWeb.Host`` set: dicomweb-client sends a Host header
-    without the port, so URLs built from it would miss the port (the README says so)."""
-    config = json.loads(lanthorn_process.config_path.read_text())
-    section = config.setdefault("DicomWeb", {})
-    section.setdefault("Host", f"127.0.0.1:{lanthorn_process.http_port}")
-    lanthorn_process.config_path.write_text(json.dumps(config))
-    yield lanthorn_process.start()
+def server(request: pytest.FixtureRequest) -> ServerProcess:
+    """A server with nothing stored: the shared one, emptied; a test marked
+    ``lanthorn_config`` gets a process of its own, on that configuration."""
+    if request.node.get_closest_marker("lanthorn_config"):
+        return _with_host(request.getfixturevalue("lanthorn_process")).start()
+    server: ServerProcess = request.getfixturevalue("shared_server")
+    with httpx2.Client(base_url=server.url, timeout=60) as http:
+        for patient in http.get("/patients").json():
+            assert http.delete(f"/patients/{patient}").status_code == 200
+        assert http.get("/statistics").json()["CountInstances"] == 0
+    return server
 
 
 @pytest.fixture
@@ -217,9 +246,14 @@ def test_metadata_from_the_saved_headers(client: DICOMwebClient, server: ServerP
     study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
     # The files are gone: metadata must not need them.
     storage = Path(json.loads(server.config_path.read_text())["StorageDirectory"])
-    for path in storage.rglob("*"):
-        if path.is_file() and "tmp" not in path.parts:
-            path.write_bytes(b"")
+    emptied = 0
+    for instance in http.get("/instances").json():
+        for name in http.get(f"/instances/{instance}/attachments").json():
+            uuid = http.get(f"/instances/{instance}/attachments/{name}/info").json()["Uuid"]
+            for path in storage.rglob(uuid):
+                path.write_bytes(b"")
+                emptied += 1
+    assert emptied >= 4
     metadata = client.retrieve_series_metadata(study, series)
     assert len(metadata) == 4
     for item in metadata:
