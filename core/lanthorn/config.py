@@ -211,7 +211,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("DicomThreadsCount", 4, int, "Threads serving incoming DICOM associations."),
     Option(
         "MaximumPduLength",
-        16384,
+        131072,
         int,
         "Largest DICOM PDU this server receives, in bytes (4096 to 131072).",
     ),
