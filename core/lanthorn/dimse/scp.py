@@ -41,7 +41,7 @@ from .access import AccessRules
 from .audit import audited, dimse_entry
 from .commitment import PUSH_MODEL, serve_n_action, serve_n_event_report
 from .find import serve_find
-from .reactor import ListenerRequestHandler
+from .reactor import ListenerRequestHandler, log_dimse_messages_when_shown
 from .request import PATIENT_ROOT, STUDY_ROOT, WORKLIST, failure_status, origin_of
 from .retrieve import serve_get, serve_move
 from .scu import LanthornAE
@@ -163,6 +163,7 @@ class SharedPortServer(ThreadedAssociationServer):
 
 def start_listener(server: Server) -> ThreadedAssociationServer:
     """Listen on ``DicomBindAddress:DicomPort`` in background threads."""
+    log_dimse_messages_when_shown()
     ae = make_application_entity(server)
     rules = AccessRules(server)
     templates = {context.abstract_syntax: context for context in ae.supported_contexts}
