@@ -83,8 +83,8 @@ def _bytes_file(data: bytes) -> io.BytesIO:
 
 
 @pytest.mark.parametrize(("sop_instance", "syntax"), [
-    ("1.2.3.4", "1.2.840.10008.1.2.1"),  # even lengths
-    ("1.2.3.45", "1.2.840.10008.1.2"),  # odd lengths: padded
+    ("1.2.3.4", "1.2.840.10008.1.2.1"),  # an odd length: padded
+    ("1.2.3.45", "1.2.840.10008.1.2"),  # an even one
 ])
 def test_received_file_meta_is_what_pydicom_and_pynetdicom_write(sop_instance: str,
                                                                  syntax: str) -> None:
