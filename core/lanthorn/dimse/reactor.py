@@ -33,6 +33,7 @@ import logging
 import queue
 import select
 import ssl
+import time
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom import _config
@@ -68,6 +69,7 @@ class ListenerSocket(AssociationSocket):
         """
         sock = self.socket
         if sock is None or not self._is_connected:
+            time.sleep(POLL)  # closed: nothing to wait for, but the loop must not spin
             return False
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True  # decrypted bytes that select cannot see
