@@ -161,7 +161,7 @@ def association_request(called: str) -> bytes:
     return pdu.encode()
 
 
-def store_request_pdus(data_set: bytes) -> list[bytes]:
+def store_request_pdus(data_set: bytes, context_id: int = 1) -> list[bytes]:
     request = C_STORE()
     request.MessageID, request.Priority = 1, 2
     request.AffectedSOPClassUID = CTImageStorage
@@ -170,7 +170,7 @@ def store_request_pdus(data_set: bytes) -> list[bytes]:
     message = C_STORE_RQ()
     message.primitive_to_message(request)
     pdus = []
-    for primitive in message.encode_msg(1, 16382):
+    for primitive in message.encode_msg(context_id, 16382):
         pdu = P_DATA_TF()
         pdu.from_primitive(primitive)
         pdus.append(pdu.encode())
@@ -181,9 +181,7 @@ def store_request_pdus(data_set: bytes) -> list[bytes]:
 def test_a_peer_vanishing_mid_store_leaves_nothing_and_the_server_up(
         port: int, lanthorn_server: lanthorn.Server, caplog: pytest.LogCaptureFixture) -> None:
     instance = make_instance(rows=256, columns=256)  # 128 kB of pixels: several PDUs
-    data_set = instance[pydicom.dcmread(io.BytesIO(instance)).file_meta.get(
-        "FileMetaInformationGroupLength") + 144:]
-    pdus = store_request_pdus(data_set)
+    pdus = store_request_pdus(data_set_of(instance))
     with socket.create_connection(("127.0.0.1", port)) as peer:
         peer.sendall(association_request("LANTHORN"))
         assert peer.recv(1)[0] == 0x02  # A-ASSOCIATE-AC
@@ -200,6 +198,37 @@ def test_a_peer_vanishing_mid_store_leaves_nothing_and_the_server_up(
     storage = Path(lanthorn_server.config["StorageDirectory"])
     assert [p for p in storage.rglob("*")
             if p.is_file() and not p.name.startswith("index.")] == []
+
+
+def data_set_of(instance: bytes) -> bytes:
+    """The data set of a DICOM file, without the preamble and file meta information."""
+    meta = pydicom.dcmread(io.BytesIO(instance)).file_meta
+    return instance[meta.get("FileMetaInformationGroupLength") + 144:]
+
+
+def next_pdu_type(peer: socket.socket) -> int | None:
+    """Read one whole PDU; its type (None: the connection was closed)."""
+    header = peer.recv(6, socket.MSG_WAITALL)
+    if len(header) < 6:
+        return None
+    peer.recv(int.from_bytes(header[2:6], "big"), socket.MSG_WAITALL)
+    return header[0]
+
+
+@configured()
+def test_a_store_request_on_a_context_never_negotiated_aborts_the_association(
+        port: int, lanthorn_server: lanthorn.Server) -> None:
+    """C-STOREs are served on the thread that reads the association (``reactor.py``):
+    one that pynetdicom answers with an abort must still get it, and nothing stored."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as peer:
+        peer.sendall(association_request("LANTHORN"))
+        assert next_pdu_type(peer) == 0x02  # A-ASSOCIATE-AC
+        for pdu in store_request_pdus(data_set_of(make_instance()), context_id=3):
+            peer.sendall(pdu)
+        assert next_pdu_type(peer) == 0x07  # A-ABORT
+    with scu(port, Verification) as assoc:
+        assert assoc.send_c_echo().Status == 0x0000
+    assert lanthorn_server.index.statistics().count_by_level[lanthorn.Level.INSTANCE] == 0
 
 
 @configured(DicomThreadsCount=2)

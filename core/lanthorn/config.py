@@ -211,9 +211,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("DicomThreadsCount", 4, int, "Threads serving incoming DICOM associations."),
     Option(
         "MaximumPduLength",
-        16384,
+        131072,
         int,
-        "Largest DICOM PDU this server receives, in bytes (4096 to 131072).",
+        "Largest DICOM PDU this server receives, in bytes (4096 to 131072). Orthanc's "
+        "default is 16384; Lanthorn's is larger because each PDU costs Python time.",
     ),
     Option(
         "AcceptedTransferSyntaxes",

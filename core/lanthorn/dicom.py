@@ -9,6 +9,7 @@ answers cheap without reading the file again.
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,6 +40,35 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 _GROUP_LENGTH = b"\2\0\0\0"
 #: Real instances nest a few levels; reading one back costs several stack frames a level.
 MAX_SEQUENCE_DEPTH = 64
+
+
+def file_meta_information(sop_class: str, sop_instance: str, transfer_syntax: str,
+                          implementation: tuple[str, str]) -> bytes:
+    """Preamble, prefix and File Meta Information for a data set received over DICOM
+    (``implementation``: class UID and version name), encoded here: pydicom's writer
+    took 0.6 ms of each C-STORE."""
+    elements = b"".join((
+        _meta_element(0x0001, b"OB", b"\0\1"),
+        _meta_element(0x0002, b"UI", _even(sop_class, b"\0")),
+        _meta_element(0x0003, b"UI", _even(sop_instance, b"\0")),
+        _meta_element(0x0010, b"UI", _even(transfer_syntax, b"\0")),
+        _meta_element(0x0012, b"UI", _even(implementation[0], b"\0")),
+        _meta_element(0x0013, b"SH", _even(implementation[1], b" ")),
+    ))
+    length = _meta_element(0x0000, b"UL", struct.pack("<I", len(elements)))
+    return b"".join((bytes(128), b"DICM", length, elements))
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    """An element of group 0002 (always explicit VR little endian)."""
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _even(text: str, padding: bytes) -> bytes:
+    value = text.encode("ascii")
+    return value + padding if len(value) % 2 else value
 
 
 @dataclass(frozen=True)

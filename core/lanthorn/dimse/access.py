@@ -10,6 +10,7 @@ services its ``Allow*`` flags permit; any peer may use those whose
 from __future__ import annotations
 
 import socket
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from ..config import Config, ConfigError
 from ..errors import InexistentItem
 
 if TYPE_CHECKING:
+    from pynetdicom.association import Association
+
     from ..server import Server
 
 #: The services that the access options name (``DicomAlwaysAllow<name>``, ``Allow<name>``).
@@ -151,6 +154,8 @@ class AccessRules:
         self.check_called = bool(config["DicomCheckCalledAet"])
         self.check_host = bool(config["DicomCheckModalityHost"])
         self.always = frozenset(s for s in SERVICES if config[f"DicomAlwaysAllow{s}"])
+        self._store_decisions: weakref.WeakKeyDictionary[Association, str | None] = \
+            weakref.WeakKeyDictionary()
 
     def same_aet(self, first: str, second: str) -> bool:
         first, second = first.strip(), second.strip()
@@ -179,6 +184,17 @@ class AccessRules:
         if not modality.allows(service):
             return f'modality "{modality.name}" has Allow{service} false'
         return None
+
+    def store_refusal(self, association: Association, aet: str, address: str) -> str | None:
+        """``refusal("Store", ...)`` decided at the association's first C-STORE and kept
+        for its others: reading the modalities for each instance was a tenth of the
+        listener's CPU. A change of the modalities applies from the next association,
+        as for the other services."""
+        try:
+            return self._store_decisions[association]
+        except KeyError:
+            decision = self._store_decisions[association] = self.refusal("Store", aet, address)
+            return decision
 
     def association_refusal(self, calling: str, called: str, address: str) -> Refusal | None:
         """Why an association is rejected outright, or None to negotiate it."""
