@@ -62,19 +62,21 @@ class EventDispatcher:
                 if self._lease.held():
                     # Woken by each new change, a round delivers it; stability is a
                     # matter of seconds, looked for at most every POLL_SECONDS.
-                    due = time.monotonic() - stable_checked >= POLL_SECONDS
+                    now = time.monotonic()
+                    due = now - stable_checked >= POLL_SECONDS
                     if due:
-                        stable_checked = time.monotonic()
-                    self.run_once(stable=due)
+                        stable_checked = now
+                    self.run_once(look_for_stable=due)
             except Exception:
                 log.exception("the event loop failed; retrying")
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
 
-    def run_once(self, stable: bool = True) -> None:
-        """One round: stable resources (when ``stable``), then every consumer up to the
-        end of the log (and, now and then, the audit log's expired entries)."""
-        if stable:
+    def run_once(self, look_for_stable: bool = True) -> None:
+        """One round: resources become stable (when ``look_for_stable``), then every
+        consumer up to the end of the log (and, now and then, the audit log's expired
+        entries)."""
+        if look_for_stable:
             stable_age = float(self.server.config["StableAge"])
             self.server.index.mark_stable(time.time() - stable_age)
             self.server.audit.purge_expired()
