@@ -19,8 +19,14 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from lanthorn import Origin, Server
@@ -123,3 +129,59 @@ class StoreSCP:
             event.request.MoveOriginatorApplicationEntityTitle,
             event.encoded_dataset(include_meta=False)))
         return self.status
+
+
+# -- a peer speaking PDUs over a raw socket -------------------------------------------
+
+def association_request(called: str, maximum_length: int = 16382) -> bytes:
+    """An A-ASSOCIATE-RQ PDU from AET "VANISHING" for CT Image Storage (context 1)."""
+    request = A_ASSOCIATE()
+    request.application_context_name = "1.2.840.10008.3.1.1.1"
+    request.calling_ae_title, request.called_ae_title = "VANISHING", called
+    context = build_context(CTImageStorage, ExplicitVRLittleEndian)
+    context.context_id = 1
+    request.presentation_context_definition_list = [context]
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = maximum_length
+    request.user_information = [maximum]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(request)
+    return pdu.encode()
+
+
+def store_request_pdus(data_set: bytes, context_id: int = 1, message_id: int = 1,
+                       maximum_length: int = 16382) -> list[bytes]:
+    """The P-DATA-TF PDUs of a C-STORE request, as pynetdicom encodes them."""
+    request = C_STORE()
+    request.MessageID, request.Priority = message_id, 2
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = pydicom.uid.generate_uid()
+    request.DataSet = io.BytesIO(data_set)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    pdus = []
+    for primitive in message.encode_msg(context_id, maximum_length):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        pdus.append(pdu.encode())
+    return pdus
+
+
+def data_set_of(instance: bytes) -> bytes:
+    """The data set of a DICOM file, without the preamble and file meta information."""
+    meta = pydicom.dcmread(io.BytesIO(instance)).file_meta
+    return instance[meta.get("FileMetaInformationGroupLength") + 144:]
+
+
+def next_pdu(peer: socket.socket) -> bytes | None:
+    """One whole PDU (None: the connection was closed)."""
+    header = peer.recv(6, socket.MSG_WAITALL)
+    if len(header) < 6:
+        return None
+    return header + peer.recv(int.from_bytes(header[2:6], "big"), socket.MSG_WAITALL)
+
+
+def next_pdu_type(peer: socket.socket) -> int | None:
+    """Read one whole PDU; its type (None: the connection was closed)."""
+    pdu = next_pdu(peer)
+    return None if pdu is None else pdu[0]

@@ -15,13 +15,18 @@ from typing import Any
 
 import pydicom
 import pytest
-from dimse_peers import SCU_AET, dcmtk, listening, scu
+from dimse_peers import (
+    SCU_AET,
+    association_request,
+    data_set_of,
+    dcmtk,
+    listening,
+    next_pdu_type,
+    scu,
+    store_request_pdus,
+)
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_context
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
@@ -146,37 +151,6 @@ class serving:  # noqa: N801 - a context manager used like a function
 # -- a peer that disappears in the middle of a C-STORE ---------------------------------
 
 
-def association_request(called: str) -> bytes:
-    request = A_ASSOCIATE()
-    request.application_context_name = "1.2.840.10008.3.1.1.1"
-    request.calling_ae_title, request.called_ae_title = "VANISHING", called
-    context = build_context(CTImageStorage, ExplicitVRLittleEndian)
-    context.context_id = 1
-    request.presentation_context_definition_list = [context]
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = 16382
-    request.user_information = [maximum]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(request)
-    return pdu.encode()
-
-
-def store_request_pdus(data_set: bytes, context_id: int = 1) -> list[bytes]:
-    request = C_STORE()
-    request.MessageID, request.Priority = 1, 2
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = pydicom.uid.generate_uid()
-    request.DataSet = io.BytesIO(data_set)
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    pdus = []
-    for primitive in message.encode_msg(context_id, 16382):
-        pdu = P_DATA_TF()
-        pdu.from_primitive(primitive)
-        pdus.append(pdu.encode())
-    return pdus
-
-
 @configured()
 def test_a_peer_vanishing_mid_store_leaves_nothing_and_the_server_up(
         port: int, lanthorn_server: lanthorn.Server, caplog: pytest.LogCaptureFixture) -> None:
@@ -198,21 +172,6 @@ def test_a_peer_vanishing_mid_store_leaves_nothing_and_the_server_up(
     storage = Path(lanthorn_server.config["StorageDirectory"])
     assert [p for p in storage.rglob("*")
             if p.is_file() and not p.name.startswith("index.")] == []
-
-
-def data_set_of(instance: bytes) -> bytes:
-    """The data set of a DICOM file, without the preamble and file meta information."""
-    meta = pydicom.dcmread(io.BytesIO(instance)).file_meta
-    return instance[meta.get("FileMetaInformationGroupLength") + 144:]
-
-
-def next_pdu_type(peer: socket.socket) -> int | None:
-    """Read one whole PDU; its type (None: the connection was closed)."""
-    header = peer.recv(6, socket.MSG_WAITALL)
-    if len(header) < 6:
-        return None
-    peer.recv(int.from_bytes(header[2:6], "big"), socket.MSG_WAITALL)
-    return header[0]
 
 
 @configured()

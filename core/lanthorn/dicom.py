@@ -49,11 +49,11 @@ def file_meta_information(sop_class: str, sop_instance: str, transfer_syntax: st
     took 0.6 ms of each C-STORE."""
     elements = b"".join((
         _meta_element(0x0001, b"OB", b"\0\1"),
-        _meta_element(0x0002, b"UI", _even(sop_class, b"\0")),
-        _meta_element(0x0003, b"UI", _even(sop_instance, b"\0")),
-        _meta_element(0x0010, b"UI", _even(transfer_syntax, b"\0")),
-        _meta_element(0x0012, b"UI", _even(implementation[0], b"\0")),
-        _meta_element(0x0013, b"SH", _even(implementation[1], b" ")),
+        _meta_element(0x0002, b"UI", even_value(sop_class, b"\0")),
+        _meta_element(0x0003, b"UI", even_value(sop_instance, b"\0")),
+        _meta_element(0x0010, b"UI", even_value(transfer_syntax, b"\0")),
+        _meta_element(0x0012, b"UI", even_value(implementation[0], b"\0")),
+        _meta_element(0x0013, b"SH", even_value(implementation[1], b" ")),
     ))
     length = _meta_element(0x0000, b"UL", struct.pack("<I", len(elements)))
     return b"".join((bytes(128), b"DICM", length, elements))
@@ -66,7 +66,8 @@ def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
 
 
-def _even(text: str, padding: bytes) -> bytes:
+def even_value(text: str, padding: bytes) -> bytes:
+    """ASCII text padded to an even length, as DICOM values are."""
     value = text.encode("ascii")
     return value + padding if len(value) % 2 else value
 

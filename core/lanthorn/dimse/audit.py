@@ -12,6 +12,7 @@ from .request import origin_of
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
+    from pynetdicom.association import Association
     from pynetdicom.events import Event
 
     from ..server import Server
@@ -24,10 +25,11 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 UNABLE_TO_PROCESS = {"query": 0xC311, "move": 0xC514, "get": 0xC413}
 
 
-def dimse_entry(event: Event, action: str, status: int | None, level: str | None = None,
-                resource: str | None = None, **details: Any) -> AuditEntry:
-    """What the peer of ``event``'s association did, named by its AET."""
-    origin = origin_of(event)
+def dimse_entry(association: Association, action: str, status: int | None,
+                level: str | None = None, resource: str | None = None,
+                **details: Any) -> AuditEntry:
+    """What the peer of an association did, named by its AET."""
+    origin = origin_of(association)
     return AuditEntry(time.time(), origin.remote_aet, "dicom", origin.remote_ip, action, level,
                       resource, status, {"CalledAet": origin.called_aet, **details})
 
@@ -50,7 +52,7 @@ def audited(action: str, handler: Handler) -> Handler:
             outcome["status"] = UNABLE_TO_PROCESS[action]
             raise
         finally:
-            server.audit.record(dimse_entry(event, action, outcome.pop("status"),
+            server.audit.record(dimse_entry(event.assoc, action, outcome.pop("status"),
                                             Query=_query(event), **outcome))
 
     return serve

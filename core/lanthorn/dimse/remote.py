@@ -16,7 +16,7 @@ from pynetdicom.status import code_to_category
 from ..errors import BadRequest, DimseFailure, NetworkError, Rejected
 from ..model import Level, parse_tag
 from .request import LEVELS, PATIENT_ROOT, STUDY_ROOT
-from .scp import accepted_syntaxes, store_received
+from .scp import accepted_syntaxes, on_received_store
 from .scu import MAX_CONTEXTS, associate
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def get(server: Server, modality: Modality, query: Dataset, timeout: float | Non
     storage = [c.abstract_syntax for c in StoragePresentationContexts][:MAX_CONTEXTS - 1]
     contexts = [build_context(model), *(build_context(uid, syntaxes) for uid in storage)]
     roles = [build_role(uid, scp_role=True) for uid in storage]
-    handlers = [(evt.EVT_C_STORE, store_received, [server])]
+    handlers = [(evt.EVT_C_STORE, on_received_store, [server])]
     with associate(server, modality, contexts, timeout, ext_neg=roles,
                    evt_handlers=handlers) as association:
         try:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -15,6 +16,7 @@ from ..requested import COMPUTED_TAGS
 from ..types import DimseRequest, Origin
 
 if TYPE_CHECKING:
+    from pynetdicom.association import Association
     from pynetdicom.events import Event
 
 PATIENT_ROOT = (sop.PatientRootQueryRetrieveInformationModelFind,
@@ -34,14 +36,43 @@ NOT_MATCHED_VRS = frozenset({"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 MAX_ERROR_COMMENT = 64
 
 
-def origin_of(event: Event) -> Origin:
+def origin_of(association: Association) -> Origin:
     """Who sent a request: the peer of the association, whichever side opened it (C-GET
     sub-operations come from the modality that Lanthorn asked)."""
-    association = event.assoc
     peer, us = (association.acceptor, association.requestor) if association.is_requestor \
         else (association.requestor, association.acceptor)
     return Origin("DicomProtocol", remote_ip=peer.address, remote_aet=peer.ae_title.strip(),
                   called_aet=us.ae_title.strip())
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """A C-STORE request, whichever way it was read (``reactor.py`` or pynetdicom)."""
+
+    association: Association
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: str
+    data_set: bytes  # as received, without File Meta Information
+
+    @classmethod
+    def of(cls, event: Event) -> StoreRequest:
+        """The request of pynetdicom's EVT_C_STORE."""
+        request = event.request
+        return cls(event.assoc, str(request.AffectedSOPClassUID),
+                   str(request.AffectedSOPInstanceUID), str(event.context.transfer_syntax),
+                   event.encoded_dataset(include_meta=False))
+
+
+class StoreAnswer(NamedTuple):
+    """The status of a C-STORE response and its Error Comment."""
+
+    status: int
+    comment: str | None = None
+
+    def as_pynetdicom(self) -> int | Dataset:
+        """What a pynetdicom EVT_C_STORE handler returns for it."""
+        return self.status if self.comment is None else status_dataset(self.status, self.comment)
 
 
 def dimse_request(event: Event, *, limits: tuple[int, int] = (0, 0),
@@ -63,7 +94,7 @@ def dimse_request(event: Event, *, limits: tuple[int, int] = (0, 0),
         raise BadRequest(f"the identifier cannot be decoded: {exc}") from None
     limit = limits[level == Level.INSTANCE] if level is not None else 0
     destination = str(getattr(event, "move_destination", "") or "").strip()  # C-MOVE only
-    return DimseRequest(sop_class, identifier, origin_of(event), level, limit, destination,
+    return DimseRequest(sop_class, identifier, origin_of(event.assoc), level, limit, destination,
                         CancelLatch(event))
 
 
@@ -105,12 +136,19 @@ def matching(elements: list[DataElement]) -> dict[str, str]:
 
 
 def failure_status(status: int, exc: LanthornError) -> Dataset:
-    """A failure status with the reason as Error Comment, so the peer's log says why.
+    """A failure status with the reason as Error Comment, so the peer's log says why."""
+    return status_dataset(status, error_comment(exc))
 
-    The comment is a LO of the command set: printable ASCII, no backslash, 64 characters.
-    """
+
+def status_dataset(status: int, comment: str) -> Dataset:
     answer = Dataset()
     answer.Status = status
-    answer.ErrorComment = "".join(c if " " <= c <= "~" and c != "\\" else "?"
-                                  for c in exc.message)[:MAX_ERROR_COMMENT]
+    answer.ErrorComment = comment
     return answer
+
+
+def error_comment(exc: LanthornError) -> str:
+    """The reason for a failure as an Error Comment, which is a LO of the command set:
+    printable ASCII, no backslash, 64 characters."""
+    return "".join(c if " " <= c <= "~" and c != "\\" else "?"
+                   for c in exc.message)[:MAX_ERROR_COMMENT]

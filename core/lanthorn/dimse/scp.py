@@ -18,7 +18,8 @@ import json
 import logging
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -41,8 +42,16 @@ from .access import AccessRules
 from .audit import audited, dimse_entry
 from .commitment import PUSH_MODEL, serve_n_action, serve_n_event_report
 from .find import serve_find
-from .reactor import ListenerRequestHandler, log_dimse_messages_when_shown
-from .request import PATIENT_ROOT, STUDY_ROOT, WORKLIST, failure_status, origin_of
+from .reactor import ListenerRequestHandler, ListenerServer, log_dimse_messages_when_shown
+from .request import (
+    PATIENT_ROOT,
+    STUDY_ROOT,
+    WORKLIST,
+    StoreAnswer,
+    StoreRequest,
+    error_comment,
+    origin_of,
+)
 from .retrieve import serve_get, serve_move
 from .scu import LanthornAE
 from .tls import listener_context
@@ -125,7 +134,7 @@ def set_listener_setting(server: Server, name: str, value: Any) -> None:
                                      else json.dumps(value))
 
 
-class SharedPortServer(ThreadedAssociationServer):
+class SharedPortServer(ListenerServer):
     """An association server whose port other worker processes may also listen on.
 
     With ``SO_REUSEPORT`` the kernel spreads incoming associations across the
@@ -184,6 +193,7 @@ def start_listener(server: Server) -> ThreadedAssociationServer:
     # syntaxes took 0.1 s of CPU per association. _on_requested builds each association's
     # from the templates, for the SOP classes it proposes only.
     listener.contexts = []
+    cast(SharedPortServer, listener).serve_store = partial(answer_store, server, rules)
     # A short poll interval: stopping waits for one poll.
     threading.Thread(target=listener.serve_forever, args=(0.1,), name="lanthorn-dicom",
                      daemon=True).start()
@@ -276,53 +286,66 @@ def _on_echo(event: Event) -> int:
 
 
 def _on_store(event: Event, server: Server, rules: AccessRules) -> int | Dataset:
-    origin = origin_of(event)
-    refusal = rules.store_refusal(event.assoc, origin.remote_aet, origin.remote_ip)
+    """pynetdicom's EVT_C_STORE: the C-STOREs that ``StoreArrivals`` did not take."""
+    return answer_store(server, rules, StoreRequest.of(event)).as_pynetdicom()
+
+
+def answer_store(server: Server, rules: AccessRules, request: StoreRequest) -> StoreAnswer:
+    """A C-STORE the listener received: checked against the access rules, then stored."""
+    origin = origin_of(request.association)
+    refusal = rules.store_refusal(request.association, origin.remote_aet, origin.remote_ip)
     if refusal is not None:
         log.warning("C-STORE from %s refused: %s", origin.remote_aet, refusal)
-        return _audited_store(server, event, failure_status(NOT_AUTHORIZED, Rejected(refusal)))
-    return store_received(event, server)
+        return _audited(server, request, _failure(NOT_AUTHORIZED, Rejected(refusal)))
+    return store_received(server, request)
 
 
-def store_received(event: Event, server: Server) -> int | Dataset:
+def on_received_store(event: Event, server: Server) -> int | Dataset:
+    """pynetdicom's EVT_C_STORE for the instances a C-GET brings back."""
+    return store_received(server, StoreRequest.of(event)).as_pynetdicom()
+
+
+def store_received(server: Server, request: StoreRequest) -> StoreAnswer:
     """Ingest the instance of a C-STORE request; its status (failures say why)."""
-    origin = origin_of(event)
+    origin = origin_of(request.association)
     try:
-        stored = server.ingest.store(received_file(event), origin)
+        stored = server.ingest.store(received_file(request), origin)
     except BadFileFormat as exc:
         log.warning("C-STORE from %s refused: %s", origin.remote_aet, exc)
-        return _audited_store(server, event, failure_status(CANNOT_UNDERSTAND, exc))
+        return _audited(server, request, _failure(CANNOT_UNDERSTAND, exc))
     except Rejected as exc:
         log.warning("C-STORE from %s rejected: %s", origin.remote_aet, exc)
-        return _audited_store(server, event, failure_status(REFUSED, exc))
+        return _audited(server, request, _failure(REFUSED, exc))
     except StorageFull as exc:
-        return _audited_store(server, event, failure_status(OUT_OF_RESOURCES, exc))
+        return _audited(server, request, _failure(OUT_OF_RESOURCES, exc))
     except LanthornError as exc:
         log.error("C-STORE from %s failed: %s", origin.remote_aet, exc)
-        return _audited_store(server, event, failure_status(PROCESSING_FAILURE, exc))
-    return _audited_store(server, event, SUCCESS, stored)
+        return _audited(server, request, _failure(PROCESSING_FAILURE, exc))
+    return _audited(server, request, StoreAnswer(SUCCESS), stored)
 
 
-def received_file(event: Event) -> bytes:
+def received_file(request: StoreRequest) -> bytes:
     """The data set of a C-STORE request as received, in a file: the File Meta
-    Information of pynetdicom's ``Event.encoded_dataset``, encoded more cheaply."""
-    request = event.request
+    Information that pynetdicom's ``Event.encoded_dataset`` would give, encoded more
+    cheaply."""
     meta = file_meta_information(
-        request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
-        event.context.transfer_syntax,
+        request.sop_class, request.sop_instance, request.transfer_syntax,
         (PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION))
-    return meta + event.encoded_dataset(include_meta=False)
+    return meta + request.data_set
 
 
-def _audited_store(server: Server, event: Event, answer: int | Dataset,
-                   stored: StoredInstance | None = None) -> int | Dataset:
+def _failure(status: int, exc: LanthornError) -> StoreAnswer:
+    return StoreAnswer(status, error_comment(exc))
+
+
+def _audited(server: Server, request: StoreRequest, answer: StoreAnswer,
+             stored: StoredInstance | None = None) -> StoreAnswer:
     """Record a C-STORE (one entry per instance: a queue append) and pass its answer on."""
-    if isinstance(answer, Dataset):
-        entry = dimse_entry(event, "store", answer.Status, Error=answer.ErrorComment)
+    if stored is None:
+        entry = dimse_entry(request.association, "store", answer.status, Error=answer.comment)
     else:
-        assert stored is not None, "a success has stored an instance"
-        entry = dimse_entry(event, "store", answer, "Instance", stored.id,
-                            Outcome=stored.status)
+        entry = dimse_entry(request.association, "store", answer.status, "Instance",
+                            stored.id, Outcome=stored.status)
     server.audit.record(entry)
     return answer
 

@@ -1,0 +1,198 @@
+"""The listener's own C-STORE path (``lanthorn.dimse.reactor.StoreArrivals``) and its
+command codec (``lanthorn.dimse.commands``): checked against pynetdicom's encoder and
+decoder, and from a peer that writes PDUs on a raw socket, arranging them in the ways
+the standard allows and the usual tools never do."""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Iterator
+
+import pydicom
+import pytest
+from dimse_peers import (
+    association_request,
+    data_set_of,
+    listening,
+    next_pdu,
+    next_pdu_type,
+    store_request_pdus,
+)
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import decode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+import lanthorn
+from lanthorn.dimse.commands import (
+    COMMAND_BIT,
+    LAST_BIT,
+    CommandError,
+    StoreCommand,
+    presentation_values,
+    read_store_command,
+    store_response,
+)
+from lanthorn.dimse.reactor import command_pdus
+from lanthorn.testing import make_instance
+
+UID = "1.2.826.0.1.3680043.8.498.1234567"  # odd length: padded
+
+
+def pynetdicom_command(primitive: C_STORE | C_ECHO, message: DIMSEMessage) -> bytes:
+    """The command set pynetdicom encodes for a request."""
+    message.primitive_to_message(primitive)
+    [pdu] = list(message.encode_msg(1, 0))[:1]
+    return bytes(pdu.presentation_data_value_list[0][1][1:])
+
+
+def test_a_store_command_reads_as_pynetdicom_wrote_it() -> None:
+    request = C_STORE()
+    request.MessageID, request.Priority = 4242, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = CTImageStorage, UID
+    request.DataSet = io.BytesIO(b"\0" * 8)
+    assert read_store_command(pynetdicom_command(request, C_STORE_RQ())) == \
+        StoreCommand(4242, CTImageStorage, UID)
+    echo = C_ECHO()
+    echo.MessageID = 1
+    assert read_store_command(pynetdicom_command(echo, C_ECHO_RQ())) is None
+
+
+@pytest.mark.parametrize("encoded", [
+    b"\0\0\0\0\4\0\0\0",  # a group length with no value
+    b"\x08\0\x18\0\2\0\0\0ab",  # an element outside group 0000
+    b"\0\0\0\1\2\0\0\0\1",  # an element header cut short
+])
+def test_a_malformed_command_set_is_an_error(encoded: bytes) -> None:
+    with pytest.raises(CommandError):
+        read_store_command(encoded)
+
+
+@pytest.mark.parametrize("comment", [None, "Odd-length reason", "Even length reason"])
+def test_a_store_response_decodes_in_pynetdicom(comment: str | None) -> None:
+    encoded = store_response(StoreCommand(7, CTImageStorage, UID), 0xC000, comment)
+    command = decode(io.BytesIO(encoded), True, True)
+    assert command.CommandGroupLength == len(encoded) - 12
+    assert (command.CommandField, command.MessageIDBeingRespondedTo, command.Status) == \
+        (0x8001, 7, 0xC000)
+    assert (command.AffectedSOPClassUID, command.AffectedSOPInstanceUID) == (CTImageStorage, UID)
+    assert command.CommandDataSetType == 0x0101
+    assert command.get("ErrorComment") == comment
+
+
+@pytest.mark.parametrize("maximum_length", [0, 64, 16384])
+def test_a_response_is_fragmented_to_the_peers_maximum_pdu_length(maximum_length: int) -> None:
+    encoded = store_response(StoreCommand(7, CTImageStorage, UID), 0, None)
+    pdus = command_pdus(3, encoded, maximum_length)
+    assert len(pdus) == (1 if maximum_length != 64 else -(-len(encoded) // 58))
+    message = DIMSEMessage()
+    for index, pdu in enumerate(pdus):
+        assert maximum_length == 0 or len(pdu) - 6 <= maximum_length
+        decoded = P_DATA_TF()
+        decoded.decode(pdu)
+        assert message.decode_msg(decoded.to_primitive()) == (index == len(pdus) - 1)
+    response = message.message_to_primitive()
+    assert (response.Status, response.MessageIDBeingRespondedTo, message.context_id) == (0, 7, 3)
+
+
+@pytest.mark.parametrize("pdu", [
+    b"\4\0\0\0\0\5\0\0\0\1\1",  # an item longer than the PDU
+    b"\4\0\0\0\0\6\0\0\0\1\1\3",  # a PDU length that is not its length
+    b"\4\0\0\0\0\3\0\0\0",  # an item header cut short
+])
+def test_a_malformed_p_data_tf_pdu_is_an_error(pdu: bytes) -> None:
+    with pytest.raises(CommandError):
+        presentation_values(pdu)
+
+
+# -- through the listener, from a raw socket --------------------------------------------
+
+@pytest.fixture
+def peer(lanthorn_server: lanthorn.Server, request: pytest.FixtureRequest
+         ) -> Iterator[socket.socket]:
+    """An association with the listener (maximum PDU length: the test's parameter)."""
+    maximum_length = getattr(request, "param", 16382)
+    with listening(lanthorn_server), socket.create_connection(
+            ("127.0.0.1", lanthorn_server.config["DicomPort"]), timeout=10) as connection:
+        connection.sendall(association_request("LANTHORN", maximum_length))
+        assert next_pdu_type(connection) == 0x02  # A-ASSOCIATE-AC
+        yield connection
+
+
+def responses(peer: socket.socket, count: int) -> list[pydicom.Dataset]:
+    """The next ``count`` responses (command sets), each reassembled from its PDUs."""
+    answers, fragments = [], b""
+    while len(answers) < count:
+        pdu = next_pdu(peer)
+        assert pdu is not None and pdu[0] == 0x04, "a P-DATA-TF PDU"
+        for _, control, fragment in presentation_values(pdu):
+            assert control & COMMAND_BIT
+            fragments += bytes(fragment)
+            if control & LAST_BIT:
+                answers.append(decode(io.BytesIO(fragments), True, True))
+                fragments = b""
+    return answers
+
+
+def merged(pdus: list[bytes]) -> bytes:
+    """One P-DATA-TF PDU holding the values of all of these."""
+    items = b"".join(pdu[6:] for pdu in pdus)
+    return b"\4\0" + len(items).to_bytes(4, "big") + items
+
+
+def instance_count(server: lanthorn.Server) -> int:
+    return server.index.statistics().count_by_level[lanthorn.Level.INSTANCE]
+
+
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1")
+def test_two_requests_in_one_pdu_are_both_stored_and_answered(
+        peer: socket.socket, lanthorn_server: lanthorn.Server) -> None:
+    """A PDU may hold a command set with its data set, and the values of the next
+    message after them: the second request goes to pynetdicom, which serves it too."""
+    first = store_request_pdus(data_set_of(make_instance(PatientID="ONE")), message_id=1)
+    second = store_request_pdus(data_set_of(make_instance(PatientID="TWO")), message_id=2)
+    peer.sendall(merged(first + second))
+    answers = responses(peer, 2)
+    assert [(a.MessageIDBeingRespondedTo, a.Status) for a in answers] == [(1, 0), (2, 0)]
+    assert instance_count(lanthorn_server) == 2
+
+
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1")
+@pytest.mark.parametrize("peer", [64], indirect=True)
+def test_a_peer_with_tiny_pdus_gets_its_response_in_pieces(
+        peer: socket.socket, lanthorn_server: lanthorn.Server) -> None:
+    for pdu in store_request_pdus(data_set_of(make_instance()), maximum_length=64):
+        peer.sendall(pdu)
+    [answer] = responses(peer, 1)
+    assert answer.Status == 0 and instance_count(lanthorn_server) == 1
+
+
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1")
+def test_a_failure_status_says_why(peer: socket.socket,
+                                   lanthorn_server: lanthorn.Server) -> None:
+    dataset = pydicom.dcmread(io.BytesIO(make_instance()))
+    del dataset.StudyInstanceUID
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    for pdu in store_request_pdus(data_set_of(buffer.getvalue())):
+        peer.sendall(pdu)
+    [answer] = responses(peer, 1)
+    assert answer.Status == 0xC000
+    assert "StudyInstanceUID" in answer.ErrorComment
+    assert instance_count(lanthorn_server) == 0
+
+
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1")
+def test_a_data_set_interleaved_with_another_message_aborts(
+        peer: socket.socket, lanthorn_server: lanthorn.Server,
+        caplog: pytest.LogCaptureFixture) -> None:
+    instance = make_instance(rows=128, columns=128)  # 32 kB of pixels: several PDUs
+    first = store_request_pdus(data_set_of(instance), message_id=1)
+    second = store_request_pdus(data_set_of(make_instance()), message_id=2)
+    for pdu in [first[0], first[1], second[0]]:  # a command before the first data set ends
+        peer.sendall(pdu)
+    assert next_pdu_type(peer) == 0x07  # A-ABORT
+    assert "interleaved" in caplog.text
+    assert instance_count(lanthorn_server) == 0
