@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pydicom
 import pytest
@@ -17,13 +19,14 @@ from dimse_peers import (
     listening,
     next_pdu,
     next_pdu_type,
+    scu,
     store_request_pdus,
 )
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 import lanthorn
 from lanthorn.dimse.commands import (
@@ -35,7 +38,13 @@ from lanthorn.dimse.commands import (
     read_store_command,
     store_response,
 )
-from lanthorn.dimse.reactor import command_pdus
+from lanthorn.dimse.reactor import (
+    IDLE_WAIT,
+    Doorbell,
+    ListenerMessages,
+    ListenerSocket,
+    command_pdus,
+)
 from lanthorn.testing import make_instance
 
 UID = "1.2.826.0.1.3680043.8.498.1234567"  # odd length: padded
@@ -196,3 +205,38 @@ def test_a_data_set_interleaved_with_another_message_aborts(
     assert next_pdu_type(peer) == 0x07  # A-ABORT
     assert "interleaved" in caplog.text
     assert instance_count(lanthorn_server) == 0
+
+
+# -- threads that wait instead of polling -------------------------------------------------
+
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1")
+def test_an_idle_association_does_not_poll(lanthorn_server: lanthorn.Server,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom's threads looked for work every millisecond (4 % of a core per open
+    association); the listener's wait for it. Calls are counted, not timed: a loaded
+    machine only makes fewer of them."""
+    calls = {"get": 0, "ready": 0, "rung": 0}
+    counted(monkeypatch, ListenerMessages, "get", calls)
+    counted(monkeypatch, ListenerSocket, "ready", calls, is_property=True)
+    counted(monkeypatch, Doorbell, "clear", calls, name="rung")
+    with listening(lanthorn_server), \
+            scu(lanthorn_server.config["DicomPort"], Verification) as association:
+        time.sleep(0.2)  # the association is up and idle
+        before = dict(calls)
+        time.sleep(0.5)
+        idle = {key: calls[key] - before[key] for key in ("get", "ready")}
+        assert association.send_c_echo().Status == 0x0000  # answered by the other thread
+    assert idle["get"] <= 0.5 / IDLE_WAIT + 2 and idle["ready"] <= 0.5 / IDLE_WAIT + 2, idle
+    assert calls["rung"] >= 1  # the answer rang the DUL thread's doorbell
+
+
+def counted(monkeypatch: pytest.MonkeyPatch, cls: type, attribute: str, calls: dict[str, int],
+            *, is_property: bool = False, name: str | None = None) -> None:
+    original = getattr(cls, attribute)
+    function = original.fget if is_property else original
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls[name or attribute] += 1
+        return function(*args, **kwargs)
+
+    monkeypatch.setattr(cls, attribute, property(counting) if is_property else counting)
