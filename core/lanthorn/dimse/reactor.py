@@ -171,20 +171,17 @@ class ListenerSocket(AssociationSocket):
         super().close()
         self.doorbell.close()
 
-    def recv(self, nr_bytes: int) -> bytearray:
-        """``nr_bytes`` bytes (fewer if the peer closed the connection), read straight
-        into one buffer instead of pynetdicom's 4 KB reads appended one by one."""
+    def fill(self, view: memoryview) -> int:
+        """Read into ``view`` until it is full or the peer closed the connection; how many
+        bytes came. (pynetdicom reads 4 KB at a time and appends them one by one.)"""
         assert self.socket is not None, "only read while connected"
-        buffer = bytearray(nr_bytes)
         done = 0
-        with memoryview(buffer) as view:  # released before the buffer may shrink
-            while done < nr_bytes:
-                count = self.socket.recv_into(view[done:])
-                if not count:
-                    break
-                done += count
-        del buffer[done:]
-        return buffer
+        while done < len(view):
+            count = self.socket.recv_into(view[done:])
+            if not count:
+                break
+            done += count
+        return done
 
 
 class ListenerMessages(queue.Queue):  # type: ignore[type-arg]  # pynetdicom's item type
@@ -230,7 +227,7 @@ class _Arriving:
 
     context_id: int
     command: StoreCommand
-    fragments: list[bytes] = field(default_factory=list)
+    fragments: list[memoryview] = field(default_factory=list)
 
 
 class StoreArrivals:
@@ -276,7 +273,7 @@ class StoreArrivals:
         for index, (context_id, control, fragment) in enumerate(values):
             if context_id != self.arriving.context_id or control & COMMAND_BIT:
                 return self._abort("a C-STORE data set is interleaved with another message")
-            self.arriving.fragments.append(bytes(fragment))
+            self.arriving.fragments.append(fragment)  # a view of the PDU: no copy
             if control & LAST_BIT:
                 arrived, self.arriving = self.arriving, None
                 self._answer(arrived)
@@ -309,8 +306,8 @@ class StoreArrivals:
         association = self.association
         context = association._accepted_cx[arrived.context_id]
         command = arrived.command
-        request = StoreRequest(association, command.sop_class, command.sop_instance,
-                               str(context.transfer_syntax[0]), b"".join(arrived.fragments))
+        request = StoreRequest.received(association, command.sop_class, command.sop_instance,
+                                        str(context.transfer_syntax[0]), arrived.fragments)
         idle_timer = association.dul._idle_timer
         idle_timer.stop()
         try:
@@ -364,9 +361,9 @@ class ListenerDUL(DULServiceProvider):
         """One whole PDU from the socket, or None once the event saying why not (as
         pynetdicom's) is queued."""
         connection = cast(ListenerSocket, self.socket)
+        header = bytearray(6)
         try:
-            header = connection.recv(6)
-            if len(header) < 6:
+            if connection.fill(memoryview(header)) < len(header):
                 self.event_queue.put("Evt17")  # connection closed
                 return None
             kind, _, length = struct.unpack(">BBL", header)
@@ -374,14 +371,14 @@ class ListenerDUL(DULServiceProvider):
                 log.warning("unknown PDU type 0x%02X received", kind)
                 self.event_queue.put("Evt19")
                 return None
-            body = connection.recv(length)
+            pdu = header + bytearray(length)  # one buffer, the data set's values read in place
+            if connection.fill(memoryview(pdu)[len(header):]) < length:
+                self.event_queue.put("Evt17")  # closed before the whole PDU came
+                return None
         except OSError:
             self.event_queue.put("Evt17")
             return None
-        if len(body) < length:
-            self.event_queue.put("Evt17")  # closed before the whole PDU came
-            return None
-        return header + body
+        return pdu
 
 
 def command_pdus(context_id: int, command: bytes, maximum_length: int) -> list[bytes]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom import sop_class as sop
 
-from ..dicom import element_string
+from ..dicom import element_string, file_meta_information
 from ..errors import BadRequest, LanthornError
 from ..model import Level, format_tag
 from ..requested import COMPUTED_TAGS
@@ -50,18 +52,27 @@ class StoreRequest:
     """A C-STORE request, whichever way it was read (``reactor.py`` or pynetdicom)."""
 
     association: Association
-    sop_class: str
-    sop_instance: str
-    transfer_syntax: str
-    data_set: bytes  # as received, without File Meta Information
+    file: bytes  # the data set as received, after File Meta Information of ours
+
+    @classmethod
+    def received(cls, association: Association, sop_class: str, sop_instance: str,
+                 transfer_syntax: str, data_set: Iterable[bytes | memoryview]) -> StoreRequest:
+        """The request for a data set received in pieces: its file is made in one copy,
+        with the File Meta Information that pynetdicom's ``Event.encoded_dataset``
+        gives, encoded more cheaply."""
+        meta = file_meta_information(
+            sop_class, sop_instance, transfer_syntax,
+            (PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION))
+        return cls(association, b"".join([meta, *data_set]))
 
     @classmethod
     def of(cls, event: Event) -> StoreRequest:
         """The request of pynetdicom's EVT_C_STORE."""
         request = event.request
-        return cls(event.assoc, str(request.AffectedSOPClassUID),
-                   str(request.AffectedSOPInstanceUID), str(event.context.transfer_syntax),
-                   event.encoded_dataset(include_meta=False))
+        return cls.received(event.assoc, str(request.AffectedSOPClassUID),
+                            str(request.AffectedSOPInstanceUID),
+                            str(event.context.transfer_syntax),
+                            [event.encoded_dataset(include_meta=False)])
 
 
 class StoreAnswer(NamedTuple):

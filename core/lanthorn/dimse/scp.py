@@ -25,8 +25,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import (
     ALL_TRANSFER_SYNTAXES,
-    PYNETDICOM_IMPLEMENTATION_UID,
-    PYNETDICOM_IMPLEMENTATION_VERSION,
     AllStoragePresentationContexts,
     build_context,
     evt,
@@ -36,7 +34,6 @@ from pynetdicom.sop_class import _STORAGE_CLASSES
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..config import ConfigError
-from ..dicom import file_meta_information
 from ..errors import BadFileFormat, LanthornError, Rejected, StorageFull
 from .access import AccessRules
 from .audit import audited, dimse_entry
@@ -309,7 +306,7 @@ def store_received(server: Server, request: StoreRequest) -> StoreAnswer:
     """Ingest the instance of a C-STORE request; its status (failures say why)."""
     origin = origin_of(request.association)
     try:
-        stored = server.ingest.store(received_file(request), origin)
+        stored = server.ingest.store(request.file, origin)
     except BadFileFormat as exc:
         log.warning("C-STORE from %s refused: %s", origin.remote_aet, exc)
         return _audited(server, request, _failure(CANNOT_UNDERSTAND, exc))
@@ -322,16 +319,6 @@ def store_received(server: Server, request: StoreRequest) -> StoreAnswer:
         log.error("C-STORE from %s failed: %s", origin.remote_aet, exc)
         return _audited(server, request, _failure(PROCESSING_FAILURE, exc))
     return _audited(server, request, StoreAnswer(SUCCESS), stored)
-
-
-def received_file(request: StoreRequest) -> bytes:
-    """The data set of a C-STORE request as received, in a file: the File Meta
-    Information that pynetdicom's ``Event.encoded_dataset`` would give, encoded more
-    cheaply."""
-    meta = file_meta_information(
-        request.sop_class, request.sop_instance, request.transfer_syntax,
-        (PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION))
-    return meta + request.data_set
 
 
 def _failure(status: int, exc: LanthornError) -> StoreAnswer:
