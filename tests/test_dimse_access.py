@@ -190,6 +190,15 @@ def test_a_store_request_on_a_context_never_negotiated_aborts_the_association(
     assert lanthorn_server.index.statistics().count_by_level[lanthorn.Level.INSTANCE] == 0
 
 
+@configured()
+def test_a_second_listener_cannot_take_the_port(port: int,
+                                               lanthorn_server: lanthorn.Server) -> None:
+    """Only the workers of one ``lanthorn serve --workers`` share a DICOM port (their
+    supervisor binds it); another server started on it by mistake fails to."""
+    with pytest.raises(OSError), listening(lanthorn_server):
+        pass
+
+
 @configured(DicomThreadsCount=2)
 def test_silent_connections_take_no_association_slot(port: int) -> None:
     """Health checks that connect and say nothing must not lock modalities out; the

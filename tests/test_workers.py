@@ -3,6 +3,7 @@ cluster; background duties run once; a dead worker is replaced."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import time
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from lanthorn.testing import ServerProcess, make_instance
 
@@ -72,3 +76,26 @@ def test_workers_die_with_a_killed_supervisor(cluster: ServerProcess) -> None:
     workers = cluster.workers()
     cluster.kill()
     _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+
+
+@pytest.mark.slow
+def test_workers_take_associations_from_one_dicom_port(cluster: ServerProcess) -> None:
+    """The supervisor binds the DICOM port once and every worker accepts on it (the one
+    with fewer connections first): four associations at once all store."""
+    instances = [make_instance(PatientID=f"DICOM{n}") for n in range(8)]
+
+    def send(files: list[bytes]) -> list[int]:
+        ae = AE("PYSCU")
+        ae.add_requested_context(CTImageStorage)
+        association = ae.associate("127.0.0.1", cluster.dicom_port, ae_title="LANTHORN")
+        assert association.is_established
+        try:
+            return [association.send_c_store(dcmread(io.BytesIO(f))).Status for f in files]
+        finally:
+            association.release()
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(send, [instances[n::4] for n in range(4)]))
+    assert statuses == [[0, 0]] * 4
+    with httpx2.Client(base_url=cluster.url, timeout=30) as http:
+        assert http.get("/statistics").json()["CountInstances"] == 8

@@ -2,7 +2,7 @@
 
 With ``Workers`` > 1 the parent binds the HTTP port, forks that many server processes
 and supervises them; each serves HTTP on the shared socket and DICOM on the same port
-(``SO_REUSEPORT``). They share nothing but the index and the storage area, exactly as
+(bound by the parent too). They share nothing but the index and the storage area, exactly as
 several machines on one database would: background duties go to the holder of a lease.
 
 On SIGINT/SIGTERM uvicorn stops accepting and lets in-flight requests finish; the DICOM
@@ -28,6 +28,7 @@ import ssl
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -54,10 +55,10 @@ def serve(config: Config, workers: int | None = None) -> int:
     else:
         # Check the configuration and migrate the index once, before any process forks.
         Server(config).close()
-        http_socket = _bind_http(config) if config["HttpServerEnabled"] else None
-        status = _supervise(config, http_socket, count)
-        if http_socket is not None:
-            http_socket.close()
+        sockets = Sockets(_bind_http(config) if config["HttpServerEnabled"] else None,
+                          _bind_dicom(config) if config["DicomServerEnabled"] else None)
+        status = _supervise(config, sockets, count)
+        sockets.close()
     if _restart.is_set():
         log.warning("restarting (/tools/reset)")
         logging.shutdown()
@@ -74,7 +75,20 @@ def _ask_stop(supervisor: int | None, restart: bool) -> None:
             signal.SIGHUP if restart and supervisor else signal.SIGTERM)
 
 
-def run_server(config: Config, http_socket: socket.socket | None,
+@dataclass(frozen=True)
+class Sockets:
+    """The ports a supervisor binds for its workers."""
+
+    http: socket.socket | None
+    dicom: socket.socket | None
+
+    def close(self) -> None:
+        for sock in (self.http, self.dicom):
+            if sock is not None:
+                sock.close()
+
+
+def run_server(config: Config, sockets: Sockets | None,
                supervisor: int | None = None) -> None:
     """One server process: start, serve until a signal, stop cleanly."""
     server = Server(config)
@@ -85,10 +99,10 @@ def run_server(config: Config, http_socket: socket.socket | None,
         if config["DicomServerEnabled"]:
             from .dimse.scp import start_listener
 
-            listener = start_listener(server)
+            listener = start_listener(server, sockets.dicom if sockets else None)
             log.info("DICOM listener %s on port %s", config["DicomAet"], config["DicomPort"])
         if config["HttpServerEnabled"]:
-            _run_http(server, http_socket)
+            _run_http(server, sockets.http if sockets else None)
         else:
             _wait_for_signal()
     finally:
@@ -105,6 +119,15 @@ def _bind_http(config: Config) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config["HttpBindAddress"] or "0.0.0.0", int(config["HttpPort"])))
     sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind_dicom(config: Config) -> socket.socket:
+    """The DICOM port, bound once for all workers (``SharedPortServer`` says why)."""
+    host = config["DicomBindAddress"] or "0.0.0.0"
+    sock = socket.create_server((host, int(config["DicomPort"])), backlog=128,
+                                family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.set_inheritable(True)
     return sock
 
@@ -170,13 +193,13 @@ def _stop_listener(listener) -> None:  # noqa: ANN001 - a pynetdicom ThreadedAss
             association.abort()
 
 
-def _supervise(config: Config, http_socket: socket.socket | None, count: int) -> int:
+def _supervise(config: Config, sockets: Sockets, count: int) -> int:
     """Keep ``count`` worker processes running until SIGINT/SIGTERM, then stop them."""
     context = multiprocessing.get_context("fork")
     stopping = threading.Event()
 
     def spawn() -> multiprocessing.Process:
-        process = context.Process(target=_worker, args=(config, http_socket, os.getpid()),
+        process = context.Process(target=_worker, args=(config, sockets, os.getpid()),
                                   daemon=False)
         process.start()
         return process
@@ -209,7 +232,7 @@ def _supervise(config: Config, http_socket: socket.socket | None, count: int) ->
     return 0
 
 
-def _worker(config: Config, http_socket: socket.socket | None, supervisor: int) -> None:
+def _worker(config: Config, sockets: Sockets, supervisor: int) -> None:
     """A worker's entry: the supervisor's signal handlers must not leak into it, and a
     worker must not outlive its supervisor (``kill -9`` of the supervisor would otherwise
     leave it holding the ports)."""
@@ -219,7 +242,7 @@ def _worker(config: Config, http_socket: socket.socket | None, supervisor: int) 
     _die_with_parent()
     if os.getppid() != supervisor:  # it died before the request above took effect
         return
-    run_server(config, http_socket, supervisor)
+    run_server(config, sockets, supervisor)
 
 
 def _die_with_parent() -> None:

@@ -18,6 +18,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
@@ -131,29 +132,58 @@ def set_listener_setting(server: Server, name: str, value: Any) -> None:
                                      else json.dumps(value))
 
 
-class SharedPortServer(ListenerServer):
-    """An association server whose port other worker processes may also listen on.
+#: How much later a worker accepts an association for each association it serves.
+ACCEPT_HANDICAP = 0.002
 
-    With ``SO_REUSEPORT`` the kernel spreads incoming associations across the
-    processes, so DICOM ingest scales with ``Workers`` like HTTP does.
+
+class SharedPortServer(ListenerServer):
+    """An association server that may accept on a socket the supervisor bound for every
+    worker process (``Workers``), as their HTTP servers do.
+
+    Every worker waits for the next connection and whichever takes it first serves it:
+    a worker busy storing instances is slower to, so associations go where there is
+    room. (``SO_REUSEPORT`` instead hashes each connection to a worker: four
+    associations over two workers were split 3:1 or 4:0 half of the time.)
     """
 
+    def __init__(self, *args: Any, listening: socket.socket | None = None,
+                 **kwargs: Any) -> None:
+        self.listening = listening
+        #: The connections accepted and still open (an association's thread starts a
+        #: little after its connection is accepted).
+        self.connections: list[socket.socket] = []
+        super().__init__(*args, **kwargs)
+
     def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        if self.listening is None:
+            super().server_bind()
+            return
+        self.socket.close()
+        self.socket = self.listening
+        # Non-blocking: the workers that lose the race for a connection go back to
+        # waiting at once instead of blocking in accept (and in their stop).
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept with Nagle's algorithm off, as ``LanthornAE`` does for its requests.
 
+        In a worker, one that serves fewer associations than others takes the next first.
         With DICOM TLS the handshake happens in the association's own thread, on its first
         read: pynetdicom does it here, in the accept loop, where one client that never
         completes it stalls every other connection.
         """
+        if self.listening is not None:
+            # A head start for the workers with fewer connections: a burst of them (four
+            # storescu started at once) went 3:1 a third of the time without it.
+            self.connections = [c for c in self.connections if c.fileno() != -1]
+            time.sleep(ACCEPT_HANDICAP * len(self.connections))
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(client, server_side=True,
                                                   do_handshake_on_connect=False)
+        self.connections.append(client)
         return client, address
 
     def service_actions(self) -> None:
@@ -167,8 +197,10 @@ class SharedPortServer(ListenerServer):
         """
 
 
-def start_listener(server: Server) -> ThreadedAssociationServer:
-    """Listen on ``DicomBindAddress:DicomPort`` in background threads."""
+def start_listener(server: Server, listening: socket.socket | None = None
+                   ) -> ThreadedAssociationServer:
+    """Listen on ``DicomBindAddress:DicomPort`` in background threads (on ``listening``,
+    that port bound already, in the workers of ``lanthorn serve --workers``)."""
     log_dimse_messages_when_shown()
     ae = make_application_entity(server)
     rules = AccessRules(server)
@@ -185,7 +217,7 @@ def start_listener(server: Server) -> ThreadedAssociationServer:
                 (evt.EVT_N_EVENT_REPORT, serve_n_event_report, [server, rules])]
     listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer,
                               ssl_context=listener_context(server.config),
-                              request_handler=ListenerRequestHandler)
+                              request_handler=ListenerRequestHandler, listening=listening)
     # pynetdicom gives each association a deep copy of these: ~150 storage classes in ~35
     # syntaxes took 0.1 s of CPU per association. _on_requested builds each association's
     # from the templates, for the SOP classes it proposes only.
