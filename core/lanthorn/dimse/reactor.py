@@ -167,8 +167,10 @@ class ListenerSocket(AssociationSocket):
             self.doorbell.clear()  # the loop looks at what was queued before it reads
         return sock in readable
 
-    def close(self) -> None:
-        super().close()
+    def _shutdown_socket(self) -> None:
+        """Close the connection (pynetdicom's ``close`` and its state machine's aborts
+        both come here), and the doorbell with it."""
+        super()._shutdown_socket()
         self.doorbell.close()
 
     def fill(self, view: memoryview) -> int:
