@@ -6,7 +6,6 @@ the standard allows and the usual tools never do."""
 from __future__ import annotations
 
 import io
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -244,26 +243,29 @@ def counted(monkeypatch: pytest.MonkeyPatch, cls: type, attribute: str, calls: d
 
 
 @pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1")
-def test_associations_leave_no_open_files(lanthorn_server: lanthorn.Server) -> None:
+def test_associations_leave_no_open_files(lanthorn_server: lanthorn.Server,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Each association's doorbell is a socket pair: it must close with the connection
     however that ends (released, or aborted by a peer that sent garbage or nothing)."""
     port = lanthorn_server.config["DicomPort"]
+    doorbells: list[Doorbell] = []
+    made = Doorbell.__init__
 
-    def open_files() -> int:
-        return len(os.listdir("/proc/self/fd"))
+    def remembered(self: Doorbell) -> None:
+        made(self)
+        doorbells.append(self)
 
+    monkeypatch.setattr(Doorbell, "__init__", remembered)
     with listening(lanthorn_server):
-        with scu(port, Verification) as association:  # the listener's threads are up
-            association.send_c_echo()
-        time.sleep(0.5)
-        before = open_files()
         for _ in range(3):
             with scu(port, Verification) as association:
                 assert association.send_c_echo().Status == 0x0000
             for garbage in (b"\1\0\0\0\0\x10" + b"x" * 8, b""):
                 with socket.create_connection(("127.0.0.1", port)) as vanishing:
                     vanishing.sendall(garbage)
-        deadline = time.monotonic() + 10
-        while open_files() > before and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10  # the listener takes connections as they come
+        while time.monotonic() < deadline and not (
+                len(doorbells) == 9 and all(d.fileno() == -1 for d in doorbells)):
             time.sleep(0.1)
-        assert open_files() <= before
+        assert len(doorbells) == 9
+        assert [d.fileno() for d in doorbells] == [-1] * 9
