@@ -209,9 +209,11 @@ class JobEngine:
 
     # -- the runner ---------------------------------------------------------------------
 
-    def start(self) -> None:
-        if not self.server.config["SaveJobs"] and not self.server.index.live_lease_holders():
-            self._forget(self.server.index.jobs.all())  # a fresh start forgets old jobs
+    def start(self, *, fresh: bool) -> None:
+        """Run jobs; on a ``fresh`` start (no other server of this index alive) without
+        ``SaveJobs``, forget the old ones first."""
+        if fresh and not self.server.config["SaveJobs"]:
+            self._forget(self.server.index.jobs.all())
         self._pool = ThreadPoolExecutor(self._concurrency(), thread_name_prefix="lanthorn-job")
         self._thread = threading.Thread(target=self._loop, name="lanthorn-jobs", daemon=True)
         self._thread.start()

@@ -139,6 +139,7 @@ class Server:
         if background:
             from .changes import EventDispatcher
 
+            # Before our own loops take their leases: another server's would be alive.
             fresh = not self.index.live_lease_holders()
             for kind, option in (("peer", "OrthancPeersInDatabase"),
                                  ("modality", "DicomModalitiesInDatabase")):
@@ -146,7 +147,7 @@ class Server:
                     self.index.clear_remote_nodes(kind)  # REST changes last until then
             self.events = EventDispatcher(self)
             self.events.start()
-            self.jobs.start()
+            self.jobs.start(fresh=fresh)
 
     def stop(self) -> None:
         if self.events is not None:
