@@ -34,6 +34,7 @@ from lanthorn.dimse.commands import (
     LAST_BIT,
     CommandError,
     StoreCommand,
+    command_pdus,
     presentation_values,
     read_store_command,
     store_response,
@@ -43,7 +44,6 @@ from lanthorn.dimse.reactor import (
     Doorbell,
     ListenerMessages,
     ListenerSocket,
-    command_pdus,
 )
 from lanthorn.testing import make_instance
 

@@ -29,13 +29,16 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 NO_DATA_SET = 0x0101
 
-#: The PDU type of P-DATA-TF, and the bits of a value's message control header.
+#: The PDU types of PS3.8 9.3 (A-ASSOCIATE-RQ to A-ABORT), that of P-DATA-TF, and the
+#: bits of a presentation data value's message control header.
+PDU_TYPES = range(0x01, 0x08)
 P_DATA_TF = 0x04
 COMMAND_BIT = 0x01
 LAST_BIT = 0x02
 
 _ELEMENT = struct.Struct("<HHL")  # group, element, value length
 _PDU_HEADER = struct.Struct(">BBL")  # type, reserved, length
+PDU_HEADER_LENGTH = _PDU_HEADER.size
 _ITEM_HEADER = struct.Struct(">LBB")  # item length, context ID, message control header
 
 
@@ -99,6 +102,22 @@ def presentation_values(pdu: bytes | memoryview) -> list[tuple[int, int, memoryv
         values.append((context_id, control, view[offset + _ITEM_HEADER.size:end]))
         offset = end
     return values
+
+
+def read_pdu_header(header: bytes | bytearray) -> tuple[int, int]:
+    """The type and the length (what follows the header) of a PDU."""
+    kind, _, length = _PDU_HEADER.unpack(header)
+    return kind, length
+
+
+def command_pdus(context_id: int, command: bytes, maximum_length: int) -> list[bytes]:
+    """The P-DATA-TF PDUs of a command set, fragmented to the peer's maximum PDU length
+    (0: no limit, which bounds the PDU's items: each fragment and its 6-byte item
+    header) as PS3.8 9.3.1 requires of any message."""
+    size = maximum_length - _ITEM_HEADER.size if maximum_length else len(command)
+    chunks = [command[i:i + size] for i in range(0, len(command), size)]
+    return [p_data_tf(context_id, COMMAND_BIT | (LAST_BIT if i == len(chunks) - 1 else 0), chunk)
+            for i, chunk in enumerate(chunks)]
 
 
 def p_data_tf(context_id: int, control: int, fragment: bytes) -> bytes:

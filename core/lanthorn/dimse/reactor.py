@@ -39,7 +39,6 @@ import queue
 import select
 import socket
 import ssl
-import struct
 import time
 import weakref
 from collections.abc import Callable
@@ -57,10 +56,13 @@ from .commands import (
     COMMAND_BIT,
     LAST_BIT,
     P_DATA_TF,
+    PDU_HEADER_LENGTH,
+    PDU_TYPES,
     CommandError,
     StoreCommand,
-    p_data_tf,
+    command_pdus,
     presentation_values,
+    read_pdu_header,
     read_store_command,
     store_response,
 )
@@ -76,8 +78,6 @@ POLL = 0.001
 #: How long an idle association's threads wait for something to do before they look at
 #: their timers (ARTIM, ``DicomScpTimeout``) and whether they were stopped.
 IDLE_WAIT = 0.05
-#: The PDU types of PS3.8 9.3 (A-ASSOCIATE-RQ to A-ABORT).
-PDU_TYPES = range(0x01, 0x08)
 #: What pynetdicom answers a C-STORE whose handler raised (its "unable to process").
 UNABLE_TO_PROCESS = 0xC211
 
@@ -104,8 +104,8 @@ class Doorbell:
         self._inside, self._outside = socket.socketpair()
         for end in (self._inside, self._outside):
             end.setblocking(False)
-        # pynetdicom does not close every association's socket (one it aborts, say):
-        # then the doorbell closes when it is collected.
+        # Closed with the connection (ListenerSocket._shutdown_socket); should an
+        # association ever be dropped without that, when it is collected.
         self.close = weakref.finalize(self, _close_all, self._inside, self._outside)
 
     def fileno(self) -> int:
@@ -255,7 +255,7 @@ class StoreArrivals:
         self.serve = serve
         self.arriving: _Arriving | None = None
 
-    def take(self, pdu: bytes) -> bool:
+    def take(self, pdu: bytearray) -> bool:
         """Whether this PDU was a C-STORE request's, taken (and served if complete)."""
         dul = self.association.dul
         if pdu[0] != P_DATA_TF or dul.state_machine.current_state != "Sta6":
@@ -363,12 +363,12 @@ class ListenerDUL(DULServiceProvider):
         """One whole PDU from the socket, or None once the event saying why not (as
         pynetdicom's) is queued."""
         connection = cast(ListenerSocket, self.socket)
-        header = bytearray(6)
+        header = bytearray(PDU_HEADER_LENGTH)
         try:
             if connection.fill(memoryview(header)) < len(header):
                 self.event_queue.put("Evt17")  # connection closed
                 return None
-            kind, _, length = struct.unpack(">BBL", header)
+            kind, length = read_pdu_header(header)
             if kind not in PDU_TYPES:
                 log.warning("unknown PDU type 0x%02X received", kind)
                 self.event_queue.put("Evt19")
@@ -383,22 +383,13 @@ class ListenerDUL(DULServiceProvider):
         return pdu
 
 
-def command_pdus(context_id: int, command: bytes, maximum_length: int) -> list[bytes]:
-    """The P-DATA-TF PDUs of a command set, fragmented to the peer's maximum PDU length
-    (0: no limit) as PS3.8 9.3.1 requires of any message."""
-    size = maximum_length - 6 if maximum_length else len(command)
-    chunks = [command[i:i + size] for i in range(0, len(command), size)]
-    return [p_data_tf(context_id, COMMAND_BIT | (LAST_BIT if i == len(chunks) - 1 else 0), chunk)
-            for i, chunk in enumerate(chunks)]
-
-
 class ListenerRequestHandler(RequestHandler):
     """pynetdicom's request handler, giving each association the behaviour above."""
 
     def _create_association(self) -> Association:
         association = super()._create_association()
         # pynetdicom builds the DUL provider and its AssociationSocket itself: give them
-        # the methods of our subclasses (which add no state but ``arrivals``).
+        # the methods of our subclasses (whose only state is ``arrivals`` and ``doorbell``).
         association.dul.socket.__class__ = ListenerSocket
         association.dul.__class__ = ListenerDUL
         dul = cast(ListenerDUL, association.dul)

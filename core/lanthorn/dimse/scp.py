@@ -19,8 +19,9 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -146,8 +147,9 @@ class SharedPortServer(ListenerServer):
     associations over two workers were split 3:1 or 4:0 half of the time.)
     """
 
-    def __init__(self, *args: Any, listening: socket.socket | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, serve_store: Callable[[StoreRequest], StoreAnswer],
+                 listening: socket.socket | None = None, **kwargs: Any) -> None:
+        self.serve_store = serve_store
         self.listening = listening
         #: The connections accepted and still open (an association's thread starts a
         #: little after its connection is accepted).
@@ -217,12 +219,13 @@ def start_listener(server: Server, listening: socket.socket | None = None
                 (evt.EVT_N_EVENT_REPORT, serve_n_event_report, [server, rules])]
     listener = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer,
                               ssl_context=listener_context(server.config),
-                              request_handler=ListenerRequestHandler, listening=listening)
+                              request_handler=ListenerRequestHandler,
+                              serve_store=partial(answer_store, server, rules),
+                              listening=listening)
     # pynetdicom gives each association a deep copy of these: ~150 storage classes in ~35
     # syntaxes took 0.1 s of CPU per association. _on_requested builds each association's
     # from the templates, for the SOP classes it proposes only.
     listener.contexts = []
-    cast(SharedPortServer, listener).serve_store = partial(answer_store, server, rules)
     # A short poll interval: stopping waits for one poll.
     threading.Thread(target=listener.serve_forever, args=(0.1,), name="lanthorn-dicom",
                      daemon=True).start()
