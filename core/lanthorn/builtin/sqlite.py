@@ -30,7 +30,7 @@ def sqlite_engine(path: Path, *, durable: bool) -> Engine:
     ``SyncStorageArea`` promises); NORMAL still survives a process crash.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{path}", pool_size=8, max_overflow=56,
+    engine = create_engine(f"sqlite:///{path}", pool_size=8, max_overflow=56, pool_use_lifo=True,
                            connect_args={"check_same_thread": False, "timeout": 60})
 
     @event.listens_for(engine, "connect")
