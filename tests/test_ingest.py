@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import Insert, event
 
 from lanthorn import Origin
+from lanthorn.model import ChangeType
 from lanthorn.testing import make_instance
 
 pytestmark = pytest.mark.all_index_backends
@@ -213,9 +214,11 @@ def _stored_while_the_index_is_busy(server: Any, files: list[bytes]
     inserted: dict[int, int] = {}  # instances inserted, by connection, until its commit
     committed: list[int] = []
 
-    def count(conn: Any, clause: Any, *_: Any) -> None:
-        if isinstance(clause, Insert) and clause.table.name == "instance_headers":
-            inserted[id(conn)] = inserted.get(id(conn), 0) + 1
+    def count(conn: Any, clause: Any, rows: list[dict[str, Any]], row: dict[str, Any],
+              *_: Any) -> None:
+        if isinstance(clause, Insert) and clause.table.name == "changes":
+            inserted[id(conn)] = inserted.get(id(conn), 0) + sum(
+                entry["change_type"] == ChangeType.NewInstance for entry in rows or [row])
 
     def commit(conn: Any) -> None:
         if stored := inserted.pop(id(conn), 0):

@@ -25,6 +25,7 @@ from sqlalchemy import (
     cast,
     delete,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -52,6 +53,7 @@ from .audit import AuditTable
 from .commitments import CommitmentTable
 from .group import GroupCommit
 from .jobs import JobTable
+from .prepared import Prepared
 from .queries import QueryTable
 from .records import (
     Attachment,
@@ -157,8 +159,8 @@ class SqlIndex:
 
     def _store(self, conn: Connection, new: NewInstance, overwrite: bool,
                limits: StorageLimits | None) -> StoreOutcome:
-        known = dict(conn.execute(_IDS_OF_LEVELS, dict(zip(_LEVEL_KEYS, new.public_ids,
-                                                           strict=True))).all())
+        known = dict(_IDS_OF_LEVELS.run(conn, dict(zip(_LEVEL_KEYS, new.public_ids,
+                                                       strict=True))).fetchall())
         replaced: list[str] = []
         if new.public_ids[Level.INSTANCE] in known:
             if not overwrite:
@@ -178,28 +180,28 @@ class SqlIndex:
                 created.append(level)
             ancestors.append(resource_id)
         series_id = ancestors[-1]
-        index_in_series = 1 if Level.SERIES in created else 1 + conn.scalar(
-            _COUNT_CHILDREN, {"parent": series_id})
+        index_in_series = 1 if Level.SERIES in created else 1 + _COUNT_CHILDREN.scalar(
+            conn, {"parent": series_id})
         instance_id = self._create(conn, Level.INSTANCE, new, series_id)
         # Orthanc's order in the change log: the instance first, then new parents.
         _log_many(conn, [(NEW_RESOURCE_CHANGE[level], level, new.public_ids[level])
                          for level in (Level.INSTANCE, *reversed(created))], new.timestamp)
         _insert_metadata(conn, instance_id,
                          {**new.metadata, "IndexInSeries": str(index_in_series)})
-        conn.execute(_INSERT_ATTACHMENT, {"resource_id": instance_id, **vars(new.attachment)})
-        conn.execute(_INSERT_HEADER, {"resource_id": instance_id, "header": new.header})
+        _INSERT_ATTACHMENT.run(conn, {"resource_id": instance_id, **vars(new.attachment)})
+        _INSERT_HEADER.run(conn, {"resource_id": instance_id, "header": new.header})
         # A new instance makes its (older) series, study and patient unstable again.
         untouched = [i for level, i in zip(Level, ancestors, strict=False)
                      if level not in created]
         if untouched:
-            conn.execute(_TOUCH, [{"key": i, "now": new.timestamp} for i in untouched])
+            _TOUCH.run_many(conn, [{"key": i, "now": new.timestamp} for i in untouched])
         return StoreOutcome(True, replaced, (*created, Level.INSTANCE))
 
     def _create(self, conn: Connection, level: Level, new: NewInstance, parent: int | None) -> int:
-        resource_id = conn.execute(_INSERT_RESOURCE, {
+        resource_id = _INSERT_RESOURCE.scalar(conn, {
             "level": level, "public_id": new.public_ids[level], "parent_id": parent,
             "last_update": new.timestamp, "is_stable": False, "protected": False,
-        }).inserted_primary_key[0]
+        })
         _insert_main_tags(conn, resource_id, new.main_tags.get(level, {}))
         return resource_id
 
@@ -949,33 +951,38 @@ _IDS_BY_PUBLIC_ID = select(s.resources.c.public_id, s.resources.c.id).where(
 #: PostgreSQL sums BIGINTs to NUMERIC (a Decimal in Python).
 _SIZES = select(*(cast(func.coalesce(func.sum(column), 0), BigInteger) for column in (
     s.attachments.c.compressed_size, s.attachments.c.uncompressed_size)))
-#: The inserts of every ingest.
-_INSERT_RESOURCE, _INSERT_MAIN_TAGS, _INSERT_METADATA, _INSERT_CHANGES, _INSERT_ATTACHMENT, \
-    _INSERT_HEADER = (insert(t) for t in (s.resources, s.main_tags, s.metadata_table, s.changes,
-                                          s.attachments, s.instance_headers))
+#: The statements of every ingest, run on the driver's cursor (``prepared.py``); the
+#: change log's insert stays on ``execute``, whose events a backend may listen to.
+_INSERT_CHANGES = insert(s.changes)
+_INSERT_RESOURCE = Prepared(insert(s.resources).returning(s.resources.c.id),
+                            ["level", "public_id", "parent_id", "last_update", "is_stable",
+                             "protected"])
+_INSERT_MAIN_TAGS, _INSERT_METADATA, _INSERT_ATTACHMENT, _INSERT_HEADER = (
+    Prepared(insert(t)) for t in (s.main_tags, s.metadata_table, s.attachments,
+                                  s.instance_headers))
 #: The resource IDs of an instance's four public IDs: four parameters, not an expanding
 #: ``IN``, which is rendered anew on every execution.
 _LEVEL_KEYS = tuple(f"level{level}" for level in Level)
-_IDS_OF_LEVELS = select(s.resources.c.public_id, s.resources.c.id).where(
-    s.resources.c.public_id.in_([bindparam(key) for key in _LEVEL_KEYS]))
-_COUNT_CHILDREN = select(func.count()).where(s.resources.c.parent_id == bindparam("parent"))
-_TOUCH = update(s.resources).where(s.resources.c.id == bindparam("key")).values(
-    last_update=bindparam("now"), is_stable=False)
+_IDS_OF_LEVELS = Prepared(select(s.resources.c.public_id, s.resources.c.id).where(
+    s.resources.c.public_id.in_([bindparam(key) for key in _LEVEL_KEYS])))
+_COUNT_CHILDREN = Prepared(select(func.count()).where(
+    s.resources.c.parent_id == bindparam("parent")))
+_TOUCH = Prepared(update(s.resources).where(s.resources.c.id == bindparam("key")).values(
+    last_update=bindparam("now"), is_stable=false()))
 
 
 def _insert_main_tags(conn: Connection, resource_id: int, tags: dict[int, str]) -> None:
-    if tags:
-        conn.execute(_INSERT_MAIN_TAGS, [
-            {"resource_id": resource_id, "tag": tag, "value": value, "norm": normalize(value)}
-            for tag, value in tags.items()
-        ])
+    _INSERT_MAIN_TAGS.run_many(conn, [
+        {"resource_id": resource_id, "tag": tag, "value": value, "norm": normalize(value)}
+        for tag, value in tags.items()
+    ])
 
 
 def _insert_metadata(conn: Connection, resource_id: int, values: dict[str, str]) -> None:
-    if values:
-        conn.execute(_INSERT_METADATA, [
-            {"resource_id": resource_id, "name": k, "value": v} for k, v in values.items()
-        ])
+    _INSERT_METADATA.run_many(conn, [
+        {"resource_id": resource_id, "name": k, "value": v, "revision": 1}
+        for k, v in values.items()
+    ])
 
 
 def _descendants(conn: Connection, ids: list[int], level: Level, limit: int = 0) -> list[int]:
