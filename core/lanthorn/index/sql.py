@@ -8,11 +8,13 @@ engine). Write transactions are short and take the write lock up front
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from pydicom.datadict import tag_for_keyword
@@ -75,7 +77,13 @@ _StoreRequest = tuple[NewInstance, bool, StorageLimits | None]
 
 def orthanc_date(timestamp: float) -> str:
     """Orthanc's compact UTC timestamp, as in ``LastUpdate`` and ``/changes``."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y%m%dT%H%M%S")
+    return _utc_second(math.floor(timestamp))
+
+
+@lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    """Each ingest formats its time twice, mostly the same second as the one before."""
+    return datetime.fromtimestamp(second, UTC).strftime("%Y%m%dT%H%M%S")
 
 
 class SqlIndex:
