@@ -10,6 +10,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from sqlalchemy import Insert, event
+from sqlalchemy import event
 
 from lanthorn import Origin
-from lanthorn.model import ChangeType
 from lanthorn.testing import make_instance
 
 pytestmark = pytest.mark.all_index_backends
@@ -211,20 +211,15 @@ def _stored_while_the_index_is_busy(server: Any, files: list[bytes]
     so that all but the first queue behind one another: each thread's result (or the
     exception it raised), and how many instances each committed transaction stored."""
     engine, group = server.index.engine, server.index._ingests
-    inserted: dict[int, int] = {}  # instances inserted, by connection, until its commit
+    with closing(engine.raw_connection()) as connection:
+        instances = [_instance_count(connection)]  # after each commit
     committed: list[int] = []
 
-    def count(conn: Any, clause: Any, rows: list[dict[str, Any]], row: dict[str, Any],
-              *_: Any) -> None:
-        if isinstance(clause, Insert) and clause.table.name == "changes":
-            inserted[id(conn)] = inserted.get(id(conn), 0) + sum(
-                entry["change_type"] == ChangeType.NewInstance for entry in rows or [row])
+    def commit(conn: Any) -> None:  # called just before the commit, in the transaction
+        if (now := _instance_count(conn.connection)) != instances[-1]:
+            committed.append(now - instances[-1])
+            instances.append(now)
 
-    def commit(conn: Any) -> None:
-        if stored := inserted.pop(id(conn), 0):
-            committed.append(stored)
-
-    event.listen(engine, "after_execute", count)
     event.listen(engine, "commit", commit)
     try:
         with ThreadPoolExecutor(len(files)) as pool:
@@ -236,9 +231,16 @@ def _stored_while_the_index_is_busy(server: Any, files: list[bytes]
                     time.sleep(0.01)
             results = [f.exception() or f.result() for f in futures]
     finally:
-        event.remove(engine, "after_execute", count)
         event.remove(engine, "commit", commit)
     return results, committed
+
+
+def _instance_count(connection: Any) -> int:
+    """Instances in the index as a DBAPI connection sees them, without SQLAlchemy (whose
+    events these are)."""
+    cursor = connection.cursor()
+    cursor.execute("SELECT count(*) FROM resources WHERE level = 3")
+    return cursor.fetchone()[0]
 
 
 def _outcome(result: Any) -> str:

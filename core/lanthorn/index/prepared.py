@@ -6,8 +6,8 @@ an ingest runs about ten. A ``Prepared`` statement is compiled once per dialect 
 parameters go straight to the driver, inside the connection's transaction.
 
 What this skips: SQLAlchemy's Python-side column defaults and type processing (pass
-every column, as plain ints, floats, strings and bytes) and its ``after_execute`` events
-(a statement whose events matter, such as the change log's, stays on ``execute``).
+every column, as plain ints, floats, strings and bytes) and its execution events (a
+backend that reacts to writes does so in the database: the postgres plugin's trigger).
 """
 
 from __future__ import annotations

@@ -924,7 +924,7 @@ def _log(conn: Connection, change_type: ChangeType, level: Level, public_id: str
 def _log_many(conn: Connection, entries: list[tuple[ChangeType, Level, str]],
               timestamp: float) -> None:
     date = orthanc_date(timestamp)
-    conn.execute(_INSERT_CHANGES, [
+    _INSERT_CHANGES.run_many(conn, [
         {"change_type": change_type, "level": level, "public_id": public_id, "date": date}
         for change_type, level, public_id in entries
     ])
@@ -959,9 +959,8 @@ _IDS_BY_PUBLIC_ID = select(s.resources.c.public_id, s.resources.c.id).where(
 #: PostgreSQL sums BIGINTs to NUMERIC (a Decimal in Python).
 _SIZES = select(*(cast(func.coalesce(func.sum(column), 0), BigInteger) for column in (
     s.attachments.c.compressed_size, s.attachments.c.uncompressed_size)))
-#: The statements of every ingest, run on the driver's cursor (``prepared.py``); the
-#: change log's insert stays on ``execute``, whose events a backend may listen to.
-_INSERT_CHANGES = insert(s.changes)
+#: The statements of every ingest, run on the driver's cursor (``prepared.py``).
+_INSERT_CHANGES = Prepared(insert(s.changes), ["change_type", "level", "public_id", "date"])
 _INSERT_RESOURCE = Prepared(insert(s.resources).returning(s.resources.c.id),
                             ["level", "public_id", "parent_id", "last_update", "is_stable",
                              "protected"])

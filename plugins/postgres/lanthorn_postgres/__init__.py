@@ -14,7 +14,7 @@ from lanthorn import Command, IndexBackendFactory, StorageAreaFactory, hookimpl
 from lanthorn.index import SqlIndex, upgrade
 
 from .engine import MIGRATIONS, index_engine, postgres_engine
-from .notify import ChangeListener, notify_on_changes
+from .notify import ChangeListener
 from .settings import SECTION, Settings
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ def open_index(settings: Settings, main_tags: MainTags | None = None) -> SqlInde
     """The shared SQL index on PostgreSQL, migrated to the newest schema (the core's and
     the plugin's tables)."""
     engine = index_engine(settings)
-    notify_on_changes(engine)
     upgrade(engine, [MIGRATIONS])
     return SqlIndex(engine, main_tags)
 

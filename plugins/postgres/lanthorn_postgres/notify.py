@@ -2,7 +2,8 @@
 
 The node holding the events lease polls the change log twice a second; a change logged
 by another node would wait up to that long. Each write transaction that adds to the
-change log also sends a notification (delivered at commit, once per transaction), and
+change log also sends a notification (a trigger on the table, migration postgres_0003;
+delivered at commit, once per transaction), and
 every node listens on a connection of its own and wakes its event dispatcher.
 """
 
@@ -14,25 +15,13 @@ import uuid
 from collections.abc import Callable
 
 import psycopg
-from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import URL
-from sqlalchemy.sql import Insert
-
-from lanthorn.index import schema
 
 log = logging.getLogger(__name__)
 
+#: The channel of migration postgres_0003's trigger.
 CHANNEL = "lanthorn_changes"
 RECONNECT_SECONDS = 5.0
-
-
-def notify_on_changes(engine: Engine) -> None:
-    """Make every statement that adds to the change log also notify ``CHANNEL``."""
-
-    @event.listens_for(engine, "after_execute")
-    def _after(conn: Connection, clause: object, *_: object) -> None:
-        if isinstance(clause, Insert) and clause.table is schema.changes:
-            conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
 
 
 class ChangeListener:
