@@ -20,6 +20,7 @@ from lanthorn.storage import (
     COMPRESSION_ZLIB,
     FilesystemStorage,
     compress,
+    new_uuid,
     read_ahead_files,
 )
 
@@ -133,3 +134,20 @@ def test_a_missing_file_fails_at_its_turn(tmp_path: Path) -> None:
     with pytest.raises(InexistentItem):
         b"".join(streams[1])
     assert b"".join(streams[2]) == b"y"
+
+
+def test_a_write_whose_chunks_fail_leaves_no_file(tmp_path: Path) -> None:
+    area = FilesystemStorage(tmp_path)
+    failed, whole = new_uuid(), new_uuid()
+
+    def chunks() -> Iterator[bytes]:
+        yield b"the first part"
+        raise RuntimeError("the producer failed")
+
+    with pytest.raises(RuntimeError, match="the producer failed"):
+        area.write(failed, chunks())
+    area.write(whole, [b"whole", b" file"])
+    assert not area.exists(failed)
+    assert [name for name, _ in area.scan()] == [whole]
+    with area.open(whole) as handle:
+        assert handle.read() == b"whole file"

@@ -6,8 +6,8 @@ by hand, a restore that mixed two backups, a failing disk) is found here: every 
 read, so the MD5 recorded at ingest also catches silent corruption.
 
 A running server (or ``lanthorn import``) holds a lease in the index. While one does,
-its files in flight look like orphans or leftover temporary files for a moment, so only
-those older than ``GRACE_SECONDS`` are reported and removed.
+its files in flight look like orphans for a moment, so only those older than
+``GRACE_SECONDS`` are reported and removed.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ MISSING = "missing files"
 BAD_CHECKSUM = "bad checksums"
 UNREADABLE = "unreadable files"
 ORPHAN = "orphan files"
-TEMPORARY = "temporary files"
-KINDS = (MISSING, BAD_CHECKSUM, UNREADABLE, ORPHAN, TEMPORARY)
+KINDS = (MISSING, BAD_CHECKSUM, UNREADABLE, ORPHAN)
 #: Repair deletes what cannot be recovered; an unreadable file may be (permissions).
 LOST = (MISSING, BAD_CHECKSUM)
 
@@ -78,7 +77,7 @@ class CheckReport:
             found = [f"  {f}" for f in self.findings if f.kind == kind]
             lines += [f"{kind}: {len(found)}", *found]
         if self.spared:
-            lines.append(f"Left alone: {self.spared} recent unreferenced or temporary files "
+            lines.append(f"Left alone: {self.spared} recent unreferenced files "
                          "(possibly being written)")
         lines += [f"Repaired: {action}" for action in self.actions]
         lines.append("Consistent" if self.consistent else "Inconsistent")
@@ -93,7 +92,6 @@ def check(server: Server, repair: bool) -> CheckReport:
     cutoff = started - GRACE_SECONDS if report.live_holders else started
     referenced = _check_attachments(server, report) | _job_outputs(server)
     _check_orphans(server.storage, referenced, cutoff, report)
-    _check_temporary(server.storage, cutoff, report)
     report.elapsed = time.time() - started
     return report
 
@@ -168,13 +166,3 @@ def _check_orphans(storage: StorageArea, referenced: set[str], cutoff: float,
         if report.repair:
             storage.remove(uuid)
             report.actions.append(f"removed orphan file {uuid}")
-
-
-def _check_temporary(storage: StorageArea, cutoff: float, report: CheckReport) -> None:
-    found = list(storage.temporary())
-    leftovers = [name for name, mtime in found if mtime < cutoff]
-    report.spared += len(found) - len(leftovers)
-    report.findings += [Finding(TEMPORARY, name, "an unfinished write") for name in leftovers]
-    if report.repair and leftovers:
-        removed = storage.clean_temporary(cutoff)
-        report.actions.append(f"removed {removed} temporary files")

@@ -103,13 +103,6 @@ class PostgresStorage:
             yield from conn.execute(select(files.c.uuid, files.c.written)
                                     .order_by(files.c.uuid))
 
-    def temporary(self) -> Iterator[tuple[str, float]]:
-        """None: a write is one transaction, so an unfinished one leaves nothing."""
-        return iter(())
-
-    def clean_temporary(self, older_than: float) -> int:
-        return 0
-
 
 class _ChunkReader(io.RawIOBase):
     """A seekable raw file over the chunks of one attachment, one query per read."""
