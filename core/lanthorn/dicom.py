@@ -19,6 +19,7 @@ from pydicom.datadict import private_dictionary_description
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.valuerep import IS, DSfloat
 
 from .errors import BadFileFormat
@@ -28,6 +29,7 @@ PIXEL_DATA = 0x7FE00010
 PIXEL_TAGS = (0x7FE00008, 0x7FE00009, PIXEL_DATA)
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _IDENTIFIERS = tuple(IDENTIFIER_KEYWORDS[level] for level in Level)
+_IDENTIFIER_TAGS = tuple(Tag(keyword) for keyword in _IDENTIFIERS)
 #: Dataset trailing padding: not an attribute, so never shown (as in Orthanc).
 TRAILING_PADDING = 0xFFFCFFFC
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
@@ -178,14 +180,14 @@ def _identifiers(dataset: Dataset) -> tuple[str, str, str, str]:
     VR UN (``rtdose_rle.dcm``): IDs must match, so we do the same.
     """
     values = []
-    for keyword in _IDENTIFIERS:
-        raw = dataset.get_item(keyword)
+    for tag in _IDENTIFIER_TAGS:  # by tag: a keyword is looked up on every access
+        raw = dataset.get_item(tag)
         if raw is None:
             values.append("")
         elif isinstance(raw, RawDataElement) and raw.VR == "UN":
             values.append((raw.value or b"").decode("latin-1").rstrip("\x00"))
         else:  # several values (a malformed file) are joined by "\", as Orthanc does
-            values.append((element_string(dataset[keyword]) or "").strip(" \x00"))
+            values.append((element_string(dataset[tag]) or "").strip(" \x00"))
     return tuple(values)  # type: ignore[return-value]
 
 
@@ -268,8 +270,9 @@ def _scalar_string(value: Any) -> str:
 
 def main_tag_values(dataset: Dataset, main_tags: MainTags) -> dict[Level, dict[int, str]]:
     """The main DICOM tags present in the dataset, per level."""
+    present = set(map(int, dataset.keys()))  # plain ints: ``tag in dataset`` costs ~1 µs
     return {
-        level: {tag: element_string(dataset[tag]) or "" for tag in tags if tag in dataset}
+        level: {tag: element_string(dataset[tag]) or "" for tag in tags if tag in present}
         for level, tags in main_tags.by_level.items()
     }
 
