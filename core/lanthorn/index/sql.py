@@ -599,7 +599,7 @@ class SqlIndex:
         checked in Python on one instance header per candidate, as Orthanc would on a
         file, before ``since``/``limit`` apply.
         """
-        target = s.resources.alias("target")
+        target = _TARGET
         indexed, header_only = [], []
         for c in query.constraints:
             kept = c.tag in self.main_tags.by_level[c.level]
@@ -627,12 +627,10 @@ class SqlIndex:
         """
         ids = select(s.main_tags.c.resource_id).where(s.main_tags.c.tag == c.tag, _match(c))
         if c.level < level:  # an ancestor's tag: walk down to the target's parents
-            for _ in range(level - c.level - 1):
-                child = s.resources.alias()
+            for child in _STEPS[:level - c.level - 1]:
                 ids = select(child.c.id).where(child.c.parent_id.in_(ids))
             return target.c.parent_id.in_(ids)
-        for _ in range(c.level - level):  # a descendant's tag: walk up to the target
-            node = s.resources.alias()
+        for node in _STEPS[:c.level - level]:  # a descendant's tag: walk up to the target
             ids = select(node.c.parent_id).where(node.c.id.in_(ids))
         return target.c.id.in_(ids)
 
@@ -959,6 +957,10 @@ _IDS_BY_PUBLIC_ID = select(s.resources.c.public_id, s.resources.c.id).where(
 #: PostgreSQL sums BIGINTs to NUMERIC (a Decimal in Python).
 _SIZES = select(*(cast(func.coalesce(func.sum(column), 0), BigInteger) for column in (
     s.attachments.c.compressed_size, s.attachments.c.uncompressed_size)))
+#: ``find``'s resources: the one it answers with, and one per step of a walk up or down
+#: from a constraint's level (built once: an alias costs more to build than to compile).
+_TARGET = s.resources.alias("target")
+_STEPS = [s.resources.alias(f"step{depth}") for depth in range(len(Level) - 1)]
 #: The statements of every ingest, run on the driver's cursor (``prepared.py``).
 _INSERT_CHANGES = Prepared(insert(s.changes), ["change_type", "level", "public_id", "date"])
 _INSERT_RESOURCE = Prepared(insert(s.resources).returning(s.resources.c.id),
