@@ -124,8 +124,8 @@ class FilesystemStorage:
 
 
 def _with_mtime(entry: Path) -> Iterator[tuple[str, float]]:
-    """``(name, mtime)`` of a regular file; nothing if it vanished (a live server renames
-    and deletes files while a check scans)."""
+    """``(name, mtime)`` of a regular file; nothing if it vanished (a live server deletes
+    files while a check scans)."""
     try:
         status = entry.stat()
     except FileNotFoundError:
