@@ -27,7 +27,9 @@ def sqlite_engine(path: Path, *, durable: bool) -> Engine:
     """An engine whose connections are in WAL mode and take write locks up front.
 
     ``synchronous=FULL`` makes each commit durable across power loss (what
-    ``SyncStorageArea`` promises); NORMAL still survives a process crash.
+    ``SyncStorageArea`` promises); NORMAL still survives a process crash. The pool hands
+    out the connection used last: a connection idle since another one wrote has a stale
+    page cache, which SQLite reads again page by page.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(f"sqlite:///{path}", pool_size=8, max_overflow=56, pool_use_lifo=True,

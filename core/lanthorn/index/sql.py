@@ -201,8 +201,7 @@ class SqlIndex:
         # A new instance makes its (older) series, study and patient unstable again.
         untouched = [i for level, i in zip(Level, ancestors, strict=False)
                      if level not in created]
-        if untouched:
-            _TOUCH.run_many(conn, [{"key": i, "now": new.timestamp} for i in untouched])
+        _TOUCH.run_many(conn, [{"key": i, "now": new.timestamp} for i in untouched])
         return StoreOutcome(True, replaced, (*created, Level.INSTANCE))
 
     def _create(self, conn: Connection, level: Level, new: NewInstance, parent: int | None) -> int:
