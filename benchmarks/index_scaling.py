@@ -43,8 +43,10 @@ from run import (
     _split,
     _time_query,
     _timed,
+    cpu_seconds,
     markdown_table,
     number,
+    process_tree,
 )
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -79,7 +81,7 @@ def measure_backend(backend: str, args: argparse.Namespace,
         try:
             target = Target(server.url)
             assert server.process is not None
-            server_cpu = _CpuClock(partial(_process_tree, server.process.pid))
+            server_cpu = _CpuClock(partial(process_tree, server.process.pid))
             database_cpu = _CpuClock(partial(_database_pids, section)) if section else None
             loaded: list[Spec] = []
             for number_ in range(args.total // args.step):
@@ -152,36 +154,10 @@ class _CpuClock:
 
     def lap(self) -> float:
         now = {pid: seconds for pid in self._pids()
-               if (seconds := _cpu_seconds(pid)) is not None}
+               if (seconds := cpu_seconds(pid)) is not None}
         spent = sum(seconds - self._seen.get(pid, seconds) for pid, seconds in now.items())
         self._seen = now
         return spent
-
-
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/PID/stat`` after the command name, or None once it exited."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    fields = _stat(pid)  # fields[11], [12]: utime, stime (stat fields 14 and 15)
-    return (int(fields[11]) + int(fields[12])) / _TICKS if fields else None
-
-
-def _process_tree(root: int) -> list[int]:
-    """``root`` and its descendants (the workers of ``--workers``)."""
-    parents = {int(entry.name): int(fields[1]) for entry in Path("/proc").iterdir()
-               if entry.name.isdigit() and (fields := _stat(int(entry.name)))}
-    tree = [root]
-    for pid in tree:
-        tree.extend(child for child, parent in parents.items() if parent == pid)
-    return tree
 
 
 def _database_pids(section: dict[str, Any]) -> list[int]:

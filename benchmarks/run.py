@@ -203,7 +203,8 @@ def benchmark(target: Target, options: Options) -> list[Metric]:
     for spec in options.datasets:
         for step in SENDERS:
             if step in steps:
-                metrics += [_ingest(target, spec, step, n, options) for n in options.clients]
+                for n in options.clients:
+                    metrics += _ingest(target, spec, step, n, options)
     if "cfind" in steps:
         metrics += _latencies("C-FIND", CFIND_QUERIES, searched, options,
                               lambda: _cfind_asker(target))
@@ -256,21 +257,32 @@ class Chunk:
         return (self.folder / name for name in self.names)
 
 
-def _ingest(target: Target, spec: Spec, step: str, clients: int, options: Options) -> Metric:
+def _ingest(target: Target, spec: Spec, step: str, clients: int,
+            options: Options) -> list[Metric]:
+    """Instances/s, and the server's CPU per instance (its processes' user + system
+    time, when its PID is known): on a machine whose cores the clients share, the CPU a
+    server spends per instance says more than its rate."""
     label, sender = SENDERS[step]
     metric = Metric(f"{label} x{clients} [{spec}]", "inst/s")
+    cpu = Metric(f"{label} x{clients} [{spec}], server CPU", "ms/inst", higher_is_better=False)
 
     def measure() -> None:
         for run in range(options.repeat):
             copy = spec.with_seed(f"{options.seed}/{step}/{clients}/{run}")
             if _holds(target, copy):
                 raise BenchmarkError(f"the server already holds {copy.seed}: pass another --seed")
+            used = tree_cpu_seconds(target.pid) if target.pid else 0.0
             seconds, size = _send(target, copy, sender, clients)
             metric.values.append(copy.count / seconds)
             metric.megabytes_each = size / copy.count / 1e6
-            _progress(f"{metric.name} run {run + 1}: {metric.values[-1]:.1f} inst/s")
+            if target.pid:
+                cpu.values.append((tree_cpu_seconds(target.pid) - used) * 1000 / copy.count)
+            _progress(f"{metric.name} run {run + 1}: {metric.values[-1]:.1f} inst/s"
+                      + (f", {cpu.values[-1]:.2f} ms CPU each" if target.pid else ""))
 
-    return _guarded([metric], measure)[0]
+    if not target.pid:
+        cpu.note = "not available: no --pid given"
+    return _guarded([metric, cpu], measure)
 
 
 def _ensure_loaded(target: Target, spec: Spec, clients: int) -> list[Metric]:
@@ -632,20 +644,40 @@ def peak_memory_mb(pid: int) -> float:
     For worker processes this is an upper bound of the peak the machine saw: each
     process's peak is summed even if they did not happen at the same moment.
     """
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # the process exited while we looked
-            children.setdefault(parent, []).append(int(entry.name))
-    tree, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        tree.append(current)
-        pending += children.get(current, [])
-    return sum(_vm_hwm_kb(p) for p in tree) / 1024
+    return sum(_vm_hwm_kb(p) for p in process_tree(pid)) / 1024
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its live descendants (a server's workers
+    live as long as it does)."""
+    return sum(seconds for p in process_tree(pid) if (seconds := cpu_seconds(p)) is not None)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of one process, or None once it exited."""
+    fields = _stat(pid)  # fields[11], [12]: utime, stime (stat fields 14 and 15)
+    return (int(fields[11]) + int(fields[12])) / _TICKS if fields else None
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (the workers of ``--workers``)."""
+    parents = {int(entry.name): int(fields[1]) for entry in Path("/proc").iterdir()
+               if entry.name.isdigit() and (fields := _stat(int(entry.name)))}
+    tree = [root]
+    for pid in tree:
+        tree.extend(child for child, parent in parents.items() if parent == pid)
+    return tree
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name, or None once it exited."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def _vm_hwm_kb(pid: int) -> int:
