@@ -22,10 +22,12 @@ from dimse_peers import (
     scu,
     store_request_pdus,
 )
+from pynetdicom import AE, Association
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import A_ABORT
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 import lanthorn
@@ -42,6 +44,7 @@ from lanthorn.dimse.commands import (
 from lanthorn.dimse.reactor import (
     IDLE_WAIT,
     Doorbell,
+    ListenerDUL,
     ListenerMessages,
     ListenerSocket,
 )
@@ -205,6 +208,26 @@ def test_a_data_set_interleaved_with_another_message_aborts(
     assert next_pdu_type(peer) == 0x07  # A-ABORT
     assert "interleaved" in caplog.text
     assert instance_count(lanthorn_server) == 0
+
+
+@pytest.mark.parametrize(("state", "queued"), [("Sta13", []), ("Sta6", ["Evt15"])])
+def test_a_local_abort_while_the_association_aborts_is_dropped(state: str,
+                                                               queued: list[str]) -> None:
+    """The listener aborted an association (a bad PDU) and waits for the peer to close
+    (Sta13) when the server shuts down and aborts every association: pynetdicom's state
+    machine has no transition for that second abort, and the DUL thread died of it
+    (seen in CI, after another test, as a thread exception). An established
+    association (Sta6) is aborted as before. The DUL is a real one that is not started:
+    its thread would race the test for the queue."""
+    association = Association(AE(), mode="acceptor")
+    dul = association.dul
+    dul.__class__ = ListenerDUL
+    dul.state_machine.current_state = state
+    dul.to_provider_queue.put(A_ABORT())
+    assert dul._process_recv_primitive()
+    assert list(dul.event_queue.queue) == queued
+    # Dropped; or left for the state machine's action (AA-1), which sends it.
+    assert len(dul.to_provider_queue.queue) == len(queued)
 
 
 # -- threads that wait instead of polling -------------------------------------------------

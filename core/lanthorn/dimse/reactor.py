@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pynetdicom import _config
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.fsm import TRANSITION_TABLE
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -80,6 +81,8 @@ POLL = 0.001
 IDLE_WAIT = 0.05
 #: What pynetdicom answers a C-STORE whose handler raised (its "unable to process").
 UNABLE_TO_PROCESS = 0xC211
+#: The state machine's event for an A-ABORT request from the local user (PS3.8 9.2).
+ABORT_REQUESTED = "Evt15"
 
 
 class ListenerServer(ThreadedAssociationServer):
@@ -349,6 +352,21 @@ class ListenerDUL(DULServiceProvider):
     """The DUL provider of a listener association: PDUs go to its StoreArrivals first."""
 
     arrivals: StoreArrivals  # set by ListenerRequestHandler
+
+    def _process_recv_primitive(self) -> bool:
+        """As pynetdicom's, except that a local abort the state machine has no
+        transition for is dropped: the server shutting down aborts every association,
+        including one already aborting (a bad PDU; awaiting the peer's close, Sta13), and
+        pynetdicom's ``InvalidEventError`` then killed this thread."""
+        try:
+            primitive = self.to_provider_queue.queue[0]
+        except IndexError:
+            return False
+        if isinstance(primitive, A_ABORT | A_P_ABORT) and \
+                (ABORT_REQUESTED, self.state_machine.current_state) not in TRANSITION_TABLE:
+            self.to_provider_queue.get()  # nothing left to abort
+            return True
+        return super()._process_recv_primitive()
 
     def _read_pdu_data(self) -> None:
         """As pynetdicom's, with the socket read in one call and C-STOREs taken first."""
