@@ -41,9 +41,36 @@ from .server import Server
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nothing uses now, below the kernel's range of ephemeral ports.
+
+    A port from that range (what binding port 0 gives) may become the source port of any
+    outgoing connection before the server binds it, which then fails ("address already
+    in use": seen about once in 50 runs of the DICOM tests, whose clients open many).
+    """
+    below = _first_ephemeral_port()
+    upper = below if below > FIRST_TEST_PORT + 1000 else 65536  # no room below that range
+    while True:
+        port = _PORTS.randrange(FIRST_TEST_PORT, upper)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+#: Where test ports start: above the well-known and most registered service ports.
+FIRST_TEST_PORT = 10000
+#: A generator of its own: a test seeding ``random`` must not make parallel workers
+#: draw the same ports.
+_PORTS = random.Random()
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: the IANA dynamic range
+        return 49152
 
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
