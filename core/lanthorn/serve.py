@@ -113,21 +113,24 @@ def run_server(config: Config, sockets: Sockets | None,
 
 
 def _bind_http(config: Config) -> socket.socket:
-    # IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on sockets that say they are TCP,
-    # and without it every keep-alive answer waits ~40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config["HttpBindAddress"] or "0.0.0.0", int(config["HttpPort"])))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+    return _bind(config["HttpBindAddress"], int(config["HttpPort"]), backlog=2048)
 
 
 def _bind_dicom(config: Config) -> socket.socket:
     """The DICOM port, bound once for all workers (``SharedPortServer`` says why)."""
-    host = config["DicomBindAddress"] or "0.0.0.0"
-    sock = socket.create_server((host, int(config["DicomPort"])), backlog=128,
-                                family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    return _bind(config["DicomBindAddress"], int(config["DicomPort"]), backlog=128)
+
+
+def _bind(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket the workers inherit."""
+    host = host or "0.0.0.0"
+    # IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on sockets that say they are TCP,
+    # and without it every keep-alive answer waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                         socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
 
