@@ -1,7 +1,8 @@
 """The listener's own C-STORE path (``lanthorn.dimse.reactor.StoreArrivals``) and its
-command codec (``lanthorn.dimse.commands``): checked against pynetdicom's encoder and
-decoder, and from a peer that writes PDUs on a raw socket, arranging them in the ways
-the standard allows and the usual tools never do."""
+command codec (``lanthorn.dimse.commands``, which also writes the C-FIND responses):
+checked against pynetdicom's encoder and decoder, and from a peer that writes PDUs on a
+raw socket, arranging them in the ways the standard allows and the usual tools never
+do."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from dimse_peers import (
 )
 from pynetdicom import AE, Association
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, DIMSEMessage
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dimse_messages import C_FIND_RSP as C_FIND_RSP_MESSAGE
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import A_ABORT
@@ -32,13 +34,16 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 import lanthorn
 from lanthorn.dimse.commands import (
+    C_FIND_RSP,
     COMMAND_BIT,
     LAST_BIT,
     CommandError,
     StoreCommand,
-    command_pdus,
+    message_pdus,
+    p_data_tf,
     presentation_values,
     read_store_command,
+    response_command,
     store_response,
 )
 from lanthorn.dimse.reactor import (
@@ -94,11 +99,29 @@ def test_a_store_response_decodes_in_pynetdicom(comment: str | None) -> None:
     assert command.get("ErrorComment") == comment
 
 
-@pytest.mark.parametrize("maximum_length", [0, 64, 16384])
-def test_a_response_is_fragmented_to_the_peers_maximum_pdu_length(maximum_length: int) -> None:
-    encoded = store_response(StoreCommand(7, CTImageStorage, UID), 0, None)
-    pdus = command_pdus(3, encoded, maximum_length)
-    assert len(pdus) == (1 if maximum_length != 64 else -(-len(encoded) // 58))
+def test_a_find_response_decodes_in_pynetdicom_as_the_message_it_wrote() -> None:
+    ours = response_command(C_FIND_RSP, 7, CTImageStorage, 0xFF00, data_set=True)
+    theirs = C_FIND()
+    theirs.MessageIDBeingRespondedTo, theirs.AffectedSOPClassUID = 7, CTImageStorage
+    theirs.Status, theirs.Identifier = 0xFF00, io.BytesIO(b"\0" * 8)
+    message = C_FIND_RSP_MESSAGE()
+    message.primitive_to_message(theirs)
+    assert decode(io.BytesIO(ours), True, True) == message.command_set
+    final = decode(io.BytesIO(response_command(C_FIND_RSP, 7, CTImageStorage, 0xC000, "Why")),
+                   True, True)
+    assert (final.CommandDataSetType, final.Status, final.ErrorComment) == (0x0101, 0xC000, "Why")
+
+
+@pytest.mark.parametrize(("maximum_length", "data_set", "pdu_count"), [
+    (0, b"", 1), (64, b"", 2), (16384, b"", 1),  # a command set alone: 98 bytes
+    (0, b"\1" * 1000, 1), (16384, b"\1" * 1000, 1),  # one PDU, one write
+    (500, b"\1" * 1000, 3), (64, b"\1" * 100, 4),
+])
+def test_a_message_is_fragmented_to_the_peers_maximum_pdu_length(
+        maximum_length: int, data_set: bytes, pdu_count: int) -> None:
+    encoded = response_command(C_FIND_RSP, 7, CTImageStorage, 0xFF00, data_set=bool(data_set))
+    pdus = [p_data_tf(3, values) for values in message_pdus(encoded, data_set, maximum_length)]
+    assert len(pdus) == pdu_count
     message = DIMSEMessage()
     for index, pdu in enumerate(pdus):
         assert maximum_length == 0 or len(pdu) - 6 <= maximum_length
@@ -106,7 +129,9 @@ def test_a_response_is_fragmented_to_the_peers_maximum_pdu_length(maximum_length
         decoded.decode(pdu)
         assert message.decode_msg(decoded.to_primitive()) == (index == len(pdus) - 1)
     response = message.message_to_primitive()
-    assert (response.Status, response.MessageIDBeingRespondedTo, message.context_id) == (0, 7, 3)
+    assert (response.Status, response.MessageIDBeingRespondedTo, message.context_id) == \
+        (0xFF00, 7, 3)
+    assert response.Identifier.getvalue() == data_set
 
 
 @pytest.mark.parametrize("pdu", [

@@ -1,10 +1,12 @@
-"""DIMSE command sets and P-DATA-TF PDUs as bytes, for the listener's C-STORE path.
+"""DIMSE command sets and P-DATA-TF PDUs as bytes, for the listener's busiest messages.
 
 pynetdicom turns every command set into a pydicom Dataset and a validated primitive,
-both ways: for a small instance that was a third of a C-STORE's CPU. A command set is
-a short list of group 0000 elements in Implicit VR Little Endian (PS3.7 E.1) and a
-P-DATA-TF PDU a list of presentation data values (PS3.8 9.3.5), so the few a C-STORE
-needs are read and written here; everything else stays pynetdicom's.
+both ways, and encodes each one twice (once to learn its length): for a small instance
+that was a third of a C-STORE's CPU, and a third of a C-FIND's went into its responses.
+A command set is a short list of group 0000 elements in Implicit VR Little Endian
+(PS3.7 E.1) and a P-DATA-TF PDU a list of presentation data values (PS3.8 9.3.5), so
+the C-STORE request, and the C-STORE and C-FIND responses, are read and written here;
+everything else stays pynetdicom's.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ AFFECTED_SOP_INSTANCE = 0x1000
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
+C_FIND_RSP = 0x8020
 NO_DATA_SET = 0x0101
+WITH_DATA_SET = 0x0001  # any other value says the same (PS3.7 E.1)
 
 #: The PDU types of PS3.8 9.3 (A-ASSOCIATE-RQ to A-ABORT), that of P-DATA-TF, and the
 #: bits of a presentation data value's message control header.
@@ -68,19 +72,29 @@ def read_store_command(encoded: bytes) -> StoreCommand | None:
     return StoreCommand(message_id, sop_class, sop_instance)
 
 
-def store_response(request: StoreCommand, status: int, comment: str | None) -> bytes:
-    """The command set of the C-STORE response (PS3.7 9.3.1.2), Error Comment included
-    when there is one (the caller keeps it to a LO's 64 printable characters)."""
-    elements = [(AFFECTED_SOP_CLASS, even_value(request.sop_class, b"\0")),
-                (COMMAND_FIELD, _US.pack(C_STORE_RSP)),
-                (MESSAGE_ID_RESPONDED_TO, _US.pack(request.message_id)),
-                (DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
+def response_command(command_field: int, message_id: int, sop_class: str, status: int,
+                     comment: str | None = None, *, sop_instance: str | None = None,
+                     data_set: bool = False) -> bytes:
+    """The command set of a response (PS3.7 9.3 and E.1), with the Error Comment when
+    there is one (the caller keeps it to a LO's 64 printable characters) and the
+    Affected SOP Instance UID when given."""
+    elements = [(AFFECTED_SOP_CLASS, even_value(sop_class, b"\0")),
+                (COMMAND_FIELD, _US.pack(command_field)),
+                (MESSAGE_ID_RESPONDED_TO, _US.pack(message_id)),
+                (DATA_SET_TYPE, _US.pack(WITH_DATA_SET if data_set else NO_DATA_SET)),
                 (STATUS, _US.pack(status))]
     if comment:
         elements.append((ERROR_COMMENT, even_value(comment, b" ")))
-    elements.append((AFFECTED_SOP_INSTANCE, even_value(request.sop_instance, b"\0")))
+    if sop_instance:
+        elements.append((AFFECTED_SOP_INSTANCE, even_value(sop_instance, b"\0")))
     body = b"".join(_ELEMENT.pack(0, element, len(value)) + value for element, value in elements)
     return _ELEMENT.pack(0, GROUP_LENGTH, 4) + _UL.pack(len(body)) + body
+
+
+def store_response(request: StoreCommand, status: int, comment: str | None) -> bytes:
+    """The command set of the C-STORE response (PS3.7 9.3.1.2)."""
+    return response_command(C_STORE_RSP, request.message_id, request.sop_class, status, comment,
+                            sop_instance=request.sop_instance)
 
 
 def presentation_values(pdu: bytes | memoryview) -> list[tuple[int, int, memoryview]]:
@@ -110,22 +124,32 @@ def read_pdu_header(header: bytes | bytearray) -> tuple[int, int]:
     return kind, length
 
 
-def command_pdus(context_id: int, command: bytes, maximum_length: int) -> list[bytes]:
-    """The P-DATA-TF PDUs of a command set, fragmented to the peer's maximum PDU length
-    (0: no limit, which bounds the PDU's items: each fragment and its 6-byte item
-    header) as PS3.8 9.3.1 requires of any message."""
-    size = maximum_length - _ITEM_HEADER.size if maximum_length else len(command)
-    chunks = [command[i:i + size] for i in range(0, len(command), size)]
-    return [p_data_tf(context_id, COMMAND_BIT | (LAST_BIT if i == len(chunks) - 1 else 0), chunk)
-            for i, chunk in enumerate(chunks)]
+def message_pdus(command: bytes, data_set: bytes, maximum_length: int
+                 ) -> list[list[tuple[int, bytes]]]:
+    """A message's presentation data values (message control header and fragment), in
+    as few PDUs as the peer's maximum PDU length allows (0: no limit; the length bounds
+    the PDU's items, each fragment with its 6-byte item header) as PS3.8 9.3.1 and
+    Annex E require: the command set and a small data set go in one PDU, one write."""
+    pdus: list[list[tuple[int, bytes]]] = [[]]
+    room = maximum_length or len(command) + len(data_set) + 2 * _ITEM_HEADER.size
+    for control, encoded in ((COMMAND_BIT, command), (0, data_set)):
+        offset = 0
+        while offset < len(encoded):
+            if room <= _ITEM_HEADER.size:
+                pdus.append([])
+                room = maximum_length
+            fragment = encoded[offset:offset + room - _ITEM_HEADER.size]
+            offset += len(fragment)
+            pdus[-1].append((control | (LAST_BIT if offset == len(encoded) else 0), fragment))
+            room -= _ITEM_HEADER.size + len(fragment)
+    return pdus
 
 
-def p_data_tf(context_id: int, control: int, fragment: bytes) -> bytes:
-    """One P-DATA-TF PDU holding one presentation data value."""
-    item = _ITEM_HEADER.pack(len(fragment) + 2, context_id, control) + fragment
-    return _PDU_HEADER.pack(P_DATA_TF, 0, len(item)) + item
-
-
+def p_data_tf(context_id: int, values: list[tuple[int, bytes]]) -> bytes:
+    """One P-DATA-TF PDU holding these presentation data values."""
+    items = b"".join(_ITEM_HEADER.pack(len(fragment) + 2, context_id, control) + fragment
+                     for control, fragment in values)
+    return _PDU_HEADER.pack(P_DATA_TF, 0, len(items)) + items
 _US = struct.Struct("<H")
 _UL = struct.Struct("<L")
 

@@ -45,7 +45,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom import _config
+from pynetdicom import _config, evt
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import TRANSITION_TABLE
 from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, P_DATA
@@ -54,6 +56,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from .commands import (
+    C_FIND_RSP,
     COMMAND_BIT,
     LAST_BIT,
     P_DATA_TF,
@@ -61,10 +64,12 @@ from .commands import (
     PDU_TYPES,
     CommandError,
     StoreCommand,
-    command_pdus,
+    message_pdus,
+    p_data_tf,
     presentation_values,
     read_pdu_header,
     read_store_command,
+    response_command,
     store_response,
 )
 from .request import StoreAnswer, StoreRequest
@@ -328,9 +333,9 @@ class StoreArrivals:
         finally:
             idle_timer.restart()
         if association.is_established:
-            for pdu in command_pdus(arrived.context_id, store_response(command, *answer),
-                                    association.dimse.maximum_pdu_size):
-                association.dul.socket.send(pdu)
+            for values in message_pdus(store_response(command, *answer), b"",
+                                       association.dimse.maximum_pdu_size):
+                association.dul.socket.send(p_data_tf(arrived.context_id, values))
 
     def _pass_on(self, values: list[tuple[int, int, memoryview]]) -> None:
         """Give pynetdicom the values that follow a served request in the same PDU, as
@@ -406,6 +411,29 @@ class ListenerDUL(DULServiceProvider):
         return pdu
 
 
+class ListenerDIMSE(DIMSEServiceProvider):
+    """The DIMSE provider of a listener association: C-FIND responses are encoded here
+    (``commands.py``), the rest by pynetdicom; all are sent by the DUL thread."""
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """Queue a message's P-DATA for the DUL thread. pynetdicom's own encoding stays
+        for every other message, and for all when its log handlers want to see them."""
+        if not isinstance(primitive, C_FIND) or primitive.MessageIDBeingRespondedTo is None \
+                or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            super().send_msg(primitive, context_id)
+            return
+        identifier = primitive.Identifier
+        command = response_command(
+            C_FIND_RSP, primitive.MessageIDBeingRespondedTo, primitive.AffectedSOPClassUID,
+            primitive.Status, primitive.ErrorComment, data_set=identifier is not None)
+        data_set = b"" if identifier is None else identifier.getvalue()
+        for values in message_pdus(command, data_set, self.maximum_pdu_size):
+            pdata = P_DATA()
+            pdata.presentation_data_value_list = [
+                [context_id, bytes([control]) + fragment] for control, fragment in values]
+            self.dul.send_pdu(pdata)
+
+
 class ListenerRequestHandler(RequestHandler):
     """pynetdicom's request handler, giving each association the behaviour above."""
 
@@ -415,6 +443,7 @@ class ListenerRequestHandler(RequestHandler):
         # the methods of our subclasses (whose only state is ``arrivals`` and ``doorbell``).
         association.dul.socket.__class__ = ListenerSocket
         association.dul.__class__ = ListenerDUL
+        association.dimse.__class__ = ListenerDIMSE
         dul = cast(ListenerDUL, association.dul)
         dul._run_loop_delay = 0  # ListenerSocket.ready waits instead
         dul.arrivals = StoreArrivals(association, cast(ListenerServer, self.server).serve_store)
