@@ -54,13 +54,15 @@ def known(server: Server, ids: Sequence[int], level: Level,
           tags: Sequence[int]) -> Iterator[Known]:
     """Known values of resources of one level, in the order given: a fixed number of
     index queries for each ID_BATCH resources (not several per resource), so that a
-    QIDO-RS or C-FIND answer costs about the same for one match as for a hundred."""
+    QIDO-RS or C-FIND answer costs about the same for one match as for a hundred, and
+    in one transaction per batch (the yields are not inside it)."""
     left = [t for t in tags if not _computed(t, level) and _owner(server, t, level) is None]
     for start in range(0, len(ids), server.index.ID_BATCH):
         batch = ids[start:start + server.index.ID_BATCH]
-        counts = _counter(server, batch, level)
-        values = _index_values(server, batch, level, tags, counts)
-        headers = _first_headers(server, batch, level, counts) if left else {}
+        with server.index.read():
+            counts = _counter(server, batch, level)
+            values = _index_values(server, batch, level, tags, counts)
+            headers = _first_headers(server, batch, level, counts) if left else {}
         for resource_id in batch:
             yield Known(values[resource_id], headers.get(resource_id))
 
