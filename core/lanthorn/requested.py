@@ -95,7 +95,8 @@ def _index_values(server: Server, ids: Sequence[int], level: Level, tags: Sequen
     owners = {t: owner for t in tags
               if t not in computed and (owner := _owner(server, t, level)) is not None}
     if owners:
-        chains = index.lineages(ids)  # chains[i][k]: the ancestor k levels up
+        # chains[i][k]: the ancestor k levels up, as far up as the highest owner
+        chains = index.lineages(ids, level - min(owners.values()))
         holder = {(i, owner): chain[level - owner] for i, chain in chains.items()
                   for owner in set(owners.values()) if level - owner < len(chain)}
         kept = index.main_tags_of_many(list(set(holder.values())))

@@ -13,7 +13,10 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from pydicom import config as pydicom_config
 from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -80,10 +83,13 @@ def serve_find(event: Event, server: Server) -> Iterator[Response]:
 
 def _filtered(event: Event, server: Server) -> DimseRequest:
     """The request once every ``filter_find_request`` has seen it: they may change the
-    identifier in place (its level is read again), and a ``False`` refuses it."""
+    identifier in place (its level is then read again), and a ``False`` refuses it."""
     limits = (int(server.config["LimitFindResults"]), int(server.config["LimitFindInstances"]))
     request = dimse_request(event, limits=limits)
-    if not all(server.plugins.hook.filter_find_request(server=server, request=request)):
+    filters = server.plugins.hook.filter_find_request
+    if not filters.get_hookimpls():
+        return request
+    if not all(filters(server=server, request=request)):
         raise Rejected("a plugin refused this query")
     return dimse_request(event, limits=limits, identifier=request.identifier)
 
@@ -117,11 +123,21 @@ def core_find(server: Server, request: DimseRequest) -> Iterator[Dataset]:
     query = build_query(level, matching(asked), main_tags=server.main_tags,
                         case_sensitive_pn=bool(server.config["CaseSensitivePN"]), limit=limit)
     preferred = CHARACTER_SETS.get(server.config["DefaultEncoding"], UTF8)
+    # The same elements in every answer: made once (each answer is encoded and dropped).
+    common = [_element("QueryRetrieveLevel", request.identifier.QueryRetrieveLevel),
+              _element("RetrieveAETitle", server.config["DicomAet"])]
+    charsets = {term: _element("SpecificCharacterSet", term) for term in (preferred, UTF8)}
     for answer in requested_datasets(server, server.index.find(query), level, asked):
-        answer.QueryRetrieveLevel = request.identifier.QueryRetrieveLevel
-        answer.RetrieveAETitle = server.config["DicomAet"]
-        answer.SpecificCharacterSet = preferred if _encodable(answer, preferred) else UTF8
+        for element in common:
+            answer.add(element)
+        answer.add(charsets[preferred if _encodable(answer, preferred) else UTF8])
         yield answer
+
+
+def _element(keyword: str, value: str) -> DataElement:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return DataElement(tag, dictionary_VR(tag), value, validation_mode=pydicom_config.IGNORE)
 
 
 def _encodable(dataset: Dataset, term: str) -> bool:

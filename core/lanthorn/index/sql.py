@@ -327,13 +327,14 @@ class SqlIndex:
 
     # -- batched reads of the hierarchy (QIDO-RS, C-FIND and REST answers) ----------------
 
-    def lineages(self, ids: Sequence[int]) -> dict[int, list[int]]:
-        """Each resource's ID and its ancestors' IDs up to its patient, for a page of
-        resources of one level: one query per level walked up, not one per resource."""
+    def lineages(self, ids: Sequence[int], steps: int) -> dict[int, list[int]]:
+        """Each resource's ID and its ancestors' IDs up to ``steps`` levels up, for a
+        page of resources of one level: one query per level walked up, not one per
+        resource."""
         chains = {i: [i] for i in ids}
         with self.read() as conn:
             tips = list(chains)
-            while tips:
+            for _ in range(steps):
                 parents = dict(_in_batches(conn, _PARENTS, tips))
                 for chain in chains.values():
                     if parents.get(chain[-1]) is not None:
