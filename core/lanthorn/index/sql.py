@@ -291,7 +291,7 @@ class SqlIndex:
             children: dict[int, list[str]] = {i: [] for i in rows}
             for parent_id, public_id in conn.execute(_CHILDREN, wanted):
                 children[parent_id].append(public_id)
-            tags, labels, metadata = (_grouped(conn.execute(statement, wanted), rows)
+            tags, labels, metadata = (_grouped(_in_batches(conn, statement, list(rows)), rows)
                                       for statement in (_TAGS, _LABELS, _METADATA))
             attachments: dict[int, dict[int, Attachment]] = {i: {} for i in rows}
             for row in conn.execute(_ATTACHMENTS, wanted):
@@ -937,17 +937,24 @@ _CHILDREN = select(s.resources.c.parent_id, s.resources.c.public_id) \
     .where(s.resources.c.parent_id.in_(_IDS)).order_by(s.resources.c.id)
 #: Main tags, labels and metadata: (resource id, key, value) rows.
 _TAGS, _LABELS, _METADATA = (
-    select(t.c.resource_id, t.c[key], t.c[value]).where(t.c.resource_id.in_(_IDS))
+    Prepared(select(t.c.resource_id, t.c[key], t.c[value]).where(t.c.resource_id.in_(_IDS)),
+             expanding="ids")
     for t, key, value in ((s.main_tags, "tag", "value"), (s.labels, "label", "label"),
                           (s.metadata_table, "name", "value")))
 _ATTACHMENTS = select(s.attachments).where(s.attachments.c.resource_id.in_(_IDS))
-_PARENTS = select(s.resources.c.id, s.resources.c.parent_id).where(s.resources.c.id.in_(_IDS))
-_CHILD_IDS = select(s.resources.c.id, s.resources.c.parent_id) \
-    .where(s.resources.c.parent_id.in_(_IDS)).order_by(s.resources.c.id)
-_CHILD_COUNTS = select(s.resources.c.parent_id, func.count(), func.min(s.resources.c.id)) \
-    .where(s.resources.c.parent_id.in_(_IDS)).group_by(s.resources.c.parent_id)
-_METADATA_ENTRY = select(s.metadata_table.c.resource_id, s.metadata_table.c.value).where(
-    s.metadata_table.c.resource_id.in_(_IDS), s.metadata_table.c.name == bindparam("name"))
+_PARENTS = Prepared(select(s.resources.c.id, s.resources.c.parent_id)
+                    .where(s.resources.c.id.in_(_IDS)), expanding="ids")
+_CHILD_IDS = Prepared(select(s.resources.c.id, s.resources.c.parent_id)
+                      .where(s.resources.c.parent_id.in_(_IDS)).order_by(s.resources.c.id),
+                      expanding="ids")
+_CHILD_COUNTS = Prepared(
+    select(s.resources.c.parent_id, func.count(), func.min(s.resources.c.id))
+    .where(s.resources.c.parent_id.in_(_IDS)).group_by(s.resources.c.parent_id),
+    expanding="ids")
+_METADATA_ENTRY = Prepared(
+    select(s.metadata_table.c.resource_id, s.metadata_table.c.value).where(
+        s.metadata_table.c.resource_id.in_(_IDS), s.metadata_table.c.name == bindparam("name")),
+    expanding="ids")
 _LOOKUP = select(s.resources).where(s.resources.c.public_id == bindparam("public_id"))
 _ATTACHMENT = select(s.attachments).where(s.attachments.c.resource_id == bindparam("owner"),
                                           s.attachments.c.content_type == bindparam("kind"))
@@ -1011,12 +1018,12 @@ def _descendants(conn: Connection, ids: list[int], level: Level, limit: int = 0)
 
 
 
-def _in_batches(conn: Connection, statement: Any, ids: Sequence[int],
-                **parameters: Any) -> Iterator[Any]:
+def _in_batches(conn: Connection, statement: Prepared, ids: Sequence[int],
+                **parameters: Any) -> Iterator[tuple[Any, ...]]:
     """The rows of a statement on ``:ids``, run on at most ID_BATCH IDs at a time."""
     for start in range(0, len(ids), SqlIndex.ID_BATCH):
-        yield from conn.execute(statement, {"ids": list(ids[start:start + SqlIndex.ID_BATCH]),
-                                            **parameters})
+        yield from statement.run(conn, {"ids": list(ids[start:start + SqlIndex.ID_BATCH]),
+                                        **parameters})
 
 
 def _walk_down(conn: Connection, ids: Sequence[int], steps: int) -> dict[int, int]:
