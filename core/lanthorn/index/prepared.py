@@ -15,7 +15,7 @@ backend that reacts to writes does so in the database: the postgres plugin's tri
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Dialect
 from sqlalchemy.sql import Executable
@@ -33,31 +33,29 @@ class Prepared:
         self._statement = statement
         self._columns = list(columns) or None
         self._expanding = expanding
-        #: Per dialect and list length: the SQL, and its parameters' names in order
-        #: (None: by name).
-        self._compiled: dict[tuple[str, int], tuple[str, tuple[str, ...] | None]] = {}
+        #: Per dialect and list length.
+        self._compiled: dict[tuple[str, int], _Compiled] = {}
 
     def run(self, conn: Connection, values: Row) -> Any:
         """Execute once; the driver's cursor, for the rows it returns."""
         if self._expanding:
             values = {**values, self._expanding: _padded(values[self._expanding])}
-        sql, names = self._sql(conn.dialect, values)
+        compiled = self._sql(conn.dialect, values)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute(sql, self._driver_values(values, names))
+        cursor.execute(compiled.sql, self._driver_values(values, compiled))
         return cursor
 
     def run_many(self, conn: Connection, rows: Sequence[Row]) -> None:
         if not rows:
             return
-        sql, names = self._sql(conn.dialect, rows[0])
+        compiled = self._sql(conn.dialect, rows[0])
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        cursor.executemany(sql, rows if names is None
-                           else [[row[n] for n in names] for row in rows])
+        cursor.executemany(compiled.sql, [self._driver_values(row, compiled) for row in rows])
 
     def scalar(self, conn: Connection, values: Row) -> Any:
         return self.run(conn, values).fetchone()[0]
 
-    def _sql(self, dialect: Dialect, values: Row) -> tuple[str, tuple[str, ...] | None]:
+    def _sql(self, dialect: Dialect, values: Row) -> _Compiled:
         count = len(values[self._expanding]) if self._expanding else 0
         compiled = self._compiled.get((dialect.name, count))
         if compiled is None:
@@ -67,15 +65,27 @@ class Prepared:
             done = statement.compile(dialect=dialect, column_keys=self._columns,
                                      compile_kwargs={"render_postcompile": bool(self._expanding)})
             names = tuple(done.positiontup or ()) if done.positional else None
-            compiled = self._compiled[(dialect.name, count)] = (done.string, names)
+            # (SQLAlchemy cannot list them once it rendered an expanding list.)
+            constants = {} if self._expanding else \
+                {k: v for k, v in done.params.items() if k not in values}
+            compiled = self._compiled[(dialect.name, count)] = _Compiled(done.string, names,
+                                                                         constants)
         return compiled
 
-    def _driver_values(self, values: Row, names: tuple[str, ...] | None) -> Any:
+    def _driver_values(self, values: Row, compiled: _Compiled) -> Any:
         if self._expanding:
             listed = values[self._expanding]
             values = {**values, **{f"{self._expanding}_{i}": value
                                    for i, value in enumerate(listed, start=1)}}
-        return values if names is None else [values[n] for n in names]
+        if compiled.constants:
+            values = {**compiled.constants, **values}
+        return values if compiled.names is None else [values[n] for n in compiled.names]
+
+
+class _Compiled(NamedTuple):
+    sql: str
+    names: tuple[str, ...] | None  # the parameters in order (None: by name)
+    constants: dict[str, Any]  # values the statement holds (SQLite's LIMIT -1)
 
 
 def _padded(values: Sequence[Any]) -> list[Any]:

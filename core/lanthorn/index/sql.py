@@ -7,6 +7,7 @@ engine). Write transactions are short and take the write lock up front
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -15,7 +16,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pydicom.datadict import tag_for_keyword
 from sqlalchemy import (
@@ -31,9 +32,11 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     not_,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -597,42 +600,28 @@ class SqlIndex:
 
         Constraints on tags the index keeps are matched in SQL; the rest (rare) are
         checked in Python on one instance header per candidate, as Orthanc would on a
-        file, before ``since``/``limit`` apply.
+        file, before ``since``/``limit`` apply. The SQL is made once per shape of query
+        (``_FindShape``) and run on the driver's cursor: building it and executing it
+        through SQLAlchemy each time cost several times SQLite's work.
         """
-        target = _TARGET
         indexed, header_only = [], []
         for c in query.constraints:
             kept = c.tag in self.main_tags.by_level[c.level]
             (indexed if kept else header_only).append(c)
-        conditions = [target.c.level == query.level]
-        conditions += [self._condition(target, query.level, c) for c in indexed]
-        conditions += _label_conditions(target, query)
-        statement = select(target.c.id).where(*conditions).order_by(target.c.id)
-        if not header_only:
-            statement = statement.offset(query.since)
-            if query.limit:
-                statement = statement.limit(query.limit)
+        paged = not header_only
+        shape = _FindShape(query.level, tuple(_shape(c) for c in indexed), len(query.labels),
+                           query.labels_constraint, paged and query.since > 0,
+                           paged and query.limit > 0)
+        values = [query.level, *(v for c in indexed for v in (c.tag, *_sql_values(c))),
+                  *query.labels, *([query.since] if shape.offset else []),
+                  *([query.limit] if shape.limit else [])]
         with self.read() as conn:
-            ids = list(conn.scalars(statement))
+            rows = _find_statement(shape).run(conn, {f"p{i}": v for i, v in enumerate(values)})
+            ids = [row[0] for row in rows]
             if header_only:
                 ids = [i for i in ids if self._header_matches(conn, i, query.level, header_only)]
                 ids = ids[query.since:][: query.limit or None]
         return ids
-
-    def _condition(self, target, level: Level, c: Constraint) -> ColumnElement[bool]:  # noqa: ANN001
-        """``target`` (at ``level``) is, descends from, or has below it a matching resource.
-
-        Uncorrelated ``IN`` subqueries let the database start from the (tag, value)
-        index instead of probing every resource of the level.
-        """
-        ids = select(s.main_tags.c.resource_id).where(s.main_tags.c.tag == c.tag, _match(c))
-        if c.level < level:  # an ancestor's tag: walk down to the target's parents
-            for child in _STEPS[:level - c.level - 1]:
-                ids = select(child.c.id).where(child.c.parent_id.in_(ids))
-            return target.c.parent_id.in_(ids)
-        for node in _STEPS[:c.level - level]:  # a descendant's tag: walk up to the target
-            ids = select(node.c.parent_id).where(node.c.id.in_(ids))
-        return target.c.id.in_(ids)
 
     def _header_matches(self, conn: Connection, resource_id: int, level: Level,
                         constraints: list[Constraint]) -> bool:
@@ -1124,29 +1113,96 @@ def _grouped(rows: Iterable[Any], ids: Iterable[int]) -> dict[int, dict]:
     return result
 
 
-def _match(c: Constraint) -> ColumnElement[bool]:
-    column = s.main_tags.c.value if c.case_sensitive else s.main_tags.c.norm
-    if c.match is Match.EQUAL:
-        return column == c.values[0]
-    if c.match is Match.LIST:
-        return column.in_(c.values)
-    if c.match is Match.RANGE:
-        low, high = c.values
-        parts = []
-        if low:
-            parts.append(column >= low)
-        if high:
-            bound = _digits_above(high)
-            if bound:
-                parts.append(column < bound)  # lets the index stop the scan
-            parts.append(func.substr(column, 1, len(high)) <= high)
-        return and_(*parts) if parts else literal(True)
-    pattern = c.values[0]
-    like = (pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            .replace("*", "%").replace("?", "_"))
+class _FindShape(NamedTuple):
+    """What the SQL of a find depends on. Its values are parameters p0, p1...: the
+    level, then each constraint's tag and ``_sql_values``, the labels, since, limit."""
+
+    level: Level
+    constraints: tuple[tuple[Level, Match, bool, int, tuple[bool, bool, int]], ...]
+    labels: int
+    labels_constraint: str
+    offset: bool
+    limit: bool
+
+
+def _shape(c: Constraint) -> tuple[Level, Match, bool, int, tuple[bool, bool, int]]:
+    """A constraint's part of a find's shape; for a range, which bounds it has (and the
+    length of the upper one, which the SQL compares prefixes of)."""
+    low, high = c.values if c.match is Match.RANGE else ("", "")
+    bounded = bool(high) and _digits_above(high) is not None
+    return c.level, c.match, c.case_sensitive, len(c.values), (bool(low), bounded, len(high))
+
+
+def _sql_values(c: Constraint) -> tuple[str, ...]:
+    """The values a constraint's SQL takes, in the order ``_match`` uses them."""
+    if c.match is Match.WILDCARD:
+        pattern = c.values[0]
+        return ((pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                 .replace("*", "%").replace("?", "_")),)
+    if c.match is not Match.RANGE:
+        return c.values
+    low, high = c.values
+    bound = _digits_above(high) if high else None
+    return (*([low] if low else []), *([bound] if bound else []), *([high] if high else []))
+
+
+@lru_cache(maxsize=256)
+def _find_statement(shape: _FindShape) -> Prepared:
+    parameter = (bindparam(f"p{i}") for i in itertools.count())
+    target = _TARGET
+    conditions = [target.c.level == next(parameter)]
+    for level, match, case_sensitive, count, bounds in shape.constraints:
+        tag = next(parameter)
+        conditions.append(_condition(target, shape.level, level, tag,
+                                     _match(match, case_sensitive, count, bounds, parameter)))
+    conditions += _label_conditions(target, shape, parameter)
+    statement = select(target.c.id).where(*conditions).order_by(target.c.id)
+    if shape.offset:
+        statement = statement.offset(next(parameter))
+    if shape.limit:
+        statement = statement.limit(next(parameter))
+    return Prepared(statement)
+
+
+def _condition(target, level: Level, tag_level: Level, tag: Any,  # noqa: ANN001
+               match: ColumnElement[bool]) -> ColumnElement[bool]:
+    """``target`` (at ``level``) is, descends from, or has below it a resource of
+    ``tag_level`` whose ``tag`` matches.
+
+    Uncorrelated ``IN`` subqueries let the database start from the (tag, value)
+    index instead of probing every resource of the level.
+    """
+    ids = select(s.main_tags.c.resource_id).where(s.main_tags.c.tag == tag, match)
+    if tag_level < level:  # an ancestor's tag: walk down to the target's parents
+        for child in _STEPS[:level - tag_level - 1]:
+            ids = select(child.c.id).where(child.c.parent_id.in_(ids))
+        return target.c.parent_id.in_(ids)
+    for node in _STEPS[:tag_level - level]:  # a descendant's tag: walk up to the target
+        ids = select(node.c.parent_id).where(node.c.id.in_(ids))
+    return target.c.id.in_(ids)
+
+
+def _match(match: Match, case_sensitive: bool, count: int, bounds: tuple[bool, bool, int],
+           parameter: Iterator[Any]) -> ColumnElement[bool]:
+    """The test of a main tag's value, with the values ``parameter`` gives."""
+    column = s.main_tags.c.value if case_sensitive else s.main_tags.c.norm
+    if match is Match.EQUAL:
+        return column == next(parameter)
+    if match is Match.LIST:  # of no values ("\\"): matches nothing
+        return column.in_([next(parameter) for _ in range(count)]) if count else false()
+    if match is Match.RANGE:
+        low, bounded, high_length = bounds
+        parts = [column >= next(parameter)] if low else []
+        if bounded:
+            parts.append(column < next(parameter))  # lets the index stop the scan
+        if high_length:
+            # Constants in the SQL, not parameters (``Prepared`` passes only those).
+            prefix = func.substr(column, literal_column("1"), literal_column(str(high_length)))
+            parts.append(prefix <= next(parameter))
+        return and_(*parts) if parts else true()
     # Case-sensitive on every backend: SQLite connections set case_sensitive_like, and
     # insensitive matching compares the case-folded ``norm`` column instead.
-    return column.like(like, escape="\\")
+    return column.like(next(parameter), escape="\\")
 
 
 def _digits_above(high: str) -> str | None:
@@ -1159,14 +1215,15 @@ def _digits_above(high: str) -> str | None:
     return above if len(above) == len(high) else None
 
 
-def _label_conditions(target, query: Query) -> list[ColumnElement[bool]]:  # noqa: ANN001
-    if not query.labels:
+def _label_conditions(target, shape: _FindShape,  # noqa: ANN001
+                      parameter: Iterator[Any]) -> list[ColumnElement[bool]]:
+    has = [exists().where(s.labels.c.resource_id == target.c.id,
+                          s.labels.c.label == next(parameter)) for _ in range(shape.labels)]
+    if not has:
         return []
-    has = [exists().where(s.labels.c.resource_id == target.c.id, s.labels.c.label == label)
-           for label in query.labels]
-    if query.labels_constraint == "Any":
+    if shape.labels_constraint == "Any":
         return [or_(*has)]
-    if query.labels_constraint == "None":
+    if shape.labels_constraint == "None":
         return [not_(or_(*has))]
     return has
 
