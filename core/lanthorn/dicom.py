@@ -26,7 +26,8 @@ from .errors import BadFileFormat
 from .model import IDENTIFIER_KEYWORDS, Level, MainTags, format_tag
 
 PIXEL_DATA = 0x7FE00010
-PIXEL_TAGS = (0x7FE00008, 0x7FE00009, PIXEL_DATA)
+#: A set: ``tag in`` a tuple costs one ``BaseTag.__eq__`` per member, on every element.
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, PIXEL_DATA})
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _IDENTIFIERS = tuple(IDENTIFIER_KEYWORDS[level] for level in Level)
 _IDENTIFIER_TAGS = tuple(Tag(keyword) for keyword in _IDENTIFIERS)
