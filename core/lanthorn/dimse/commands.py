@@ -150,6 +150,8 @@ def p_data_tf(context_id: int, values: list[tuple[int, bytes]]) -> bytes:
     items = b"".join(_ITEM_HEADER.pack(len(fragment) + 2, context_id, control) + fragment
                      for control, fragment in values)
     return _PDU_HEADER.pack(P_DATA_TF, 0, len(items)) + items
+
+
 _US = struct.Struct("<H")
 _UL = struct.Struct("<L")
 
