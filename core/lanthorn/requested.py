@@ -39,6 +39,7 @@ SOP_CLASSES_IN_STUDY = parse_tag("SOPClassesInStudy")
 COMPUTED_TAGS = frozenset({*COUNT_TAGS, SOP_CLASSES_IN_STUDY})
 INTEGER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
 FLOAT_VRS = frozenset({"FL", "FD"})
+NUMERIC_VRS = INTEGER_VRS | FLOAT_VRS
 
 
 @dataclass
@@ -162,11 +163,12 @@ def requested_datasets(server: Server, ids: Sequence[int], level: Level,
     """The asked elements with each resource's values, typed as DICOM (C-FIND answers,
     QIDO-RS results): index values first, then the first instance's header; an element
     nobody knows is returned empty, as DICOM wants."""
+    typed = [(element, _vr(element)) for element in asked]  # looked up once, not per answer
     for found in known(server, ids, level, [e.tag for e in asked]):
         answer = Dataset()
-        for element in asked:
+        for element, vr in typed:
             if element.tag in found.values:
-                answer.add(_element(element, found.values[element.tag]))
+                answer.add(_element(element.tag, vr, found.values[element.tag]))
             elif found.header is not None and element.tag in found.header:
                 answer.add(copy.deepcopy(found.header[element.tag]))
             else:
@@ -175,11 +177,15 @@ def requested_datasets(server: Server, ids: Sequence[int], level: Level,
         yield answer
 
 
-def _element(asked: DataElement, text: str) -> DataElement:
+def _vr(asked: DataElement) -> str:
+    """The dictionary's VR of an asked element (the one asked when it has none)."""
+    return dictionary_VR(asked.tag) if dictionary_has_tag(asked.tag) else asked.VR
+
+
+def _element(tag: int, vr: str, text: str) -> DataElement:
     """An element from the index's string; stored values go back as they are."""
-    vr = dictionary_VR(asked.tag) if dictionary_has_tag(asked.tag) else asked.VR
-    if vr in INTEGER_VRS | FLOAT_VRS and text:
+    if vr in NUMERIC_VRS and text:
         kind = int if vr in INTEGER_VRS else float
         numbers = [kind(part) for part in text.split("\\")]
-        return DataElement(asked.tag, vr, numbers if len(numbers) > 1 else numbers[0])
-    return DataElement(asked.tag, vr, text, validation_mode=pydicom_config.IGNORE)
+        return DataElement(tag, vr, numbers if len(numbers) > 1 else numbers[0])
+    return DataElement(tag, vr, text, validation_mode=pydicom_config.IGNORE)
