@@ -23,7 +23,13 @@ from typing import Any
 import pytest
 from dimse_peers import SCU_AET, dcmtk, listening, read_answers, scu, store, tcp_nodelay
 from pydicom.dataset import Dataset
-from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
+from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
@@ -159,6 +165,30 @@ def test_answers_use_latin1_unless_a_value_needs_utf8(archive: Archive, tmp_path
     [answer] = findscu(archive, tmp_path, "QueryRetrieveLevel=PATIENT", f"PatientID={patient}",
                        "PatientName", model="-P")
     assert (answer.SpecificCharacterSet, answer.PatientName) == (charset, name)
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian,
+                                    ExplicitVRBigEndian])
+def test_answers_are_written_in_the_negotiated_syntax(archive: Archive, syntax: str) -> None:
+    """Index strings (UTF-8 text, a UID, an odd-length code string), a header's binary
+    value (Rows, a US) and the listener's own elements, decoded by the peer."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.PatientID, query.PatientName, query.SOPInstanceUID, query.Rows = "P5", "", "", None
+    ae = AE(SCU_AET)
+    ae.add_requested_context(PATIENT_ROOT, [syntax])
+    association = ae.associate("127.0.0.1", archive.port, ae_title="LANTHORN")
+    assert association.is_established
+    try:
+        assert association.accepted_contexts[0].transfer_syntax == [syntax]
+        [(pending, answer), (final, _)] = list(association.send_c_find(query, PATIENT_ROOT))
+    finally:
+        association.release()
+    assert (pending.Status, final.Status) == (0xFF00, 0x0000)
+    assert (answer.PatientName, answer.PatientID, answer.Rows) == ("Ωμέγα^Αλφα", "P5", 8)
+    assert answer.SOPInstanceUID == archive.instances[-1].SOPInstanceUID
+    assert (answer.SpecificCharacterSet, answer.QueryRetrieveLevel, answer.RetrieveAETitle) == \
+        ("ISO_IR 192", "IMAGE", "LANTHORN")
 
 
 def test_the_listener_sets_tcp_nodelay_on_accepted_sockets(archive: Archive) -> None:

@@ -158,34 +158,47 @@ def requested_tags(server: Server, resource_id: int, level: Level,
     return values
 
 
+#: An asked element's value for one resource: the index's string, the element of the
+#: first instance's header, or None when neither knows it.
+Value = str | DataElement | None
+
+
+def requested_values(server: Server, ids: Sequence[int], level: Level,
+                     asked: Sequence[DataElement]) -> Iterator[list[Value]]:
+    """Each resource's values of the asked elements, in their order: index values first,
+    then the first instance's header."""
+    for found in known(server, ids, level, [e.tag for e in asked]):
+        header = found.header
+        yield [found.values[e.tag] if e.tag in found.values
+               else header[e.tag] if header is not None and e.tag in header
+               else None for e in asked]
+
+
 def requested_datasets(server: Server, ids: Sequence[int], level: Level,
                        asked: Sequence[DataElement]) -> Iterator[Dataset]:
-    """The asked elements with each resource's values, typed as DICOM (C-FIND answers,
-    QIDO-RS results): index values first, then the first instance's header; an element
-    nobody knows is returned empty, as DICOM wants."""
-    typed = [(element, _vr(element)) for element in asked]  # looked up once, not per answer
-    for found in known(server, ids, level, [e.tag for e in asked]):
+    """The asked elements with each resource's values, typed as DICOM (QIDO-RS
+    results); an element nobody knows is returned empty, as DICOM wants."""
+    typed = [(element, asked_vr(element)) for element in asked]  # once, not per answer
+    for values in requested_values(server, ids, level, asked):
         answer = Dataset()
-        for element, vr in typed:
-            if element.tag in found.values:
-                answer.add(_element(element.tag, vr, found.values[element.tag]))
-            elif found.header is not None and element.tag in found.header:
-                answer.add(copy.deepcopy(found.header[element.tag]))
-            else:
-                answer.add(DataElement(element.tag, element.VR,
-                                       [] if element.VR == "SQ" else None))
+        for (element, vr), value in zip(typed, values, strict=True):
+            answer.add(typed_element(element, vr, value))
         yield answer
 
 
-def _vr(asked: DataElement) -> str:
+def typed_element(asked: DataElement, vr: str, value: Value) -> DataElement:
+    """An asked element with its value: stored strings go back as they are."""
+    if isinstance(value, DataElement):
+        return copy.deepcopy(value)
+    if value is None:
+        return DataElement(asked.tag, asked.VR, [] if asked.VR == "SQ" else None)
+    if vr in NUMERIC_VRS and value:
+        kind = int if vr in INTEGER_VRS else float
+        numbers = [kind(part) for part in value.split("\\")]
+        return DataElement(asked.tag, vr, numbers if len(numbers) > 1 else numbers[0])
+    return DataElement(asked.tag, vr, value, validation_mode=pydicom_config.IGNORE)
+
+
+def asked_vr(asked: DataElement) -> str:
     """The dictionary's VR of an asked element (the one asked when it has none)."""
     return dictionary_VR(asked.tag) if dictionary_has_tag(asked.tag) else asked.VR
-
-
-def _element(tag: int, vr: str, text: str) -> DataElement:
-    """An element from the index's string; stored values go back as they are."""
-    if vr in NUMERIC_VRS and text:
-        kind = int if vr in INTEGER_VRS else float
-        numbers = [kind(part) for part in text.split("\\")]
-        return DataElement(tag, vr, numbers if len(numbers) > 1 else numbers[0])
-    return DataElement(tag, vr, text, validation_mode=pydicom_config.IGNORE)

@@ -41,6 +41,8 @@ class DimseRequest:
     move_destination: str = ""  # C-MOVE: the AET the instances go to
     #: True once the peer has sent a C-CANCEL for this request.
     is_cancelled: Callable[[], bool] = lambda: False
+    #: The presentation context's transfer syntax, in which the answers are sent.
+    transfer_syntax: str = "1.2.840.10008.1.2.1"
 
 
 @dataclass(frozen=True)

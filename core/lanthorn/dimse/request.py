@@ -106,7 +106,7 @@ def dimse_request(event: Event, *, limits: tuple[int, int] = (0, 0),
     limit = limits[level == Level.INSTANCE] if level is not None else 0
     destination = str(getattr(event, "move_destination", "") or "").strip()  # C-MOVE only
     return DimseRequest(sop_class, identifier, origin_of(event.assoc), level, limit, destination,
-                        CancelLatch(event))
+                        CancelLatch(event), str(event.context.transfer_syntax))
 
 
 class CancelLatch:
