@@ -24,7 +24,16 @@ from pydicom.uid import UID
 from ..errors import BadRequest, Rejected
 from ..query import build_query
 from ..requested import Value, asked_vr, requested_values, typed_element
-from .request import WORKLIST, dimse_request, failure_status, keys, matching
+from .request import (
+    QUERY_RETRIEVE_LEVEL,
+    RETRIEVE_AE_TITLE,
+    SPECIFIC_CHARACTER_SET,
+    WORKLIST,
+    dimse_request,
+    failure_status,
+    keys,
+    matching,
+)
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -54,9 +63,6 @@ TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
 #: VRs whose value the index keeps as the very string DICOM encodes (several values
 #: joined by a backslash, as DICOM writes them).
 STRING_VRS = TEXT_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"}
-QUERY_RETRIEVE_LEVEL = 0x00080052
-RETRIEVE_AE_TITLE = 0x00080054
-SPECIFIC_CHARACTER_SET = 0x00080005
 
 
 # -- the listener side ------------------------------------------------------------------

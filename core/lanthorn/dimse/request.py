@@ -31,8 +31,10 @@ WORKLIST = sop.ModalityWorklistInformationFind
 LEVELS = {"PATIENT": Level.PATIENT, "STUDY": Level.STUDY, "SERIES": Level.SERIES,
           "IMAGE": Level.INSTANCE}
 QUERY_RETRIEVE_LEVEL = 0x00080052
+RETRIEVE_AE_TITLE = 0x00080054
+SPECIFIC_CHARACTER_SET = 0x00080005
 #: Elements of an identifier that are neither matched nor returned as asked.
-NOT_KEYS = frozenset({0x00080005, QUERY_RETRIEVE_LEVEL, 0x00080054})  # charset, level, AET
+NOT_KEYS = frozenset({SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL, RETRIEVE_AE_TITLE})
 NOT_MATCHED_VRS = frozenset({"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 #: Error Comment (0000,0902) is a LO: at most 64 characters.
 MAX_ERROR_COMMENT = 64
