@@ -609,10 +609,11 @@ class SqlIndex:
             kept = c.tag in self.main_tags.by_level[c.level]
             (indexed if kept else header_only).append(c)
         paged = not header_only
-        shape = _FindShape(query.level, tuple(_shape(c) for c in indexed), len(query.labels),
+        parts = [_constraint_sql(c) for c in indexed]
+        shape = _FindShape(query.level, tuple(part for part, _ in parts), len(query.labels),
                            query.labels_constraint, paged and query.since > 0,
                            paged and query.limit > 0)
-        values = [query.level, *(v for c in indexed for v in (c.tag, *_sql_values(c))),
+        values = [query.level, *(v for _, part_values in parts for v in part_values),
                   *query.labels, *([query.since] if shape.offset else []),
                   *([query.limit] if shape.limit else [])]
         with self.read() as conn:
@@ -953,10 +954,6 @@ _IDS_BY_PUBLIC_ID = select(s.resources.c.public_id, s.resources.c.id).where(
 #: PostgreSQL sums BIGINTs to NUMERIC (a Decimal in Python).
 _SIZES = select(*(cast(func.coalesce(func.sum(column), 0), BigInteger) for column in (
     s.attachments.c.compressed_size, s.attachments.c.uncompressed_size)))
-#: ``find``'s resources: the one it answers with, and one per step of a walk up or down
-#: from a constraint's level (built once: an alias costs more to build than to compile).
-_TARGET = s.resources.alias("target")
-_STEPS = [s.resources.alias(f"step{depth}") for depth in range(len(Level) - 1)]
 #: The statements of every ingest, run on the driver's cursor (``prepared.py``).
 _INSERT_CHANGES = Prepared(insert(s.changes), ["change_type", "level", "public_id", "date"])
 _INSERT_RESOURCE = Prepared(insert(s.resources).returning(s.resources.c.id),
@@ -1113,43 +1110,46 @@ def _grouped(rows: Iterable[Any], ids: Iterable[int]) -> dict[int, dict]:
     return result
 
 
+#: A constraint's part of a find's shape: its level, kind of matching, case
+#: sensitivity, number of values and, for a range, which bounds it has (and the length
+#: of the upper one, whose prefix the SQL compares).
+_ConstraintShape = tuple[Level, Match, bool, int, tuple[bool, bool, int]]
+
+
 class _FindShape(NamedTuple):
     """What the SQL of a find depends on. Its values are parameters p0, p1...: the
-    level, then each constraint's tag and ``_sql_values``, the labels, since, limit."""
+    level, then each constraint's (``_constraint_sql``), the labels, since, limit."""
 
     level: Level
-    constraints: tuple[tuple[Level, Match, bool, int, tuple[bool, bool, int]], ...]
+    constraints: tuple[_ConstraintShape, ...]
     labels: int
     labels_constraint: str
     offset: bool
     limit: bool
 
 
-def _shape(c: Constraint) -> tuple[Level, Match, bool, int, tuple[bool, bool, int]]:
-    """A constraint's part of a find's shape; for a range, which bounds it has (and the
-    length of the upper one, which the SQL compares prefixes of)."""
-    low, high = c.values if c.match is Match.RANGE else ("", "")
-    bounded = bool(high) and _digits_above(high) is not None
-    return c.level, c.match, c.case_sensitive, len(c.values), (bool(low), bounded, len(high))
-
-
-def _sql_values(c: Constraint) -> tuple[str, ...]:
-    """The values a constraint's SQL takes, in the order ``_match`` uses them."""
+def _constraint_sql(c: Constraint) -> tuple[_ConstraintShape, tuple[str | int, ...]]:
+    """A constraint's shape, and the values its SQL takes: the tag, then the values in
+    the order ``_match`` uses them."""
+    bounds = (False, False, 0)
+    values: tuple[str, ...] = c.values
     if c.match is Match.WILDCARD:
-        pattern = c.values[0]
-        return ((pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                 .replace("*", "%").replace("?", "_")),)
-    if c.match is not Match.RANGE:
-        return c.values
-    low, high = c.values
-    bound = _digits_above(high) if high else None
-    return (*([low] if low else []), *([bound] if bound else []), *([high] if high else []))
+        values = (c.values[0].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                  .replace("*", "%").replace("?", "_"),)
+    elif c.match is Match.RANGE:
+        low, high = c.values
+        bound = _digits_above(high) if high else None
+        values = (*([low] if low else []), *([bound] if bound else []),
+                  *([high] if high else []))
+        bounds = (bool(low), bound is not None, len(high))
+    return (c.level, c.match, c.case_sensitive, len(c.values), bounds), (c.tag, *values)
 
 
 @lru_cache(maxsize=256)
 def _find_statement(shape: _FindShape) -> Prepared:
+    """Built once per shape, so its aliases and subqueries cost nothing per query."""
     parameter = (bindparam(f"p{i}") for i in itertools.count())
-    target = _TARGET
+    target = s.resources.alias("target")
     conditions = [target.c.level == next(parameter)]
     for level, match, case_sensitive, count, bounds in shape.constraints:
         tag = next(parameter)
@@ -1174,10 +1174,12 @@ def _condition(target, level: Level, tag_level: Level, tag: Any,  # noqa: ANN001
     """
     ids = select(s.main_tags.c.resource_id).where(s.main_tags.c.tag == tag, match)
     if tag_level < level:  # an ancestor's tag: walk down to the target's parents
-        for child in _STEPS[:level - tag_level - 1]:
+        for _ in range(level - tag_level - 1):
+            child = s.resources.alias()
             ids = select(child.c.id).where(child.c.parent_id.in_(ids))
         return target.c.parent_id.in_(ids)
-    for node in _STEPS[:tag_level - level]:  # a descendant's tag: walk up to the target
+    for _ in range(tag_level - level):  # a descendant's tag: walk up to the target
+        node = s.resources.alias()
         ids = select(node.c.parent_id).where(node.c.id.in_(ids))
     return target.c.id.in_(ids)
 
@@ -1195,8 +1197,7 @@ def _match(match: Match, case_sensitive: bool, count: int, bounds: tuple[bool, b
         parts = [column >= next(parameter)] if low else []
         if bounded:
             parts.append(column < next(parameter))  # lets the index stop the scan
-        if high_length:
-            # Constants in the SQL, not parameters (``Prepared`` passes only those).
+        if high_length:  # part of the shape: written in the SQL, not a parameter
             prefix = func.substr(column, literal_column("1"), literal_column(str(high_length)))
             parts.append(prefix <= next(parameter))
         return and_(*parts) if parts else true()
