@@ -39,6 +39,7 @@ import queue
 import select
 import socket
 import ssl
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -156,6 +157,9 @@ class ListenerSocket(AssociationSocket):
     """The socket of an association the listener accepted."""
 
     doorbell: Doorbell  # set by ListenerRequestHandler
+    #: Held while a PDU is written: the DUL thread and the association thread (C-FIND
+    #: responses, ListenerDIMSE) both write, and PDUs must not interleave.
+    sending: threading.Lock  # set by ListenerRequestHandler
 
     @property
     def ready(self) -> bool:
@@ -185,6 +189,11 @@ class ListenerSocket(AssociationSocket):
         both come here), and the doorbell with it."""
         super()._shutdown_socket()
         self.doorbell.close()
+
+    def send(self, bytestream: bytes) -> None:
+        """As pynetdicom's, one writer at a time."""
+        with self.sending:
+            super().send(bytestream)
 
     def fill(self, view: memoryview) -> int:
         """Read into ``view`` until it is full or the peer closed the connection; how many
@@ -413,11 +422,18 @@ class ListenerDUL(DULServiceProvider):
 
 class ListenerDIMSE(DIMSEServiceProvider):
     """The DIMSE provider of a listener association: C-FIND responses are encoded here
-    (``commands.py``), the rest by pynetdicom; all are sent by the DUL thread."""
+    (``commands.py``) and written by the thread that answers; pynetdicom encodes the
+    rest, which the DUL thread sends."""
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
-        """Queue a message's P-DATA for the DUL thread. pynetdicom's own encoding stays
-        for every other message, and for all when its log handlers want to see them."""
+        """Send a C-FIND response at once, or queue a message's P-DATA for the DUL
+        thread. pynetdicom's own encoding stays for every other message, and for all
+        when its log handlers want to see them.
+
+        Queueing a response woke the DUL thread to send it, and the two threads then
+        contended for the GIL on every answer of a query. Writing directly is what the
+        DUL thread would do in ``Sta6`` (send the PDU, stay in the state), so it is done
+        only there, and only when nothing queued earlier is still to be sent."""
         if not isinstance(primitive, C_FIND) or primitive.MessageIDBeingRespondedTo is None \
                 or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             super().send_msg(primitive, context_id)
@@ -427,11 +443,16 @@ class ListenerDIMSE(DIMSEServiceProvider):
             C_FIND_RSP, primitive.MessageIDBeingRespondedTo, primitive.AffectedSOPClassUID,
             primitive.Status, primitive.ErrorComment, data_set=identifier is not None)
         data_set = b"" if identifier is None else identifier.getvalue()
-        for values in message_pdus(command, data_set, self.maximum_pdu_size):
+        pdus = message_pdus(command, data_set, self.maximum_pdu_size)
+        dul = self.dul
+        if dul.state_machine.current_state == "Sta6" and dul.to_provider_queue.empty():
+            dul.socket.send(b"".join(p_data_tf(context_id, values) for values in pdus))
+            return
+        for values in pdus:
             pdata = P_DATA()
             pdata.presentation_data_value_list = [
                 [context_id, bytes([control]) + fragment] for control, fragment in values]
-            self.dul.send_pdu(pdata)
+            dul.send_pdu(pdata)
 
 
 class ListenerRequestHandler(RequestHandler):
@@ -448,7 +469,9 @@ class ListenerRequestHandler(RequestHandler):
         dul._run_loop_delay = 0  # ListenerSocket.ready waits instead
         dul.arrivals = StoreArrivals(association, cast(ListenerServer, self.server).serve_store)
         # The threads wait for each other's items instead of polling for them.
-        doorbell = cast(ListenerSocket, dul.socket).doorbell = Doorbell()
+        connection = cast(ListenerSocket, dul.socket)
+        connection.sending = threading.Lock()
+        doorbell = connection.doorbell = Doorbell()
         dul.to_provider_queue = Ringing(doorbell.ring)
         messages = association.dimse.msg_queue = ListenerMessages()
         dul.to_user_queue = Ringing(messages.wake)
