@@ -33,6 +33,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -189,7 +190,8 @@ def benchmark(target: Target, options: Options) -> list[Metric]:
             metrics += _ensure_loaded(target, spec, max(options.clients))
     searched = _loaded(options.find_dataset or options.datasets[0], options)
     if "find" in steps:
-        metrics += _latencies("find", list(QUERIES), searched, options, lambda: _rest_asker(target))
+        metrics += _latencies("find", list(QUERIES), searched, options, target.pid,
+                              lambda: _rest_asker(target))
     for spec in options.datasets:
         if "download" in steps:
             metrics += [_download(target, _loaded(spec, options), n, options)
@@ -206,7 +208,7 @@ def benchmark(target: Target, options: Options) -> list[Metric]:
                 for n in options.clients:
                     metrics += _ingest(target, spec, step, n, options)
     if "cfind" in steps:
-        metrics += _latencies("C-FIND", CFIND_QUERIES, searched, options,
+        metrics += _latencies("C-FIND", CFIND_QUERIES, searched, options, target.pid,
                               lambda: _cfind_asker(target))
     if "memory" in steps:
         metrics.append(_memory(target))
@@ -265,6 +267,8 @@ def _ingest(target: Target, spec: Spec, step: str, clients: int,
     label, sender = SENDERS[step]
     metric = Metric(f"{label} x{clients} [{spec}]", "inst/s")
     cpu = Metric(f"{label} x{clients} [{spec}], server CPU", "ms/inst", higher_is_better=False)
+    work = Metric(f"{label} x{clients} [{spec}], server instructions", "M/inst",
+                  higher_is_better=False)
 
     def measure() -> None:
         for run in range(options.repeat):
@@ -272,17 +276,19 @@ def _ingest(target: Target, spec: Spec, step: str, clients: int,
             if _holds(target, copy):
                 raise BenchmarkError(f"the server already holds {copy.seed}: pass another --seed")
             used = tree_cpu_seconds(target.pid) if target.pid else 0.0
-            seconds, size = _send(target, copy, sender, clients)
+            with Instructions(target.pid) as counted:
+                seconds, size = _send(target, copy, sender, clients)
             metric.values.append(copy.count / seconds)
             metric.megabytes_each = size / copy.count / 1e6
             if target.pid:
                 cpu.values.append((tree_cpu_seconds(target.pid) - used) * 1000 / copy.count)
+            counted.record(work, copy.count)
             _progress(f"{metric.name} run {run + 1}: {metric.values[-1]:.1f} inst/s"
                       + (f", {cpu.values[-1]:.2f} ms CPU each" if target.pid else ""))
 
     if not target.pid:
         cpu.note = "not available: no --pid given"
-    return _guarded([metric, cpu], measure)
+    return _guarded([metric, cpu, work], measure)
 
 
 def _ensure_loaded(target: Target, spec: Spec, clients: int) -> list[Metric]:
@@ -429,23 +435,29 @@ Asker = Callable[[Query], None]
 
 
 def _latencies(prefix: str, kinds: Sequence[str], spec: Spec, options: Options,
-               open_asker: Callable[[], AbstractContextManager[Asker]]) -> list[Metric]:
-    """Median and p90 latency (ms) of ``options.calls`` random queries of each kind."""
-    pairs = {kind: (Metric(f"{prefix} {kind}, median", "ms", False),
-                    Metric(f"{prefix} {kind}, p90", "ms", False)) for kind in kinds}
+               pid: int | None, open_asker: Callable[[], AbstractContextManager[Asker]]
+               ) -> list[Metric]:
+    """Median and p90 latency (ms) of ``options.calls`` random queries of each kind, and
+    the server's instructions per query."""
+    rows = {kind: (Metric(f"{prefix} {kind}, median", "ms", False),
+                   Metric(f"{prefix} {kind}, p90", "ms", False),
+                   Metric(f"{prefix} {kind}, server instructions", "M/query", False))
+            for kind in kinds}
 
     def measure() -> None:
         for run in range(options.repeat):
             rng = random.Random(f"{options.seed}/{prefix}/{run}")
             with open_asker() as ask:
-                for kind, (median, p90) in pairs.items():
-                    times = [_time_query(ask, QUERIES[kind](spec, _random_key(spec, rng)))
-                             for _ in range(options.calls)]
+                for kind, (median, p90, work) in rows.items():
+                    with Instructions(pid) as counted:
+                        times = [_time_query(ask, QUERIES[kind](spec, _random_key(spec, rng)))
+                                 for _ in range(options.calls)]
                     median.values.append(statistics.median(times))
                     p90.values.append(statistics.quantiles(times, n=10, method="inclusive")[8])
+                    counted.record(work, options.calls)
                     _progress(f"{prefix} {kind} run {run + 1}: {median.values[-1]:.1f} ms")
 
-    return _guarded([m for pair in pairs.values() for m in pair], measure)
+    return _guarded([m for row in rows.values() for m in row], measure)
 
 
 def _random_key(spec: Spec, rng: random.Random) -> Key:
@@ -636,6 +648,59 @@ def _memory(target: Target) -> Metric:
     else:
         metric.note = "not available: no --pid given"
     return metric
+
+
+class Instructions(AbstractContextManager["Instructions"]):
+    """User-space instructions that the server's processes retire inside the ``with``,
+    counted by ``perf stat`` (Debian's linux-perf). On a VM whose speed drifts by ±25%
+    between runs, CPU time and rates drift with it; the count of the same work does
+    not, so it shows what a change to the server saves. None without a PID, without
+    perf, or where the machine exposes no counters."""
+
+    #: How long perf takes to attach before the work may start.
+    ATTACH = 0.3
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.count: int | None = None
+        self.why_not = "no --pid given" if pid is None else ""
+        self._perf: subprocess.Popen[str] | None = None
+        self._output = Path(tempfile.mkdtemp(prefix="perf-")) / "stat.csv"
+
+    def __enter__(self) -> Instructions:
+        if self.pid is None:
+            return self
+        if not shutil.which("perf"):
+            self.why_not = "perf is not installed (apt-get install linux-perf)"
+            return self
+        pids = ",".join(map(str, process_tree(self.pid)))
+        self._perf = subprocess.Popen(
+            ["perf", "stat", "-x", ",", "-e", "instructions:u", "-p", pids,
+             "-o", str(self._output)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
+        time.sleep(self.ATTACH)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._perf is None:
+            return
+        self._perf.send_signal(signal.SIGINT)
+        _, errors = self._perf.communicate(timeout=30)
+        text = self._output.read_text() if self._output.exists() else ""
+        shutil.rmtree(self._output.parent, ignore_errors=True)
+        line = next((x for x in text.splitlines() if "instructions" in x), "")
+        value = line.split(",", 1)[0]
+        if value.isdigit():
+            self.count = int(value)
+        else:
+            self.why_not = f"perf stat counted no instructions ({value or errors.strip()})"
+
+    def record(self, metric: Metric, per: int) -> None:
+        """Millions of instructions per item into ``metric``, or why there are none."""
+        if self.count is None:
+            metric.note = f"not available: {self.why_not}"
+        else:
+            metric.values.append(self.count / per / 1e6)
 
 
 def peak_memory_mb(pid: int) -> float:
