@@ -29,7 +29,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     generate_uid,
 )
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
@@ -189,6 +190,31 @@ def test_answers_are_written_in_the_negotiated_syntax(archive: Archive, syntax: 
     assert answer.SOPInstanceUID == archive.instances[-1].SOPInstanceUID
     assert (answer.SpecificCharacterSet, answer.QueryRetrieveLevel, answer.RetrieveAETitle) == \
         ("ISO_IR 192", "IMAGE", "LANTHORN")
+
+
+def test_answers_go_through_pynetdicom_when_its_sent_handlers_want_them(
+        archive: Archive) -> None:
+    """With an EVT_DIMSE_SENT handler bound (as ``--verbose`` binds pynetdicom's), the
+    responses are encoded by pynetdicom and sent by the DUL thread, and the handler sees
+    each of them; the answers are the same as when the listener writes them itself."""
+    query = study_query(PatientID="P1", StudyDate="")
+    seen: list[int] = []
+
+    def sent(event: Any) -> None:
+        if isinstance(event.message, C_FIND_RSP):
+            seen.append(event.message.command_set.Status)
+
+    direct = find(archive.port, query)
+    archive.listener.bind(evt.EVT_DIMSE_SENT, sent)
+    try:
+        through_pynetdicom = find(archive.port, query)
+    finally:
+        archive.listener.unbind(evt.EVT_DIMSE_SENT, sent)
+    assert seen == [0xFF00, 0xFF00, 0x0000]
+    assert [(s, a and (a.StudyInstanceUID, a.StudyDate)) for s, a in through_pynetdicom] == \
+        [(s, a and (a.StudyInstanceUID, a.StudyDate)) for s, a in direct]
+    assert {a.StudyInstanceUID for _, a in direct if a} == {archive.studies[s]
+                                                            for s in ("S1", "S2")}
 
 
 def test_the_listener_sets_tcp_nodelay_on_accepted_sockets(archive: Archive) -> None:
