@@ -256,8 +256,10 @@ def element_string(element: DataElement, limit: int | None = None) -> str | None
         return ""
     if isinstance(value, bytes):
         return None
-    parts = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
-    text = "\\".join(_scalar_string(v) for v in parts)
+    if isinstance(value, MultiValue | list | tuple):
+        text = "\\".join([_scalar_string(v) for v in value])
+    else:  # one value, as most are: no list to make and join
+        text = _scalar_string(value)
     return text if limit is None or len(text) <= limit else None
 
 
