@@ -665,7 +665,6 @@ class Instructions(AbstractContextManager["Instructions"]):
         self.count: int | None = None
         self.why_not = "no --pid given" if pid is None else ""
         self._perf: subprocess.Popen[str] | None = None
-        self._output = Path(tempfile.mkdtemp(prefix="perf-")) / "stat.csv"
 
     def __enter__(self) -> Instructions:
         if self.pid is None:
@@ -675,9 +674,8 @@ class Instructions(AbstractContextManager["Instructions"]):
             return self
         pids = ",".join(map(str, process_tree(self.pid)))
         self._perf = subprocess.Popen(
-            ["perf", "stat", "-x", ",", "-e", "instructions:u", "-p", pids,
-             "-o", str(self._output)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True)
+            ["perf", "stat", "-x", ",", "-e", "instructions:u", "-p", pids],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # counts: stderr
         time.sleep(self.ATTACH)
         return self
 
@@ -685,15 +683,13 @@ class Instructions(AbstractContextManager["Instructions"]):
         if self._perf is None:
             return
         self._perf.send_signal(signal.SIGINT)
-        _, errors = self._perf.communicate(timeout=30)
-        text = self._output.read_text() if self._output.exists() else ""
-        shutil.rmtree(self._output.parent, ignore_errors=True)
-        line = next((x for x in text.splitlines() if "instructions" in x), "")
+        _, printed = self._perf.communicate(timeout=30)
+        line = next((x for x in printed.splitlines() if "instructions" in x), "")
         value = line.split(",", 1)[0]
         if value.isdigit():
             self.count = int(value)
         else:
-            self.why_not = f"perf stat counted no instructions ({value or errors.strip()})"
+            self.why_not = f"perf stat counted no instructions ({value or printed.strip()})"
 
     def record(self, metric: Metric, per: int) -> None:
         """Millions of instructions per item into ``metric``, or why there are none."""
