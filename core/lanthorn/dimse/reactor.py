@@ -21,6 +21,9 @@ The listener's associations change these things, all here:
   the command set into a Dataset and a primitive and back (a third of the CPU of a
   small instance; ``commands.py``). Other requests (C-FIND, C-MOVE, C-GET, C-ECHO...)
   go through pynetdicom's queue and its association thread as before;
+- a C-FIND response is encoded with the same codec (``ListenerDIMSE``) and written by
+  the association thread that answers, under the socket's lock, rather than queued for
+  the DUL thread (which woke up for every answer and contended for the GIL with it);
 - a PDU is read from the socket with as few system calls as the kernel allows, not in
   4 KB pieces.
 
@@ -461,7 +464,8 @@ class ListenerRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         association = super()._create_association()
         # pynetdicom builds the DUL provider and its AssociationSocket itself: give them
-        # the methods of our subclasses (whose only state is ``arrivals`` and ``doorbell``).
+        # the methods of our subclasses (whose only state is ``arrivals``, ``doorbell`` and
+        # ``sending``).
         association.dul.socket.__class__ = ListenerSocket
         association.dul.__class__ = ListenerDUL
         association.dimse.__class__ = ListenerDIMSE
