@@ -40,6 +40,22 @@ def _stored_files(config: Any) -> set[str]:
     return {p.name for p in storage.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*")}
 
 
+def _with_vr(make: MakeInstance, vr: bytes, *, in_sequence: bool = False) -> bytes:
+    """An instance with a 4-byte value (0018,9087) whose VR is then patched to ``vr``."""
+    dataset = pydicom.dcmread(io.BytesIO(make()))
+    holder = pydicom.Dataset()
+    holder.add_new(0x00189087, "LO", "abcd")
+    if in_sequence:
+        dataset.ContentSequence = [holder]
+    else:
+        dataset.update(holder)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    at = data.index(b"\x18\x00\x87\x90LO") + 4
+    return data[:at] + vr + data[at + 2:]
+
+
 BAD_INPUTS = {
     "empty": (lambda make: b"", "Received an empty DICOM file"),
     "not DICOM": (lambda make: b"hello", "Cannot parse an invalid DICOM file (size: 5 bytes)"),
@@ -47,6 +63,12 @@ BAD_INPUTS = {
                  "DICOMDIR"),
     "no SOPInstanceUID": (lambda make: make(SOPInstanceUID=None), "SOPInstanceUID"),
     "truncated": (lambda make: make()[:-1000], "truncated"),
+    # Values are decoded when read, not at ingest: what pydicom could never decode is
+    # refused up front all the same, at any depth.
+    "unknown VR": (lambda make: _with_vr(make, b"ZZ"), "0018,9087 has an unknown VR ('ZZ')"),
+    "FD of 4 bytes": (lambda make: _with_vr(make, b"FD"), "4 bytes, not a multiple of 8"),
+    "FD of 4 bytes in a sequence": (lambda make: _with_vr(make, b"FD", in_sequence=True),
+                                    "0018,9087 has 4 bytes"),
 }
 
 

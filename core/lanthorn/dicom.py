@@ -18,9 +18,11 @@ import pydicom
 from pydicom.datadict import private_dictionary_description
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.hooks import hooks
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
-from pydicom.valuerep import IS, DSfloat
+from pydicom.valuerep import IS, VR, DSfloat
+from pydicom.values import converters
 
 from .errors import BadFileFormat
 from .model import IDENTIFIER_KEYWORDS, Level, MainTags, format_tag
@@ -43,6 +45,10 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 _GROUP_LENGTH = b"\2\0\0\0"
 #: Real instances nest a few levels; reading one back costs several stack frames a level.
 MAX_SEQUENCE_DEPTH = 64
+#: Bytes per value of the VRs pydicom unpacks as binary numbers (the ambiguous ones
+#: may become US or SS once their dataset tells which).
+_NUMBER_SIZES = {vr: struct.calcsize("<" + c[1]) for vr, c in converters.items()
+                 if isinstance(c, tuple)} | dict.fromkeys((VR.US_SS, VR.US_OW, VR.US_SS_OW), 2)
 
 
 def file_meta_information(sop_class: str, sop_instance: str, transfer_syntax: str,
@@ -127,7 +133,7 @@ def _parse(data: bytes) -> ParsedInstance:
     pixel_offset, pixel_end = (None, 0) if deflated else \
         _pixel_span(dataset, data, transfer_syntax)
     uids = _identifiers(dataset)  # before conversion, which hides a value's VR of UN
-    _convert_everything(dataset)
+    _check_elements(dataset)
     if not transfer_syntax:
         raise BadFileFormat("The file meta information has no TransferSyntaxUID")
     if str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
@@ -157,11 +163,17 @@ def _check_group_length(data: bytes) -> None:
         raise BadFileFormat("The File Meta Information Group Length (0002,0000) is not a UL")
 
 
-def _convert_everything(dataset: Dataset) -> None:
-    """Decode every element (sequences included) so that corruption fails here, not later.
+def _check_elements(dataset: Dataset) -> None:
+    """Refuse what pydicom could not decode, decoding only the sequences.
 
-    Deeper nesting than MAX_SEQUENCE_DEPTH is refused: reading a header back recurses
-    once per level, so such an instance could be stored but not shown.
+    Other values are decoded when something reads them (the index's few tags at ingest,
+    ``/tags`` when asked): decoding all of them here was 40% of parsing a small file.
+    Whatever the warning filters, pydicom fails to decode a value only for an unknown VR
+    or binary numbers whose length is not a multiple of their size, so those are checked
+    on the raw elements. It reads a sequence's items only when decoding the sequence, so
+    sequences are decoded here, their items checked alike and their depth bounded:
+    reading a header back recurses once per level, so deeper nesting than
+    MAX_SEQUENCE_DEPTH could be stored but not shown.
     """
     pending = [(dataset, 0)]
     while pending:
@@ -169,9 +181,32 @@ def _convert_everything(dataset: Dataset) -> None:
         if depth > MAX_SEQUENCE_DEPTH:
             raise BadFileFormat(f"Sequences are nested more than {MAX_SEQUENCE_DEPTH} levels "
                                 "deep")
-        for element in current:  # iterating converts each raw element
+        for tag in list(current.keys()):  # noqa: SIM118 - raw elements, not decoded ones
+            element = current.get_item(tag)
+            if isinstance(element, RawDataElement):
+                vr = _raw_vr(element, current)
+                if vr != "SQ" and (element.length != UNDEFINED_LENGTH or tag in PIXEL_TAGS):
+                    _check_raw_value(element, vr)
+                    continue
+                element = current[tag]
+            # pydicom reads a sequence of undefined length whole, with the file
             if element.VR == "SQ":
                 pending += [(item, depth + 1) for item in element.value or []]
+
+
+def _check_raw_value(raw: RawDataElement, vr: str) -> None:
+    if vr not in converters:
+        raise BadFileFormat(f"Element {format_tag(raw.tag)} has an unknown VR ({vr!r})")
+    if raw.length % _NUMBER_SIZES.get(vr, 1):
+        raise BadFileFormat(f"Element {format_tag(raw.tag)} has {raw.length} bytes, not a "
+                            f"multiple of {_NUMBER_SIZES[vr]} for its VR {vr}")
+
+
+def _raw_vr(raw: RawDataElement, dataset: Dataset) -> str:
+    """The VR pydicom decodes ``raw`` with (looked up when the file's VR is implicit)."""
+    found: dict[str, Any] = {}
+    hooks.raw_element_vr(raw, found, ds=dataset)
+    return found["VR"]
 
 
 def _identifiers(dataset: Dataset) -> tuple[str, str, str, str]:

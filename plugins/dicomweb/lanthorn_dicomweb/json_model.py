@@ -74,8 +74,20 @@ def element_json(element: DataElement, bulk_uri: BulkUri, where: str) -> Json:
         return {"vr": vr, "Value": [f"{v:08X}" for v in values]}
     if vr in ("IS", "DS") or vr in NUMBER_FORMATS:
         kind = float if vr in ("DS", "FL", "FD") else int
-        return {"vr": vr, "Value": [None if v is None or v == "" else kind(v) for v in values]}
+        return {"vr": vr, "Value": [_number(kind, v) for v in values]}
     return {"vr": vr, "Value": [None if v == "" else str(v) for v in values]}
+
+
+def _number(kind: type[int] | type[float], value: Any) -> int | float | None:
+    """A JSON number, or null for a value that is none: pydicom keeps a malformed IS or
+    DS ("1A") as its text, which neither a JSON number nor a reader expecting one can
+    take."""
+    if value is None or value == "":
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        return None
 
 
 def _fast(raw: RawDataElement, bulk_uri: BulkUri, where: str) -> Json | None:
