@@ -10,15 +10,20 @@ UIDs), which is how the runner uploads new instances on every run.
 Profiles: ``ct`` is 512x512 16-bit noise (about 0.5 MB a file, image-bound; the worst
 case for any image codec), ``phantom`` the same size with a CT-like body section (air,
 soft tissue, lungs, spine, in Hounsfield units through a rescale: what preview and
-compression meet in practice), ``small`` is 64x64 noise (about 8 KB, index-bound). The
-files come from ``lanthorn.testing.make_instance`` and ``make_image``.
+compression meet in practice), ``small`` is 64x64 noise (about 8 KB, index-bound) with
+the 26 elements the others have too, ``scanner`` the same with the header of a real
+CT scanner's file besides (pydicom's ``CT_small.dcm``: 258 elements in all, private ones
+included, about 15 KB): what parsing meets in practice. The files come from
+``lanthorn.testing.make_instance`` and ``make_image``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
+import io
 import itertools
 import random
 import re
@@ -29,12 +34,15 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from lanthorn.testing import CT_IMAGE_STORAGE, make_image, make_instance
 
 #: Rows (and columns) of each profile's images.
-PROFILES = {"ct": 512, "phantom": 512, "small": 64}
+PROFILES = {"ct": 512, "phantom": 512, "small": 64, "scanner": 64}
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SOP_CLASSES = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}
@@ -132,7 +140,7 @@ class Spec:
                          RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
                  if self.profile == "phantom" else
                  partial(make_instance, rows=size, columns=size, seed=seed))
-        return image(
+        data = image(
             SOPClassUID=SOP_CLASSES[modality], SOPInstanceUID=sop_instance,
             StudyInstanceUID=self.uid(p, s), SeriesInstanceUID=self.uid(p, s, r),
             PatientID=self.patient_id(p), PatientName=self.patient_name(p),
@@ -144,6 +152,7 @@ class Spec:
             SeriesNumber=r + 1, SeriesDescription=SERIES_DESCRIPTIONS[r % len(SERIES_DESCRIPTIONS)],
             InstanceNumber=i + 1,
         )
+        return with_scanner_header(data) if self.profile == "scanner" else data
 
     def _rng(self, *indices: object) -> random.Random:
         return random.Random(self._source(*indices))
@@ -153,6 +162,27 @@ class Spec:
         one seed are disjoint; the separators keep ``(1, 23)`` apart from ``(12, 3)``
         (pydicom joins entropy sources as they are)."""
         return "/".join([self.seed, str(self), *map(str, indices)])
+
+
+def with_scanner_header(data: bytes) -> bytes:
+    """The file with every element of a real scanner's header that it lacks."""
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    for element in _scanner_header():
+        if element.tag not in dataset:
+            dataset.add(element)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@functools.cache
+def _scanner_header() -> Dataset:
+    """CT_small.dcm without its image pixel module and pixel data (the file's own
+    image is kept)."""
+    header = pydicom.dcmread(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+    for tag in [t for t in header.keys() if t.group in (0x0028, 0x7FE0)]:  # noqa: SIM118
+        del header[tag]
+    return header
 
 
 def phantom(size: int, seed: int) -> np.ndarray:
