@@ -12,7 +12,7 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import pydicom
 from pydicom.datadict import private_dictionary_description
@@ -45,10 +45,14 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 _GROUP_LENGTH = b"\2\0\0\0"
 #: Real instances nest a few levels; reading one back costs several stack frames a level.
 MAX_SEQUENCE_DEPTH = 64
-#: Bytes per value of the VRs pydicom unpacks as binary numbers (the ambiguous ones
-#: may become US or SS once their dataset tells which).
-_NUMBER_SIZES = {vr: struct.calcsize("<" + c[1]) for vr, c in converters.items()
-                 if isinstance(c, tuple)} | dict.fromkeys((VR.US_SS, VR.US_OW, VR.US_SS_OW), 2)
+#: The VRs pydicom decodes, each with the size its values' length must be a multiple
+#: of: the bytes per value of binary numbers (the ambiguous VRs may become US or SS once
+#: their dataset tells which), 1 for the others.
+_VALUE_SIZES = dict.fromkeys(converters, 1) | {
+    vr: struct.calcsize("<" + c[1]) for vr, c in converters.items() if isinstance(c, tuple)
+} | dict.fromkeys((VR.US_SS, VR.US_OW, VR.US_SS_OW), 2)
+#: Raw VRs that pydicom looks up before decoding: none given (implicit VR), or UN.
+_LOOKED_UP = (None, "UN")
 
 
 def file_meta_information(sop_class: str, sop_instance: str, transfer_syntax: str,
@@ -167,10 +171,11 @@ def _check_elements(dataset: Dataset) -> None:
     """Refuse what pydicom could not decode, decoding only the sequences.
 
     Other values are decoded when something reads them (the index's few tags at ingest,
-    ``/tags`` when asked): decoding all of them here was 40% of parsing a small file.
-    Whatever the warning filters, pydicom fails to decode a value only for an unknown VR
-    or binary numbers whose length is not a multiple of their size, so those are checked
-    on the raw elements. It reads a sequence's items only when decoding the sequence, so
+    ``/tags`` when asked): decoding all of them here was 40% of parsing a small file,
+    70% of parsing a scanner's. Whatever the warning filters, pydicom fails to decode a
+    value only for an unknown VR or binary numbers whose length is not a multiple of
+    their size, so those are checked on the raw elements. It reads a sequence's items
+    only when decoding the sequence (or, for one of undefined length, with the file), so
     sequences are decoded here, their items checked alike and their depth bounded:
     reading a header back recurses once per level, so deeper nesting than
     MAX_SEQUENCE_DEPTH could be stored but not shown.
@@ -181,32 +186,34 @@ def _check_elements(dataset: Dataset) -> None:
         if depth > MAX_SEQUENCE_DEPTH:
             raise BadFileFormat(f"Sequences are nested more than {MAX_SEQUENCE_DEPTH} levels "
                                 "deep")
-        for tag in list(current.keys()):  # noqa: SIM118 - raw elements, not decoded ones
-            element = current.get_item(tag)
+        for element in list(current.values()):  # as stored: raw, or decoded already
             if isinstance(element, RawDataElement):
-                vr = _raw_vr(element, current)
-                if vr != "SQ" and (element.length != UNDEFINED_LENGTH or tag in PIXEL_TAGS):
-                    _check_raw_value(element, vr)
+                vr = _looked_up_vr(element, current) if element.VR in _LOOKED_UP \
+                    else element.VR
+                if vr != "SQ" and (element.length != UNDEFINED_LENGTH or
+                                   element.tag in PIXEL_TAGS):
+                    size = _VALUE_SIZES.get(vr)
+                    if size is None or element.length % size:
+                        _refuse(element, vr)
                     continue
-                element = current[tag]
-            # pydicom reads a sequence of undefined length whole, with the file
+                element = current[element.tag]
             if element.VR == "SQ":
                 pending += [(item, depth + 1) for item in element.value or []]
 
 
-def _check_raw_value(raw: RawDataElement, vr: str) -> None:
-    if vr not in converters:
-        raise BadFileFormat(f"Element {format_tag(raw.tag)} has an unknown VR ({vr!r})")
-    if raw.length % _NUMBER_SIZES.get(vr, 1):
-        raise BadFileFormat(f"Element {format_tag(raw.tag)} has {raw.length} bytes, not a "
-                            f"multiple of {_NUMBER_SIZES[vr]} for its VR {vr}")
-
-
-def _raw_vr(raw: RawDataElement, dataset: Dataset) -> str:
-    """The VR pydicom decodes ``raw`` with (looked up when the file's VR is implicit)."""
+def _looked_up_vr(raw: RawDataElement, dataset: Dataset) -> str:
+    """The VR pydicom decodes ``raw`` with when the file does not give it (implicit VR,
+    or UN, which pydicom replaces with a known VR)."""
     found: dict[str, Any] = {}
     hooks.raw_element_vr(raw, found, ds=dataset)
     return found["VR"]
+
+
+def _refuse(raw: RawDataElement, vr: str) -> NoReturn:
+    if vr not in _VALUE_SIZES:
+        raise BadFileFormat(f"Element {format_tag(raw.tag)} has an unknown VR ({vr!r})")
+    raise BadFileFormat(f"Element {format_tag(raw.tag)} has {raw.length} bytes, not a "
+                        f"multiple of {_VALUE_SIZES[vr]} for its VR {vr}")
 
 
 def _identifiers(dataset: Dataset) -> tuple[str, str, str, str]:
@@ -229,7 +236,7 @@ def _identifiers(dataset: Dataset) -> tuple[str, str, str, str]:
 
 def _pixel_span(dataset: Dataset, data: bytes, syntax: str) -> tuple[int | None, int]:
     """Where the pixel data element starts and ends in ``data``; detects truncation."""
-    raw_elements = [dataset.get_item(t) for t in dataset.keys()]  # noqa: SIM118 - raw access
+    raw_elements = list(dataset.values())  # as stored: nothing decoded
     _check_complete([r for r in raw_elements if isinstance(r, RawDataElement)], data)
     pixel = next((r for r in raw_elements if r.tag in PIXEL_TAGS), None)
     if not isinstance(pixel, RawDataElement):
