@@ -37,6 +37,12 @@ _IDENTIFIER_TAGS = tuple(Tag(keyword) for keyword in _IDENTIFIERS)
 TRAILING_PADDING = 0xFFFCFFFC
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
 NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or SS"})
+#: VRs whose ASCII values pydicom decodes by splitting on "\" (but the single-valued
+#: ones) and stripping trailing padding, nothing else. Not PN, DS, IS or UI: pydicom
+#: parses those further (a name's groups, a number, a UID's whitespace).
+_PLAIN_TEXT_VRS = frozenset({"AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC",
+                             "UT"})
+_SINGLE_VALUED_VRS = frozenset({"LT", "ST", "UT"})
 #: Orthanc shows longer values as "TooLong" in /tags.
 MAX_TAG_LENGTH = 256
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
@@ -230,7 +236,7 @@ def _identifiers(dataset: Dataset) -> tuple[str, str, str, str]:
         elif isinstance(raw, RawDataElement) and raw.VR == "UN":
             values.append((raw.value or b"").decode("latin-1").rstrip("\x00"))
         else:  # several values (a malformed file) are joined by "\", as Orthanc does
-            values.append((element_string(dataset[tag]) or "").strip(" \x00"))
+            values.append(tag_string(dataset, tag).strip(" \x00"))
     return tuple(values)  # type: ignore[return-value]
 
 
@@ -305,6 +311,20 @@ def element_string(element: DataElement, limit: int | None = None) -> str | None
     return text if limit is None or len(text) <= limit else None
 
 
+def tag_string(dataset: Dataset, tag: int) -> str:
+    """``element_string`` of a present element ("" for binary data), straight from its
+    raw bytes when they are ASCII text in a VR whose decoding only splits and strips
+    (most main tags): pydicom's decoding, about 10 µs an element, gives the same."""
+    raw = dataset.get_item(tag)
+    if isinstance(raw, RawDataElement) and raw.VR in _PLAIN_TEXT_VRS and raw.value \
+            and raw.value.isascii() and b"\x1b" not in raw.value:
+        text = raw.value.decode("ascii")
+        if raw.VR in _SINGLE_VALUED_VRS:
+            return text.rstrip(" \x00")
+        return "\\".join([part.rstrip(" \x00") for part in text.split("\\")])
+    return element_string(dataset[tag]) or ""
+
+
 def _scalar_string(value: Any) -> str:
     if isinstance(value, DSfloat | IS):  # keep the decimal string as it was sent
         return str(getattr(value, "original_string", None) or value).strip(" \x00")
@@ -317,7 +337,7 @@ def main_tag_values(dataset: Dataset, main_tags: MainTags) -> dict[Level, dict[i
     """The main DICOM tags present in the dataset, per level."""
     present = set(map(int, dataset.keys()))  # plain ints: ``tag in dataset`` costs ~1 µs
     return {
-        level: {tag: element_string(dataset[tag]) or "" for tag in tags if tag in present}
+        level: {tag: tag_string(dataset, tag) for tag in tags if tag in present}
         for level, tags in main_tags.by_level.items()
     }
 

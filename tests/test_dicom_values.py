@@ -1,0 +1,76 @@
+"""Values read straight from raw bytes are the strings pydicom's decoding gives.
+
+Ingest reads the main tags of plain ASCII text from the raw bytes (``tag_string``) and
+leaves every other value to pydicom; the index must hold the same strings either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from lanthorn.dicom import element_string, main_tag_values, parse_instance, tag_string
+from lanthorn.errors import BadFileFormat
+from lanthorn.model import MainTags
+
+TAG = Tag(0x00204000)
+#: What text values are made of, padding and the value separator included.
+ALPHABET = " \0\\^=.-+:/_abcXYZ0129"
+TEXT_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
+            "UC", "UI", "UT")
+
+
+def _with_raw(vr: str, value: bytes) -> Dataset:
+    dataset = Dataset()
+    dataset[TAG] = RawDataElement(TAG, vr, len(value), value, 0, False, True)  # type: ignore[assignment]
+    return dataset
+
+
+def _decoded_string(dataset: Dataset, tag: int) -> str:
+    """What pydicom's decoding gives, on a copy (decoding replaces the raw element)."""
+    return element_string(copy.deepcopy(dataset)[tag]) or ""
+
+
+@settings(max_examples=400, deadline=None)
+@given(vr=st.sampled_from(TEXT_VRS), text=st.text(ALPHABET, max_size=24))
+def test_a_raw_text_value_reads_as_pydicom_decodes_it(vr: str, text: str) -> None:
+    dataset = _with_raw(vr, text.encode("ascii"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about values invalid for the VR
+        assert tag_string(dataset, TAG) == _decoded_string(dataset, TAG)
+
+
+def _storable_test_files() -> list[Path]:
+    files = []
+    for path in sorted((Path(pydicom.__file__).parent / "data" / "test_files").glob("*.dcm")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parse_instance(path.read_bytes())
+        except BadFileFormat:
+            continue
+        files.append(path)
+    return files
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
+def test_main_tags_of_every_pydicom_test_file_read_as_pydicom_decodes_them() -> None:
+    files = _storable_test_files()
+    assert len(files) > 40
+    for path in files:
+        dataset = parse_instance(path.read_bytes()).dataset
+        decoded = pydicom.dcmread(io.BytesIO(path.read_bytes()))
+        expected = {level: {tag: element_string(decoded[tag]) or "" for tag in tags
+                            if tag in decoded}
+                    for level, tags in MainTags().by_level.items()}
+        assert main_tag_values(dataset, MainTags()) == expected, path.name
