@@ -1,5 +1,6 @@
 """Where an ingest's instructions go: pydicom reading a file, pydicom converting every
-element, the rest of Lanthorn's parsing, the main tags, the whole in-process ingest.
+element (what rendering ``/tags`` adds; ingest no longer does), Lanthorn's parsing, the
+main tags, the whole in-process ingest.
 
 Each stage runs in a process of its own under ``perf stat -e instructions:u`` (Debian's
 linux-perf), once over ``--count`` files and once over ``--base`` files; the difference,

@@ -142,7 +142,7 @@ def _parse(data: bytes) -> ParsedInstance:
     deflated = transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian
     pixel_offset, pixel_end = (None, 0) if deflated else \
         _pixel_span(dataset, data, transfer_syntax)
-    uids = _identifiers(dataset)  # before conversion, which hides a value's VR of UN
+    uids = _identifiers(dataset)  # before anything decodes them: that hides a VR of UN
     _check_elements(dataset)
     if not transfer_syntax:
         raise BadFileFormat("The file meta information has no TransferSyntaxUID")
