@@ -12,7 +12,7 @@ case for any image codec), ``phantom`` the same size with a CT-like body section
 soft tissue, lungs, spine, in Hounsfield units through a rescale: what preview and
 compression meet in practice), ``small`` is 64x64 noise (about 8 KB, index-bound) with
 the 26 elements the others have too, ``scanner`` the same with the header of a real
-CT scanner's file besides (pydicom's ``CT_small.dcm``: 258 elements in all, private ones
+CT scanner's file besides (pydicom's ``CT_small.dcm``: 255 elements in all, private ones
 included, about 15 KB): what parsing meets in practice. The files come from
 ``lanthorn.testing.make_instance`` and ``make_image``.
 """
