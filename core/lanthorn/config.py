@@ -90,7 +90,9 @@ OPTIONS: tuple[Option, ...] = (
         "SyncStorageArea",
         True,
         bool,
-        "Flush each stored file to disk (fsync) before acknowledging it.",
+        "Flush each stored file, its folder and the index's commit (SQLite "
+        "`synchronous=FULL`) to disk before acknowledging it, so that an acknowledged "
+        "instance survives a power loss (Orthanc flushes the file only).",
     ),
     Option("MaximumStorageSize", 0, int, "Storage quota in MB; 0 means unlimited."),
     Option("MaximumPatientCount", 0, int, "Maximum number of stored patients; 0 means unlimited."),
