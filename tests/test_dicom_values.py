@@ -25,7 +25,7 @@ from lanthorn.model import MainTags
 
 TAG = Tag(0x00204000)
 #: What text values are made of, padding and the value separator included.
-ALPHABET = " \0\\^=.-+:/_abcXYZ0129"
+ALPHABET = " \0\\^=.-+:/_abceEXYZ0129"
 TEXT_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
             "UC", "UI", "UT")
 
@@ -47,6 +47,20 @@ def test_a_raw_text_value_reads_as_pydicom_decodes_it(vr: str, text: str) -> Non
     dataset = _with_raw(vr, text.encode("ascii"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about values invalid for the VR
+        assert tag_string(dataset, TAG) == _decoded_string(dataset, TAG)
+
+
+#: Decimal and integer strings as scanners write them, padding around, valid or not.
+NUMBER = r" ?[+-]?[0-9]{0,3}\.?[0-9]{0,2}([eE][+-]?[0-9])? ?\x00?"
+NUMBERS = st.lists(st.from_regex(NUMBER, fullmatch=True), min_size=1, max_size=3).map("\\".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(vr=st.sampled_from(("DS", "IS")), text=NUMBERS)
+def test_a_raw_number_reads_as_pydicom_decodes_it(vr: str, text: str) -> None:
+    dataset = _with_raw(vr, text.encode("ascii"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         assert tag_string(dataset, TAG) == _decoded_string(dataset, TAG)
 
 

@@ -9,6 +9,7 @@ answers cheap without reading the file again.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -38,11 +39,17 @@ TRAILING_PADDING = 0xFFFCFFFC
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
 NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or SS"})
 #: VRs whose ASCII values pydicom decodes by splitting on "\" (but the single-valued
-#: ones) and stripping trailing padding, nothing else. Not PN, DS, IS or UI: pydicom
-#: parses those further (a name's groups, a number, a UID's whitespace).
+#: ones) and stripping trailing padding, nothing else. Not PN or UI: pydicom parses those
+#: further (a name's groups, a UID's whitespace).
 _PLAIN_TEXT_VRS = frozenset({"AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC",
                              "UT"})
 _SINGLE_VALUED_VRS = frozenset({"LT", "ST", "UT"})
+#: Decimal strings as PS3.5 defines them, spaces around: pydicom keeps such a value as
+#: sent (Orthanc's string is it without the spaces); what else it does with another
+#: value depends on what Python makes of it, so another value keeps pydicom's decoding.
+_NUMBER_TEXT = {"DS": re.compile(r" *([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?) *"),
+                "IS": re.compile(r" *([+-]?\d+) *")}
+_RAW_READABLE_VRS = _PLAIN_TEXT_VRS | _NUMBER_TEXT.keys()
 #: Orthanc shows longer values as "TooLong" in /tags.
 MAX_TAG_LENGTH = 256
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
@@ -313,15 +320,20 @@ def element_string(element: DataElement, limit: int | None = None) -> str | None
 
 def tag_string(dataset: Dataset, tag: int) -> str:
     """``element_string`` of a present element ("" for binary data), straight from its
-    raw bytes when they are ASCII text in a VR whose decoding only splits and strips
-    (most main tags): pydicom's decoding, about 10 µs an element, gives the same."""
+    raw bytes when they are ASCII text that pydicom's decoding (about 10 µs an element)
+    would only split and strip: most main tags."""
     raw = dataset.get_item(tag)
-    if isinstance(raw, RawDataElement) and raw.VR in _PLAIN_TEXT_VRS and raw.value \
+    if isinstance(raw, RawDataElement) and raw.VR in _RAW_READABLE_VRS and raw.value \
             and raw.value.isascii() and b"\x1b" not in raw.value:
         text = raw.value.decode("ascii")
         if raw.VR in _SINGLE_VALUED_VRS:
             return text.rstrip(" \x00")
-        return "\\".join([part.rstrip(" \x00") for part in text.split("\\")])
+        if raw.VR not in _NUMBER_TEXT:
+            return "\\".join([part.rstrip(" \x00") for part in text.split("\\")])
+        numbers = [_NUMBER_TEXT[raw.VR].fullmatch(part)
+                   for part in text.rstrip(" \x00").split("\\")]
+        if all(numbers):
+            return "\\".join([number.group(1) for number in numbers])  # type: ignore[union-attr]
     return element_string(dataset[tag]) or ""
 
 
