@@ -323,9 +323,9 @@ def tag_string(dataset: Dataset, tag: int) -> str:
     raw bytes when they are ASCII text that pydicom's decoding (about 10 µs an element)
     would only split and strip: most main tags."""
     raw = dataset.get_item(tag)
-    if isinstance(raw, RawDataElement) and raw.VR in _RAW_READABLE_VRS and raw.value \
-            and raw.value.isascii() and b"\x1b" not in raw.value:
-        text = raw.value.decode("ascii")
+    readable = isinstance(raw, RawDataElement) and raw.VR in _RAW_READABLE_VRS
+    text = ascii_text(raw.value) if readable else None
+    if text is not None:
         if raw.VR in _SINGLE_VALUED_VRS:
             return text.rstrip(" \x00")
         if raw.VR not in _NUMBER_TEXT:
@@ -335,6 +335,14 @@ def tag_string(dataset: Dataset, tag: int) -> str:
         if all(numbers):
             return "\\".join([number.group(1) for number in numbers])  # type: ignore[union-attr]
     return element_string(dataset[tag]) or ""
+
+
+def ascii_text(value: bytes | None) -> str | None:
+    """A raw text value that reads the same in every DICOM character set (ASCII without
+    the escape sequences of ISO 2022), or None: then pydicom must decode it."""
+    if value and value.isascii() and b"\x1b" not in value:
+        return value.decode("ascii")
+    return None
 
 
 def _scalar_string(value: Any) -> str:

@@ -19,6 +19,8 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from lanthorn.dicom import ascii_text
+
 #: Binary values up to this many bytes are inlined (InlineBinary); longer ones are
 #: replaced by a BulkDataURI (pydicom's default threshold, counted on the raw bytes).
 BULK_THRESHOLD = 768
@@ -106,9 +108,9 @@ def _fast(raw: RawDataElement, bulk_uri: BulkUri, where: str) -> Json | None:
         order = "<" if raw.is_little_endian else ">"
         numbers = struct.unpack(f"{order}{len(value) // width}{NUMBER_FORMATS[vr]}", value)
         return {"vr": vr, "Value": list(numbers)}
-    if vr not in TEXT_VRS or not value.isascii() or b"\x1b" in value:
+    text = ascii_text(value) if vr in TEXT_VRS else None
+    if text is None:
         return None
-    text = value.decode("ascii")
     parts = [text] if vr in SINGLE_VALUED else text.split("\\")
     parts = [p.rstrip(" \x00") if vr in KEEP_LEADING else p.strip(" \x00") for p in parts]
     if len(parts) == 1 and not parts[0]:
