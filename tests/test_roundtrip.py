@@ -25,6 +25,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import MediaStorageDirectoryStorage
 
+from lanthorn.dicom import element_string, main_tag_values, parse_instance
+from lanthorn.model import MainTags
+
 # Several files are malformed on purpose (bad VRs, explicit/implicit VR mix-ups): pydicom
 # reads them leniently, warning as it goes, in the server as in this test.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
@@ -81,6 +84,19 @@ def _truncated(dataset: Dataset) -> bool:
                 and raw.value is not None and len(raw.value) < raw.length:
             return True
     return False
+
+
+def test_main_tags_of_storable_files_read_as_pydicom_decodes_them() -> None:
+    """Ingest reads some main tags from raw bytes (test_dicom_values.py): the same strings."""
+    storable = [s for s in samples() if s.problem is None]
+    assert len(storable) > 40
+    for sample in storable:
+        decoded = pydicom.dcmread(io.BytesIO(sample.data))
+        expected = {level: {tag: element_string(decoded[tag]) or "" for tag in tags
+                            if tag in decoded}
+                    for level, tags in MainTags().by_level.items()}
+        dataset = parse_instance(sample.data).dataset
+        assert main_tag_values(dataset, MainTags()) == expected, sample.name
 
 
 @pytest.mark.lanthorn_config(OverwriteInstances=True)
