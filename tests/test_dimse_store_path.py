@@ -52,6 +52,7 @@ from lanthorn.dimse.reactor import (
     ListenerDUL,
     ListenerMessages,
     ListenerSocket,
+    StoreArrivals,
 )
 from lanthorn.testing import make_instance
 
@@ -235,6 +236,25 @@ def test_a_data_set_interleaved_with_another_message_aborts(
     assert instance_count(lanthorn_server) == 0
 
 
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1")
+def test_an_error_in_the_association_loop_aborts_it_and_the_listener_goes_on(
+        peer: socket.socket, lanthorn_server: lanthorn.Server,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DUL thread's own loop (``ListenerDUL.run_reactor``) aborts an association
+    whose serving raised, as pynetdicom's does, and logs why."""
+    def failing(arrivals: StoreArrivals, pdu: bytearray) -> bool:
+        raise RuntimeError("a fault in the C-STORE path")
+
+    monkeypatch.setattr(StoreArrivals, "take", failing)
+    peer.sendall(store_request_pdus(data_set_of(make_instance()))[0])
+    assert next_pdu_type(peer) == 0x07  # A-ABORT
+    assert "VANISHING aborted: serving it failed" in caplog.text
+    assert "a fault in the C-STORE path" in caplog.text
+    monkeypatch.undo()
+    with scu(lanthorn_server.config["DicomPort"], Verification) as association:
+        assert association.send_c_echo().Status == 0x0000
+
+
 @pytest.mark.parametrize(("state", "queued"), [("Sta13", []), ("Sta6", ["Evt15"])])
 def test_a_local_abort_while_the_association_aborts_is_dropped(state: str,
                                                                queued: list[str]) -> None:
@@ -276,6 +296,30 @@ def test_an_idle_association_does_not_poll(lanthorn_server: lanthorn.Server,
         assert association.send_c_echo().Status == 0x0000  # answered by the other thread
     assert idle["get"] <= 0.5 / IDLE_WAIT + 2 and idle["ready"] <= 0.5 / IDLE_WAIT + 2, idle
     assert calls["rung"] >= 1  # the answer rang the DUL thread's doorbell
+
+
+@pytest.mark.lanthorn_config(DicomBindAddress="127.0.0.1")
+def test_the_association_loop_does_not_pause_between_turns(
+        lanthorn_server: lanthorn.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom's loop sleeps after each turn that leaves no event to act on, for no
+    time in the listener's (``_run_loop_delay`` 0): still a system call and a turn of
+    the scheduler, twice per C-STORE, which the listener's own loop does without."""
+    paused: list[float] = []
+    sleep = time.sleep
+
+    def recorded(seconds: float) -> None:
+        paused.append(seconds)
+        sleep(seconds)
+
+    with listening(lanthorn_server), \
+            scu(lanthorn_server.config["DicomPort"], CTImageStorage) as association:
+        monkeypatch.setattr(time, "sleep", recorded)
+        for _ in range(5):
+            data_set = pydicom.dcmread(io.BytesIO(make_instance()))
+            assert association.send_c_store(data_set).Status == 0x0000
+        monkeypatch.undo()
+    assert 0 not in paused
+    assert instance_count(lanthorn_server) == 5
 
 
 def counted(monkeypatch: pytest.MonkeyPatch, cls: type, attribute: str, calls: dict[str, int],

@@ -11,10 +11,11 @@ instance that no CPU spends, a ceiling of ~400 C-STOREs/s per association.
 The listener's associations change these things, all here:
 
 - the DUL thread waits for the socket (``select``) instead of sleeping, so a PDU is read
-  as soon as it arrives; other threads that queue something for it to send ring its
-  doorbell, which it waits for too; and the association thread waits on its message
-  queue, which the DUL thread's items for it (messages, a release, an abort) wake. An
-  idle association no longer wakes 2,000 times a second (4 % of a core each);
+  as soon as it arrives, and its loop has no pause between turns; other threads that
+  queue something for it to send ring its doorbell, which it waits for too; and the
+  association thread waits on its message queue, which the DUL thread's items for it
+  (messages, a release, an abort) wake. An idle association no longer wakes 2,000 times
+  a second (4 % of a core each);
 - a C-STORE request is taken from the PDUs as they are read (``StoreArrivals``), served
   on the DUL thread as soon as its data set is complete, and answered at once: no
   hand-over to the association thread and back, and none of pynetdicom's decoding of
@@ -54,10 +55,12 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import TRANSITION_TABLE
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from .commands import (
     C_FIND_RSP,
@@ -370,6 +373,41 @@ class ListenerDUL(DULServiceProvider):
 
     arrivals: StoreArrivals  # set by ListenerRequestHandler
 
+    def run_reactor(self) -> None:
+        """pynetdicom's loop, without its pause after a turn that left no event to act
+        on: ``ListenerSocket.ready`` waits for the socket instead. The pause, a sleep of
+        no time (``_run_loop_delay`` 0), still cost about 30 µs of CPU and 90 µs of wall
+        time on a 2-vCPU VM, at least twice per C-STORE."""
+        self._idle_timer.start()
+        self.assoc._dul_ready.set()
+        while not self._kill_thread:
+            if self.artim_timer.expired:  # queued ahead of anything read in this turn
+                self.event_queue.put("Evt18")
+            try:
+                if not self._process_recv_primitive() and self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception:
+                log.exception("association from %s aborted: serving it failed",
+                              self.assoc.requestor.ae_title.strip())
+                self._abort_at_once()
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                continue
+            self.state_machine.do_action(event)
+
+    def _abort_at_once(self) -> None:
+        """As pynetdicom after an error in its loop: an A-ABORT sent past the state
+        machine, which the error may have left anywhere, and both threads stopped."""
+        abort = A_ABORT_RQ()
+        abort.source, abort.reason_diagnostic = 0x02, 0x00
+        with contextlib.suppress(OSError):
+            self.socket.send(abort.encode())  # type: ignore[union-attr]  # connected
+        self.assoc.is_aborted, self.assoc.is_established = True, False
+        self.assoc._kill = True
+        self._kill_thread = True
+
     def _process_recv_primitive(self) -> bool:
         """As pynetdicom's, except that a local abort the state machine has no
         transition for is dropped: the server shutting down aborts every association,
@@ -471,6 +509,7 @@ class ListenerRequestHandler(RequestHandler):
         association.dimse.__class__ = ListenerDIMSE
         dul = cast(ListenerDUL, association.dul)
         dul._run_loop_delay = 0  # ListenerSocket.ready waits instead
+        dul._target = make_target(dul.run_reactor)  # the thread took pynetdicom's loop
         dul.arrivals = StoreArrivals(association, cast(ListenerServer, self.server).serve_store)
         # The threads wait for each other's items instead of polling for them.
         connection = cast(ListenerSocket, dul.socket)
