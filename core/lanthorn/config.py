@@ -90,9 +90,10 @@ OPTIONS: tuple[Option, ...] = (
         "SyncStorageArea",
         True,
         bool,
-        "Flush each stored file, its folder and the index's commit (SQLite "
-        "`synchronous=FULL`) to disk before acknowledging it, so that an acknowledged "
-        "instance survives a power loss (Orthanc flushes the file only).",
+        "Flush each stored file and the index's commit (SQLite `synchronous=FULL`) to "
+        "disk before acknowledging it, and its folders too except on ext4, XFS and btrfs "
+        "(whose flush of a new file records its name), so that an acknowledged instance "
+        "survives a power loss (Orthanc flushes the file only).",
     ),
     Option("MaximumStorageSize", 0, int, "Storage quota in MB; 0 means unlimited."),
     Option("MaximumPatientCount", 0, int, "Maximum number of stored patients; 0 means unlimited."),

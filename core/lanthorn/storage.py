@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import threading
 import uuid as uuidlib
@@ -53,17 +54,26 @@ def new_uuid() -> str:
     return str(uuidlib.uuid4())
 
 
+#: Filesystems whose fsync of a new file also makes its name durable, and the folders
+#: created on its way: their journal (or log) commits in order, so the commit the fsync
+#: waits for holds the file's creation too. Elsewhere the folders are fsynced as well,
+#: as POSIX asks; on these that is a device flush each and nothing more.
+NAMES_DURABLE_WITH_FILE = frozenset({"ext4", "xfs", "btrfs"})
+
+
 class FilesystemStorage:
     """Files in a two-level fan-out (``ab/cd/abcd....``).
 
-    With ``sync`` the file and the folders it lands in are fsynced before ``write``
-    returns, so an acknowledged instance survives a power loss.
+    With ``sync`` the file is fsynced before ``write`` returns, and so are the folders
+    it lands in unless the filesystem makes them durable with the file
+    (NAMES_DURABLE_WITH_FILE): an acknowledged instance survives a power loss.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, sync: bool = True) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.sync = sync
+        self.sync_folders = sync and filesystem_type(self.root) not in NAMES_DURABLE_WITH_FILE
 
     def path(self, uuid: str) -> Path:
         return self.root / uuid[0:2] / uuid[2:4] / uuid
@@ -91,7 +101,7 @@ class FilesystemStorage:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(f"the storage area is full: {exc}") from exc
             raise
-        if self.sync:
+        if self.sync_folders:
             for folder in (target.parent, *created):
                 _fsync_folder(folder)
 
@@ -132,6 +142,31 @@ def _with_mtime(entry: Path) -> Iterator[tuple[str, float]]:
         return
     if stat.S_ISREG(status.st_mode):
         yield entry.name, status.st_mtime
+
+
+#: How /proc/self/mounts writes a space, tab, newline or backslash in a mount point.
+_MOUNT_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str:
+    """The type of the filesystem that holds ``path``, from ``mounts`` (the text of
+    /proc/self/mounts, read when not given); "" when unknown (not Linux)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+    resolved = path.resolve()
+    found, found_depth = "", -1
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(_MOUNT_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[1]))
+        depth = len(point.parts)  # the deepest mount holds it; of two on one point, the last
+        if depth >= found_depth and resolved.is_relative_to(point):
+            found, found_depth = fields[2], depth
+    return found
 
 
 def _fsync_folder(folder: Path) -> None:
