@@ -19,8 +19,9 @@ from pydicom.tag import Tag
 from lanthorn.dicom import element_string, tag_string
 
 TAG = Tag(0x00204000)
-#: What text values are made of, padding and the value separator included.
-ALPHABET = " \0\\^=.-+:/_abceEXYZ0129"
+#: What text values are made of, padding, other whitespace and the value separator
+#: included.
+ALPHABET = " \0\t\n\\^=.-+:/_abceEXYZ0129"
 TEXT_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
             "UC", "UI", "UT")
 

@@ -12,6 +12,7 @@ import io
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
@@ -39,8 +40,7 @@ TRAILING_PADDING = 0xFFFCFFFC
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
 NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or SS"})
 #: VRs whose ASCII values pydicom decodes by splitting on "\" (but the single-valued
-#: ones) and stripping trailing padding, nothing else. Not PN or UI: pydicom parses those
-#: further (a name's groups, a UID's whitespace).
+#: ones) and stripping trailing padding, nothing else.
 _PLAIN_TEXT_VRS = frozenset({"AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC",
                              "UT"})
 _SINGLE_VALUED_VRS = frozenset({"LT", "ST", "UT"})
@@ -49,7 +49,6 @@ _SINGLE_VALUED_VRS = frozenset({"LT", "ST", "UT"})
 #: value depends on what Python makes of it, so another value keeps pydicom's decoding.
 _NUMBER_TEXT = {"DS": re.compile(r" *([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?) *"),
                 "IS": re.compile(r" *([+-]?\d+) *")}
-_RAW_READABLE_VRS = _PLAIN_TEXT_VRS | _NUMBER_TEXT.keys()
 #: Orthanc shows longer values as "TooLong" in /tags.
 MAX_TAG_LENGTH = 256
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
@@ -320,21 +319,54 @@ def element_string(element: DataElement, limit: int | None = None) -> str | None
 
 def tag_string(dataset: Dataset, tag: int) -> str:
     """``element_string`` of a present element ("" for binary data), straight from its
-    raw bytes when they are ASCII text that pydicom's decoding (about 10 µs an element)
-    would only split and strip: most main tags."""
+    raw bytes when they are ASCII text whose decoding by pydicom (about 10 µs an
+    element) ``_RAW_READERS`` repeats: most main tags."""
     raw = dataset.get_item(tag)
-    readable = isinstance(raw, RawDataElement) and raw.VR in _RAW_READABLE_VRS
-    text = ascii_text(raw.value) if readable else None
-    if text is not None:
-        if raw.VR in _SINGLE_VALUED_VRS:
-            return text.rstrip(" \x00")
-        if raw.VR not in _NUMBER_TEXT:
-            return "\\".join([part.rstrip(" \x00") for part in text.split("\\")])
-        numbers = [_NUMBER_TEXT[raw.VR].fullmatch(part)
-                   for part in text.rstrip(" \x00").split("\\")]
-        if all(numbers):
-            return "\\".join([number.group(1) for number in numbers])  # type: ignore[union-attr]
+    if isinstance(raw, RawDataElement) and raw.VR in _RAW_READERS:
+        text = ascii_text(raw.value)
+        value = None if text is None else _RAW_READERS[raw.VR](text)
+        if value is not None:
+            return value
     return element_string(dataset[tag]) or ""
+
+
+def _texts(text: str) -> str:
+    return "\\".join([part.rstrip(" \x00") for part in text.split("\\")])
+
+
+def _single_text(text: str) -> str:
+    return text.rstrip(" \x00")
+
+
+def _uids(text: str) -> str:
+    """As pydicom's UID values: each stripped of whitespace as well."""
+    return "\\".join([part.strip().rstrip(" \x00") for part in text.rstrip(" \x00").split("\\")])
+
+
+def _names(text: str) -> str:
+    """As pydicom's person names: each without its empty trailing groups ("=")."""
+    return "\\".join([part.rstrip("=").rstrip(" \x00")
+                       for part in text.rstrip(" \x00").split("\\")])
+
+
+def _numbers(vr: str) -> Callable[[str], str | None]:
+    """Decimal strings without their spaces; None if one is not valid (pydicom's
+    decoding then decides)."""
+    pattern = _NUMBER_TEXT[vr]
+
+    def read(text: str) -> str | None:
+        numbers = [pattern.fullmatch(part) for part in text.rstrip(" \x00").split("\\")]
+        return "\\".join([n.group(1) for n in numbers if n]) if all(numbers) else None
+
+    return read
+
+
+#: How a raw ASCII value of each VR reads as pydicom decodes it (a property test holds
+#: them to it: ``tests/test_dicom_values.py``); other VRs are left to pydicom.
+_RAW_READERS: dict[str, Callable[[str], str | None]] = {
+    **{vr: _single_text if vr in _SINGLE_VALUED_VRS else _texts for vr in _PLAIN_TEXT_VRS},
+    "UI": _uids, "PN": _names, **{vr: _numbers(vr) for vr in _NUMBER_TEXT},
+}
 
 
 def ascii_text(value: bytes | None) -> str | None:
