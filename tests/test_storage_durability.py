@@ -67,6 +67,11 @@ def test_folders_are_flushed_where_a_files_flush_does_not_record_its_name(
     assert set(flushed[1:]) == folders and len(flushed) == 1 + len(folders)
     assert file.read_bytes() == b"instance"
 
+    flushed.clear()
+    neighbour = uuid[:4] + new_uuid()[4:]  # into the same folder: only its entry changes
+    area.write(neighbour, b"another")
+    assert flushed == [area.path(neighbour), *([file.parent] if folders_flushed else [])]
+
 
 def test_nothing_is_flushed_without_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     area = FilesystemStorage(tmp_path, sync=False)
