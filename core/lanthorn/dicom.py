@@ -33,6 +33,8 @@ PIXEL_DATA = 0x7FE00010
 #: A set: ``tag in`` a tuple costs one ``BaseTag.__eq__`` per member, on every element.
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, PIXEL_DATA})
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+SOP_CLASS_UID = 0x00080016
+MEDIA_STORAGE_SOP_CLASS_UID = 0x00020002
 _IDENTIFIERS = tuple(IDENTIFIER_KEYWORDS[level] for level in Level)
 _IDENTIFIER_TAGS = tuple(Tag(keyword) for keyword in _IDENTIFIERS)
 #: Dataset trailing padding: not an attribute, so never shown (as in Orthanc).
@@ -152,7 +154,8 @@ def _parse(data: bytes) -> ParsedInstance:
     _check_elements(dataset)
     if not transfer_syntax:
         raise BadFileFormat("The file meta information has no TransferSyntaxUID")
-    if str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
+    media_sop_class = present_string(meta, MEDIA_STORAGE_SOP_CLASS_UID)
+    if media_sop_class == DICOMDIR_SOP_CLASS:
         raise BadFileFormat("A DICOMDIR cannot be stored: import the files it refers to")
     if not all(uids[1:]):
         missing = [k for k, v in zip(_IDENTIFIERS[1:], uids[1:], strict=True) if not v]
@@ -163,7 +166,7 @@ def _parse(data: bytes) -> ParsedInstance:
         dataset=dataset,
         uids=uids,
         transfer_syntax=transfer_syntax,
-        sop_class=str(dataset.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "")),
+        sop_class=present_string(dataset, SOP_CLASS_UID) or media_sop_class,
         pixel_data_offset=pixel_offset,
         header=header,
     )
@@ -367,6 +370,11 @@ _RAW_READERS: dict[str, Callable[[str], str | None]] = {
     **{vr: _single_text if vr in _SINGLE_VALUED_VRS else _texts for vr in _PLAIN_TEXT_VRS},
     "UI": _uids, "PN": _names, **{vr: _numbers(vr) for vr in _NUMBER_TEXT},
 }
+
+
+def present_string(dataset: Dataset, tag: int) -> str:
+    """``tag_string`` of an element that may be absent ("")."""
+    return tag_string(dataset, tag) if tag in dataset else ""
 
 
 def ascii_text(value: bytes | None) -> str | None:
