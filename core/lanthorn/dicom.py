@@ -333,42 +333,40 @@ def tag_string(dataset: Dataset, tag: int) -> str:
     return element_string(dataset[tag]) or ""
 
 
-def _texts(text: str) -> str:
-    return "\\".join([part.rstrip(" \x00") for part in text.split("\\")])
+def _padding(value: str) -> str:
+    return value.rstrip(" \x00")
 
 
-def _single_text(text: str) -> str:
-    return text.rstrip(" \x00")
-
-
-def _uids(text: str) -> str:
-    """As pydicom's UID values: each stripped of whitespace as well."""
-    return "\\".join([part.strip().rstrip(" \x00") for part in text.rstrip(" \x00").split("\\")])
-
-
-def _names(text: str) -> str:
-    """As pydicom's person names: each without its empty trailing groups ("=")."""
-    return "\\".join([part.rstrip("=").rstrip(" \x00")
-                       for part in text.rstrip(" \x00").split("\\")])
-
-
-def _numbers(vr: str) -> Callable[[str], str | None]:
-    """Decimal strings without their spaces; None if one is not valid (pydicom's
-    decoding then decides)."""
-    pattern = _NUMBER_TEXT[vr]
+def _each(clean: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    """A reader of several values ("\\"-separated), each read by ``clean`` as pydicom
+    does for the VR; None if ``clean`` cannot read one (pydicom's decoding then decides)."""
 
     def read(text: str) -> str | None:
-        numbers = [pattern.fullmatch(part) for part in text.rstrip(" \x00").split("\\")]
-        return "\\".join([n.group(1) for n in numbers if n]) if all(numbers) else None
+        values = [clean(part) for part in _padding(text).split("\\")]
+        return None if None in values else "\\".join(values)  # type: ignore[arg-type]
+
+    return read
+
+
+def _number(pattern: re.Pattern[str]) -> Callable[[str], str | None]:
+    """A decimal string without its spaces, or None if it is not a valid one."""
+
+    def read(value: str) -> str | None:
+        match = pattern.fullmatch(value)
+        return None if match is None else match.group(1)
 
     return read
 
 
 #: How a raw ASCII value of each VR reads as pydicom decodes it (a property test holds
-#: them to it: ``tests/test_dicom_values.py``); other VRs are left to pydicom.
+#: them to it: ``tests/test_dicom_values.py``); other VRs are left to pydicom. Beyond
+#: splitting and stripping padding, pydicom strips a UID of any whitespace and drops a
+#: person name's empty trailing groups ("=").
 _RAW_READERS: dict[str, Callable[[str], str | None]] = {
-    **{vr: _single_text if vr in _SINGLE_VALUED_VRS else _texts for vr in _PLAIN_TEXT_VRS},
-    "UI": _uids, "PN": _names, **{vr: _numbers(vr) for vr in _NUMBER_TEXT},
+    **{vr: _padding if vr in _SINGLE_VALUED_VRS else _each(_padding) for vr in _PLAIN_TEXT_VRS},
+    "UI": _each(lambda uid: _padding(uid.strip())),
+    "PN": _each(lambda name: _padding(name.rstrip("="))),
+    **{vr: _each(_number(pattern)) for vr, pattern in _NUMBER_TEXT.items()},
 }
 
 
