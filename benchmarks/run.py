@@ -57,6 +57,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
+from lanthorn.testing import system_tool
+
 #: Send files from disk without decoding them (pynetdicom's documented switch).
 _config.STORE_SEND_CHUNKED_DATASET = True
 
@@ -369,9 +371,10 @@ def _send_storescu(target: Target, chunk: Chunk) -> None:
     ``TCP_NODELAY=1``: without it storescu's own two writes per request (command, then
     data set) wait ~40 ms for the server's delayed ACK, whatever the server.
     """
-    if not shutil.which("storescu"):
+    storescu = system_tool("storescu")  # DCMTK's, not pynetdicom's app in this venv
+    if storescu is None:
         raise Unavailable("storescu is not installed (apt-get install dcmtk)")
-    command = ["storescu", "-aet", target.calling_aet, "-aec", target.aet, "-R", "-xe",
+    command = [storescu, "-aet", target.calling_aet, "-aec", target.aet, "-R", "-xe",
                target.dicom_host, str(target.dicom_port), *chunk.names]
     done = subprocess.run(command, cwd=chunk.folder, capture_output=True, text=True,
                           env={**os.environ, "TCP_NODELAY": "1"}, timeout=STORESCU_TIMEOUT,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sysconfig
 from pathlib import Path
 
-from lanthorn.testing import FIRST_TEST_PORT, free_port
+import pytest
+
+from lanthorn.testing import FIRST_TEST_PORT, free_port, require_tool
 
 
 def test_free_ports_are_below_the_ephemeral_range_and_bindable() -> None:
@@ -18,3 +23,15 @@ def test_free_ports_are_below_the_ephemeral_range_and_bindable() -> None:
     for port in ports:
         with socket.socket() as listener:
             listener.bind(("127.0.0.1", port))
+
+
+def test_tools_are_the_systems_not_pynetdicoms_apps_of_the_same_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An activated virtual environment puts its scripts first on the PATH, pynetdicom's
+    ``storescu`` among them, whose options are not DCMTK's."""
+    scripts = sysconfig.get_path("scripts")
+    assert Path(scripts, "storescu").exists()  # pynetdicom's app: what the PATH would find
+    monkeypatch.setenv("PATH", os.pathsep.join([scripts, os.environ["PATH"]]))
+    found = require_tool("storescu", "dcmtk")
+    version = subprocess.run([found, "--version"], capture_output=True, text=True, check=True)
+    assert "dcmtk" in version.stdout

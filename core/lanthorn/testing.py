@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -149,10 +150,21 @@ def require_tool(name: str, package: str | None = None) -> str:
     ``.ci/run`` sets ``LANTHORN_REQUIRE_TOOLS=1`` so that a missing tool cannot hide
     behind a skip there.
     """
-    path = shutil.which(name)
+    path = system_tool(name)
     if path:
         return path
     missing(f"{name} is not installed (apt-get install {package or name})")
+
+
+def system_tool(name: str) -> str | None:
+    """The path of a program of the system (``shutil.which``), never one of this Python
+    environment's scripts: pynetdicom installs apps named like DCMTK's (``storescu``,
+    ``findscu``, ``storescp``...) with other options, which an activated virtual
+    environment puts first on the PATH."""
+    scripts = Path(sysconfig.get_path("scripts")).resolve()
+    search = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    return shutil.which(name, path=os.pathsep.join(
+        folder for folder in search if folder and Path(folder).resolve() != scripts))
 
 
 def missing(message: str) -> NoReturn:
