@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -23,10 +24,18 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import MediaStorageDirectoryStorage
+from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
-from lanthorn.dicom import element_string, main_tag_values, parse_instance
+from lanthorn.dicom import (
+    element_string,
+    file_meta_information,
+    main_tag_values,
+    parse_instance,
+    read_file,
+    read_plain_file,
+)
 from lanthorn.model import MainTags
+from lanthorn.testing import CT_IMAGE_STORAGE
 
 # Several files are malformed on purpose (bad VRs, explicit/implicit VR mix-ups): pydicom
 # reads them leniently, warning as it goes, in the server as in this test.
@@ -97,6 +106,50 @@ def test_main_tags_of_storable_files_read_as_pydicom_decodes_them() -> None:
                     for level, tags in MainTags().by_level.items()}
         dataset = parse_instance(sample.data).dataset
         assert main_tag_values(dataset, MainTags()) == expected, sample.name
+
+
+def test_plain_files_are_read_as_dcmread_reads_them() -> None:
+    """Ingest reads most files with pydicom's ``read_dataset`` directly, not ``dcmread``:
+    the same File Meta Information, elements (raw, where pydicom left them raw),
+    encoding, preamble, and position where reading stopped, truncated files included."""
+    plain = 0
+    for sample in samples():
+        stream = io.BytesIO(sample.data)
+        ours = read_plain_file(stream, sample.data)
+        if ours is None:
+            continue
+        plain += 1
+        reference_stream = io.BytesIO(sample.data)
+        reference = pydicom.dcmread(reference_stream)
+        assert stream.tell() == reference_stream.tell(), sample.name
+        assert list(ours.values()) == list(reference.values()), sample.name
+        assert [(e.tag, e.VR, e.value) for e in ours.file_meta] == \
+            [(e.tag, e.VR, e.value) for e in reference.file_meta], sample.name
+        assert (ours.original_encoding, ours.file_meta.original_encoding, ours.preamble) == \
+            (reference.original_encoding, reference.file_meta.original_encoding,
+             reference.preamble), sample.name
+    assert plain > 150  # of pydicom 3.0.2's 163 with a DICM prefix: the rule
+
+
+#: A command set element, (0000,0002) Affected SOP Class UID in implicit VR as PS3.7
+#: encodes it, which a file may carry before its data set; and a data set element.
+COMMAND_SET_ELEMENT = b"\0\0\2\0" + struct.pack("<I", 6) + b"1.2.3\0"
+PATIENT_ID_ELEMENT = b"\x10\0\x20\0LO" + struct.pack("<H", 4) + b"ABCD"
+
+
+@pytest.mark.parametrize("data_set", [b"", COMMAND_SET_ELEMENT + PATIENT_ID_ELEMENT],
+                         ids=["no data set", "command set first"])
+def test_files_unlike_the_plain_ones_are_read_as_dcmread_reads_them(data_set: bytes) -> None:
+    """pydicom reads an empty data set as implicit VR, and command set elements in
+    implicit VR whatever the transfer syntax: such files are not read as plain ones."""
+    data = file_meta_information(CT_IMAGE_STORAGE, "1.2.3.4", ExplicitVRLittleEndian,
+                                 ("1.2.3.4.5", "TEST")) + data_set
+    dataset, end = read_file(data)
+    reference_stream = io.BytesIO(data)
+    reference = pydicom.dcmread(reference_stream)
+    assert end == reference_stream.tell() == len(data)
+    assert list(dataset.values()) == list(reference.values())
+    assert dataset.original_encoding == reference.original_encoding
 
 
 @pytest.mark.lanthorn_config(OverwriteInstances=True)
