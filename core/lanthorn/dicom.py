@@ -154,7 +154,7 @@ def _parse(data: bytes) -> ParsedInstance:
         raise BadFileFormat(f"The file is truncated (reading stopped at byte {end} "
                             f"of {len(data)})")
     meta = dataset.file_meta
-    transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
+    transfer_syntax = present_string(meta, TRANSFER_SYNTAX_UID)
     # Positions in a deflated file are those of the inflated stream: keep it whole.
     deflated = transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian
     pixel_offset, pixel_end = (None, 0) if deflated else \
