@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from pydicom.uid import generate_uid
 from sqlalchemy import event
 
 from lanthorn import Origin
+from lanthorn.index.records import Attachment, NewInstance
+from lanthorn.model import public_ids
 from lanthorn.testing import make_instance
 
 pytestmark = pytest.mark.all_index_backends
@@ -283,6 +286,36 @@ def test_concurrent_stores_share_one_commit(lanthorn_server: Any, lanthorn_clien
     assert indexes == {str(n) for n in range(1, 7)}
     changes = lanthorn_client.get("/changes?limit=100").json()["Changes"]
     assert sum(c["ChangeType"] == "NewInstance" for c in changes) == 6
+
+
+def test_ingests_keep_one_connection_and_replace_it_after_an_error(lanthorn_server: Any) -> None:
+    """The group commit's batches write on one kept connection, not one from the pool
+    each; a batch that failed closes it, and the next batch opens another."""
+    index, this_thread = lanthorn_server.index, threading.get_ident()
+    writers: list[Any] = []  # the connection of each write transaction this thread began
+
+    def began(conn: Any) -> None:
+        if conn.get_execution_options().get("lanthorn_write") \
+                and threading.get_ident() == this_thread:
+            writers.append(conn)
+
+    def store(number: int, uuid: str) -> bool:
+        ids = public_ids((f"P{number}", f"1.2.{number}", f"1.2.{number}.1", f"1.2.{number}.1.1"))
+        attachment = Attachment(1, uuid, 0, 0, 0, "", "")
+        return index.store_instance(NewInstance(ids, {}, {}, attachment, b"", time.time()),
+                                    overwrite=False).stored
+
+    event.listen(index.engine, "begin", began)
+    try:
+        assert [store(n, f"file-{n}") for n in range(3)] == [True] * 3
+        with pytest.raises(index.engine.dialect.dbapi.IntegrityError):  # two rows, one file
+            store(3, "file-0")
+        assert store(4, "file-4")
+    finally:
+        event.remove(index.engine, "begin", began)
+    first, *others, replacement = writers
+    assert len(others) == 3 and all(conn is first for conn in others)
+    assert replacement is not first and first.closed
 
 
 @pytest.mark.lanthorn_config(MaximumPatientCount=2, MaximumStorageMode="Reject")

@@ -103,6 +103,8 @@ class SqlIndex:
         self.audit = AuditTable(self)
         self.tokens = TokenTable(self)
         self._ingests = GroupCommit(self._store_batch)
+        #: The connection the group commit's batches write on (one batch at a time).
+        self._ingest_writer: Connection | None = None
         #: The read transaction this thread (or task) has open, shared by nested reads.
         self._reading: ContextVar[Connection | None] = ContextVar(f"lanthorn-read-{id(self)}",
                                                                   default=None)
@@ -116,10 +118,26 @@ class SqlIndex:
         ``write_lock`` lets a backend queue writers itself (SQLite: a file lock, which
         wakes the next writer at once instead of SQLite's sleeping busy handler).
         """
-        with self._write_lock(), \
-                self.engine.connect().execution_options(lanthorn_write=True) as conn, \
-                conn.begin():
+        with self._write_lock(), self._writer() as conn, conn.begin():
             yield conn
+
+    def _writer(self) -> Connection:
+        return self.engine.connect().execution_options(lanthorn_write=True)
+
+    @contextmanager
+    def _ingest_write(self) -> Iterator[Connection]:
+        """``write()`` on a connection kept for the ingests' batches, which run one at a
+        time: taking a connection from the pool and giving it back (with its reset)
+        cost three times SQLite's own BEGIN and COMMIT. After any error it is closed and
+        the next batch opens another, so that a broken connection is not used again."""
+        conn = self._ingest_writer = self._ingest_writer or self._writer()
+        try:
+            with self._write_lock(), conn.begin():
+                yield conn
+        except BaseException:
+            self._ingest_writer = None
+            conn.close()
+            raise
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -141,6 +159,9 @@ class SqlIndex:
                 self._reading.reset(token)
 
     def close(self) -> None:
+        if self._ingest_writer is not None:
+            self._ingest_writer.close()
+            self._ingest_writer = None
         self.engine.dispose()
 
     # -- ingest ---------------------------------------------------------------------
@@ -161,7 +182,7 @@ class SqlIndex:
         """Several instances in one transaction; if one fails, each in its own, so that
         only the failing one fails (an error rolls back its whole transaction)."""
         try:
-            with self.write() as conn:
+            with self._ingest_write() as conn:
                 return [self._store(conn, *request) for request in batch]
         except Exception as exc:
             if len(batch) == 1:
