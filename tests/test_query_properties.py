@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from lanthorn.builtin.sqlite import sqlite_engine
 from lanthorn.errors import BadRequest
 from lanthorn.index import Attachment, NewInstance, SqlIndex, upgrade
 from lanthorn.model import Level, MainTags, public_ids
-from lanthorn.query import Query, build_query, parse_constraint
+from lanthorn.query import Query, build_query, normalize, parse_constraint
 
 pytestmark = pytest.mark.all_index_backends
 
@@ -148,3 +149,12 @@ def test_a_multi_valued_tag_matches_alike_in_sql_and_python(index: SqlIndex) -> 
                                   case_sensitive_pn=False)
     assert constraint is not None and constraint.accepts("ID1\\ID2")
     assert resource in index.find(Query(Level.PATIENT, [constraint]))
+
+
+@given(st.text(ALPHABET + "AZaz09 ~\t") | st.text())
+@BOUNDED
+def test_normalize_folds_every_value_alike(value: str) -> None:
+    """ASCII values skip the decomposition, which must not change what they fold to."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    assert normalize(value) == "".join(c for c in decomposed
+                                       if not unicodedata.combining(c)).upper()

@@ -76,6 +76,8 @@ class Query:
 
 def normalize(value: str) -> str:
     """Fold case and accents, as used for case-insensitive matching."""
+    if value.isascii():  # most values: NFKD leaves ASCII as it is, nothing combining
+        return value.upper()
     decomposed = unicodedata.normalize("NFKD", value)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).upper()
 
