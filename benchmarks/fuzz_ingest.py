@@ -85,6 +85,10 @@ def run_atheris(corpus: Path, libfuzzer_args: list[str]) -> None:
 def run_hypothesis(examples: int) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
+    from hypothesis.errors import HypothesisWarning
+
+    # --warnings is about the parser: not hypothesis's own note on a large input's repr.
+    warnings.filterwarnings("ignore", category=HypothesisWarning)
 
     files = seeds()  # once: make_instance() draws new UIDs, and strategies must repeat
 
