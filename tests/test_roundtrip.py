@@ -24,7 +24,11 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
 
 from lanthorn.dicom import (
     element_string,
@@ -150,6 +154,20 @@ def test_files_unlike_the_plain_ones_are_read_as_dcmread_reads_them(data_set: by
     assert end == reference_stream.tell() == len(data)
     assert list(dataset.values()) == list(reference.values())
     assert dataset.original_encoding == reference.original_encoding
+
+
+def test_a_plain_files_transfer_syntax_is_read_as_pydicom_reads_the_uid() -> None:
+    """pydicom strips a UID of any whitespace: implicit VR, here, despite the tab."""
+    data = file_meta_information(CT_IMAGE_STORAGE, "1.2.3.4", ImplicitVRLittleEndian + "\t",
+                                 ("1.2.3.4.5", "TEST")) \
+        + b"\x10\0\x20\0" + struct.pack("<I", 4) + b"ABCD"  # PatientID, implicit VR
+    assert read_plain_file(io.BytesIO(data), data) is not None
+    dataset, end = read_file(data)
+    reference_stream = io.BytesIO(data)
+    reference = pydicom.dcmread(reference_stream)
+    assert end == reference_stream.tell() == len(data)
+    assert list(dataset.values()) == list(reference.values())
+    assert dataset.original_encoding == reference.original_encoding == (True, True)
 
 
 @pytest.mark.lanthorn_config(OverwriteInstances=True)

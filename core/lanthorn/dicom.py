@@ -214,7 +214,7 @@ def read_plain_file(stream: io.BytesIO, data: bytes) -> FileDataset | None:
             or any(element.VR not in converters for element in meta.values()) \
             or data[end:end + 2] in (b"", b"\0\0"):  # no data set, or a command set
         return None
-    uid = (syntax.value or b"").decode("ascii", "replace").strip("\0 ")
+    uid = tag_string(meta, TRANSFER_SYNTAX_UID)  # as ``_parse`` reads it, as pydicom does
     if uid == pydicom.uid.DeflatedExplicitVRLittleEndian \
             or uid in pydicom.uid.PrivateTransferSyntaxes:
         return None
