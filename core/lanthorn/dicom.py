@@ -383,10 +383,14 @@ def tag_string(dataset: Dataset, tag: int) -> str:
     """``element_string`` of a present element ("" for binary data), straight from its
     raw bytes when they are ASCII text whose decoding by pydicom (about 10 µs an
     element) ``_RAW_READERS`` repeats: most main tags."""
-    raw = dataset.get_item(tag)
-    if isinstance(raw, RawDataElement) and raw.VR in _RAW_READERS:
-        text = ascii_text(raw.value)
-        value = None if text is None else _RAW_READERS[raw.VR](text)
+    return _stored_string(dataset, tag, dataset.get_item(tag))
+
+
+def _stored_string(dataset: Dataset, tag: int, stored: DataElement | RawDataElement) -> str:
+    """``tag_string`` given the element as ``dataset`` stores it (raw or decoded)."""
+    if isinstance(stored, RawDataElement) and (reader := _RAW_READERS.get(stored.VR)):
+        text = ascii_text(stored.value)
+        value = None if text is None else reader(text)
         if value is not None:
             return value
     return element_string(dataset[tag]) or ""
@@ -401,7 +405,10 @@ def _each(clean: Callable[[str], str | None]) -> Callable[[str], str | None]:
     does for the VR; None if ``clean`` cannot read one (pydicom's decoding then decides)."""
 
     def read(text: str) -> str | None:
-        values = [clean(part) for part in _padding(text).split("\\")]
+        text = _padding(text)
+        if "\\" not in text:  # one value, as nearly all are: no list to make and join
+            return clean(text)
+        values = [clean(part) for part in text.split("\\")]
         return None if None in values else "\\".join(values)  # type: ignore[arg-type]
 
     return read
@@ -452,9 +459,11 @@ def _scalar_string(value: Any) -> str:
 
 def main_tag_values(dataset: Dataset, main_tags: MainTags) -> dict[Level, dict[int, str]]:
     """The main DICOM tags present in the dataset, per level."""
-    present = set(map(int, dataset.keys()))  # plain ints: ``tag in dataset`` costs ~1 µs
+    # The elements as stored, by plain int: a look-up by pydicom's tag (``get_item``,
+    # ``tag in dataset``) compares tags in Python, about 1 µs each.
+    stored = dict(zip(map(int, dataset.keys()), dataset.values(), strict=True))
     return {
-        level: {tag: tag_string(dataset, tag) for tag in tags if tag in present}
+        level: {tag: _stored_string(dataset, tag, stored[tag]) for tag in tags if tag in stored}
         for level, tags in main_tags.by_level.items()
     }
 
