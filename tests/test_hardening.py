@@ -7,6 +7,7 @@ import base64
 import json
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -79,6 +80,35 @@ def test_size_limits_over_real_http(lanthorn_process: ServerProcess) -> None:
     answer = httpx2.post(url + "/instances", content=b"\0" * (2 * MB))
     assert answer.status_code == 413 and answer.json()["HttpStatus"] == 413
     assert httpx2.get(url + "/system", headers={"X-Small": "a" * 1000}).status_code == 200
+
+
+#: A plugin that answers the size of the pool Starlette runs blocking handlers in.
+THREADS_PLUGIN = """
+import anyio.to_thread
+import lanthorn
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+async def threads(request):
+    return JSONResponse(anyio.to_thread.current_default_thread_limiter().total_tokens)
+
+
+@lanthorn.hookimpl
+def register_routes():
+    return lanthorn.permitted("read", Route("/threads", threads, methods=["GET"]))
+"""
+
+
+def test_http_threads_count_sizes_the_pool_of_blocking_handlers(
+        lanthorn_process: ServerProcess, tmp_path: Path) -> None:
+    plugin = tmp_path / "threads.py"
+    plugin.write_text(THREADS_PLUGIN)
+    options = json.loads(lanthorn_process.config_path.read_text())
+    options |= {"HttpThreadsCount": 3, "Plugins": [str(plugin)]}
+    lanthorn_process.config_path.write_text(json.dumps(options))
+    lanthorn_process.start()
+    assert httpx2.get(lanthorn_process.url + "/threads").json() == 3
 
 
 class HtmlPage:

@@ -305,7 +305,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("HttpCorsAllowedOrigins", [], list, "Origins (\"https://viewer.example.org\") whose "
            "web pages may call the REST API from a browser; empty: none (Lanthorn-specific)."),
     Option("HttpDescribeErrors", True, bool, "Describe errors as JSON in failed REST answers."),
-    Option("HttpThreadsCount", 50, int, "Threads serving HTTP requests."),
+    Option("HttpThreadsCount", 50, int, "Threads serving HTTP requests, per process (at least 1)."),
     Option("KeepAlive", True, bool, "Keep HTTP connections open between requests."),
     Option("TcpNoDelay", True, bool, "Disable Nagle's algorithm on HTTP connections."),
     Option("HttpTimeout", 60, int, "Seconds before an outgoing HTTP request to a peer times out."),

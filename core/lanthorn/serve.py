@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 import uvicorn
 
 from .config import Config, ConfigError
@@ -142,7 +143,7 @@ def _run_http(server: Server, http_socket: socket.socket | None) -> None:
     handlers installed that re-raise is harmless and the clean-up still runs.
     """
     config = server.config
-    http = uvicorn.Server(uvicorn.Config(
+    http = _HttpServer(max(int(config["HttpThreadsCount"]), 1), uvicorn.Config(
         server.app,
         host=config["HttpBindAddress"] or "0.0.0.0",
         port=int(config["HttpPort"]),
@@ -159,6 +160,20 @@ def _run_http(server: Server, http_socket: socket.socket | None) -> None:
         signal.signal(sig, lambda *_: setattr(http, "should_exit", True))
     log.info("REST API on port %s (process %d)", config["HttpPort"], os.getpid())
     http.run(sockets=[http_socket] if http_socket else None)
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn, with ``HttpThreadsCount`` threads for the handlers that block (Starlette
+    runs them in anyio's thread pool, 40 threads unless told otherwise)."""
+
+    def __init__(self, threads: int, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.threads = threads
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # The pool belongs to the event loop: sized here, in the loop, before any request.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
+        await super().startup(sockets)
 
 
 def https_options(config: Config) -> dict[str, Any]:
