@@ -120,7 +120,8 @@ OPTIONS: tuple[Option, ...] = (
         "DisabledPlugins", [], list, "Names of installed plugins not to load (Lanthorn-specific)."
     ),
     Option("ConcurrentJobs", 2, int, "Jobs running at the same time; 0 means one per CPU core."),
-    Option("Workers", 1, int, "Number of server worker processes (Lanthorn-specific)."),
+    Option("Workers", 1, int, "Number of server worker processes (Lanthorn-specific): "
+           "one per core when several clients send at once."),
     # DICOM network
     Option("DicomServerEnabled", True, bool, "Run the DICOM (DIMSE) server."),
     Option(
