@@ -132,6 +132,21 @@ def test_security_headers(make_client: Callable[..., TestClient]) -> None:
     assert https.get("/page").headers["strict-transport-security"].startswith("max-age=")
 
 
+def test_describe_errors_false_answers_the_status_alone(
+        make_client: Callable[..., TestClient]) -> None:
+    """``HttpDescribeErrors: false`` hides why a request failed, as Orthanc: no body."""
+    described = make_client().post("/tools/find", content=b"{bad")
+    assert described.status_code == 400 and described.json()["HttpStatus"] == 400
+    terse = make_client(HttpDescribeErrors=False, AuthenticationEnabled=True,
+                        RegisteredUsers={"alice": {"Password": "pw", "Roles": ["admin"]}})
+    alice = ("alice", "pw")
+    for answer, status in ((terse.post("/tools/find", content=b"{bad", auth=alice), 400),
+                           (terse.get("/instances/nope", auth=alice), 404),
+                           (terse.get("/system"), 401)):
+        assert (answer.status_code, answer.content) == (status, b"")
+    assert terse.get("/system").headers["www-authenticate"].startswith("Basic")
+
+
 def test_cors_is_off_unless_origins_are_listed(make_client: Callable[..., TestClient]) -> None:
     viewer = "https://viewer.example.org"
     preflight = {"Origin": viewer, "Access-Control-Request-Method": "GET"}

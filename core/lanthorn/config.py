@@ -256,7 +256,8 @@ OPTIONS: tuple[Option, ...] = (
         "StorageAccessOnFind",
         "Always",
         str,
-        'When C-FIND may read stored files: "Always", "Answers" or "Never".',
+        'Accepted for Orthanc configurations ("Always", "Answers", "Never") and without '
+        "effect: finds answer from the index and the header saved at ingest, never files.",
     ),
     Option(
         "ExtraMainDicomTags",
@@ -305,10 +306,12 @@ OPTIONS: tuple[Option, ...] = (
            "an HTTP request, in KB (larger ones get 431) (Lanthorn-specific)."),
     Option("HttpCorsAllowedOrigins", [], list, "Origins (\"https://viewer.example.org\") whose "
            "web pages may call the REST API from a browser; empty: none (Lanthorn-specific)."),
-    Option("HttpDescribeErrors", True, bool, "Describe errors as JSON in failed REST answers."),
+    Option("HttpDescribeErrors", True, bool,
+           "Describe errors as JSON in failed REST answers; false answers the status alone."),
     Option("HttpThreadsCount", 50, int, "Threads serving HTTP requests, per process (at least 1)."),
     Option("KeepAlive", True, bool, "Keep HTTP connections open between requests."),
-    Option("TcpNoDelay", True, bool, "Disable Nagle's algorithm on HTTP connections."),
+    Option("TcpNoDelay", True, bool, "Accepted for Orthanc configurations: HTTP "
+           "connections always disable Nagle's algorithm (no 40 ms waits for ACKs)."),
     Option("HttpTimeout", 60, int, "Seconds before an outgoing HTTP request to a peer times out."),
     Option("OrthancPeers", {}, dict, "Known remote Orthanc-compatible servers, by symbolic name: "
            "[url, username, password] or an object (Url, Username, Password, HttpHeaders, "

@@ -16,4 +16,4 @@ if TYPE_CHECKING:
 
 @hookimpl(trylast=True)
 def handle_exception(server: Server, request: Request, exc: Exception) -> Response:
-    return error_response(request, exc)
+    return error_response(request, exc, server.config["HttpDescribeErrors"])

@@ -52,7 +52,7 @@ def build_app(server: Server) -> Starlette:
     app.add_middleware(AuditTrail, server=server)  # outside: it records refusals too
     surround(app, server)
     if not server.config["RemoteAccessAllowed"]:
-        app.add_middleware(LoopbackOnly)  # added last: runs first
+        app.add_middleware(LoopbackOnly, server=server)  # added last: runs first
     return app
 
 
@@ -62,7 +62,7 @@ def render_error(server: Server, request: Request, exc: Exception) -> Response:
         return server.plugins.hook.handle_exception(server=server, request=request, exc=exc)
     except Exception:  # a broken renderer must not turn an error into a bare 500
         log.exception("a plugin failed in handle_exception")
-        return error_response(request, exc)
+        return error_response(request, exc, server.config["HttpDescribeErrors"])
 
 
 def collect_routes(server: Server) -> list[PluginRoute]:
@@ -102,8 +102,9 @@ def _route_key(route: BaseRoute) -> tuple[str, frozenset[str]]:
     return repr(route), frozenset()
 
 
-def error_response(request: Request, exc: Exception) -> Response:
-    """Orthanc's JSON error object, with the specific reason under ``Details``."""
+def error_response(request: Request, exc: Exception, describe: bool = True) -> Response:
+    """Orthanc's JSON error object, with the specific reason under ``Details``; without
+    ``describe`` (``HttpDescribeErrors: false``) the status alone, as Orthanc answers."""
     if isinstance(exc, LanthornError):
         status, code, name, details = exc.http_status, exc.orthanc_status, \
             exc.orthanc_error, exc.message
@@ -126,20 +127,20 @@ def error_response(request: Request, exc: Exception) -> Response:
     }
     if details and details != name:
         body["Details"] = details
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status) if describe else Response(status_code=status)
 
 
 class LoopbackOnly:
     """``RemoteAccessAllowed: false``: only clients on this machine may talk to us."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, server: Server) -> None:
+        self.app, self.server = app, server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
         if scope["type"] == "http" and client and not _is_loopback(client[0]):
             refusal = Forbidden("remote access is disabled (RemoteAccessAllowed is false)")
-            await error_response(Request(scope), refusal)(scope, receive, send)
+            await render_error(self.server, Request(scope), refusal)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
