@@ -218,6 +218,24 @@ def test_silent_connections_take_no_association_slot(port: int) -> None:
             connection.close()
 
 
+@configured(DicomScpTimeout=1, MaximumPduLength=16384)
+def test_an_idle_association_ends_after_the_scp_timeout(port: int) -> None:
+    """A peer that falls silent (a modality switched off mid-association) holds its slot
+    for ``DicomScpTimeout`` seconds, not for ever; the A-ASSOCIATE-AC announced
+    ``MaximumPduLength``."""
+    ae = AE(SCU_AET)
+    ae.add_requested_context(Verification)
+    ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 60  # we do not end it
+    association = ae.associate("127.0.0.1", port, ae_title="LANTHORN")
+    assert association.is_established and association.acceptor.maximum_length == 16384
+    opened = time.monotonic()
+    while association.is_alive() and time.monotonic() - opened < 20:
+        time.sleep(0.05)
+    assert association.is_aborted and 0.9 <= time.monotonic() - opened < 20
+    with scu(port, Verification) as again:
+        assert again.send_c_echo().Status == 0x0000
+
+
 PRIVATE_SOP_CLASS = "1.3.6.1.4.1.99999.1.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 

@@ -136,6 +136,16 @@ def test_client_associations_set_tcp_nodelay(lanthorn_server: lanthorn.Server,
         assert tcp_nodelay(assoc)
 
 
+@pytest.mark.lanthorn_config(MaximumPduLength=16384)
+def test_client_associations_propose_the_maximum_pdu_length(lanthorn_client: TestClient,
+                                                            remote: StoreSCP) -> None:
+    """What the peer reads in our A-ASSOCIATE-RQ, not our own setting read back."""
+    remote.on_store = lambda event: event.assoc.requestor.maximum_length
+    store_answer = lanthorn_client.post("/instances", content=make_instance())
+    sent = lanthorn_client.post("/modalities/peer/store", json=[store_answer.json()["ID"]])
+    assert sent.status_code == 200 and remote.seen_during_store == [16384]
+
+
 def test_store_straight_sends_without_storing(lanthorn_client: TestClient,
                                               remote: StoreSCP) -> None:
     data = make_instance(PatientID="STRAIGHT")
