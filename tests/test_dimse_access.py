@@ -30,6 +30,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
@@ -130,6 +132,22 @@ def test_strict_aet_comparison(lanthorn_config: Any, strict: bool, allowed: bool
     with serving(config) as port:
         refused = "No Acceptable Presentation Contexts" in study_find(port)
     assert refused != allowed
+
+
+@pytest.mark.parametrize(("service", "sop_class"), [
+    ("Move", StudyRootQueryRetrieveInformationModelMove),
+    ("Get", StudyRootQueryRetrieveInformationModelGet)])
+@pytest.mark.parametrize("always", [False, True])
+def test_an_unknown_aet_may_retrieve_only_when_always_allowed(
+        lanthorn_config: Any, service: str, sop_class: str, always: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = lanthorn_config.with_overrides(DicomBindAddress="127.0.0.1",
+                                            **{f"DicomAlwaysAllow{service}": always})
+    with serving(config) as port, scu(port, Verification, sop_class, aet="STRANGER") as assoc:
+        accepted = {context.abstract_syntax for context in assoc.accepted_contexts}
+    assert (sop_class in accepted) == always
+    assert (f"{service} is not accepted" in caplog.text) != always
+    assert (f"DicomAlwaysAllow{service} is false" in caplog.text) != always
 
 
 class serving:  # noqa: N801 - a context manager used like a function
