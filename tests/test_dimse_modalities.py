@@ -4,7 +4,9 @@ pynetdicom SCP, and Lanthorn's client sockets."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,43 @@ def test_client_associations_propose_the_maximum_pdu_length(lanthorn_client: Tes
     store_answer = lanthorn_client.post("/instances", content=make_instance())
     sent = lanthorn_client.post("/modalities/peer/store", json=[store_answer.json()["ID"]])
     assert sent.status_code == 200 and remote.seen_during_store == [16384]
+
+
+@pytest.fixture
+def hung(lanthorn_client: TestClient) -> Iterator[str]:
+    """A modality whose port accepts connections and never answers (the kernel completes
+    the handshake; nobody reads), defined over REST."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        assert lanthorn_client.put("/modalities/hung", json={
+            "AET": "HUNG", "Host": "127.0.0.1", "Port": port}).status_code == 200
+        yield "/modalities/hung"
+
+
+def failed_within(seconds: float, call: Callable[[], Any]) -> Any:
+    """The answer of ``call``, which must be a network error (500) within ``seconds``."""
+    started = time.monotonic()
+    answer = call()
+    assert answer.status_code == 500 and "no answer" in answer.json()["Details"]
+    assert time.monotonic() - started < seconds
+    return answer
+
+
+def test_a_request_timeout_overrides_dicom_scu_timeout(lanthorn_client: TestClient,
+                                                       hung: str) -> None:
+    """``DicomScuTimeout`` is 10 s; a body's ``Timeout`` of 1 s gives up sooner."""
+    failed_within(5, lambda: lanthorn_client.post(hung + "/echo", json={"Timeout": 1}))
+    instance = lanthorn_client.post("/instances", content=make_instance()).json()["ID"]
+    failed_within(5, lambda: lanthorn_client.post(hung + "/store", json={
+        "Resources": [instance], "Timeout": 1}))
+    wrong = lanthorn_client.post(hung + "/echo", json={"Timeout": "soon"})
+    assert wrong.status_code == 400 and '"Timeout"' in wrong.json()["Details"]
+
+
+@pytest.mark.lanthorn_config(DicomScuTimeout=1)
+def test_dicom_scu_timeout_bounds_the_wait_for_a_silent_modality(lanthorn_client: TestClient,
+                                                                 hung: str) -> None:
+    failed_within(5, lambda: lanthorn_client.post(hung + "/echo"))
 
 
 def test_store_straight_sends_without_storing(lanthorn_client: TestClient,

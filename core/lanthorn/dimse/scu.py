@@ -130,9 +130,10 @@ def associate(server: Server, modality: Modality, contexts: list[PresentationCon
         association.release()
 
 
-def echo(server: Server, modality: Modality) -> None:
-    """C-ECHO; NetworkError unless the modality answers success."""
-    with associate(server, modality, [build_context(Verification)]) as association:
+def echo(server: Server, modality: Modality, timeout: float | None = None) -> None:
+    """C-ECHO; NetworkError unless the modality answers success (``associate`` says what
+    ``timeout`` overrides)."""
+    with associate(server, modality, [build_context(Verification)], timeout) as association:
         status = association.send_c_echo().get("Status")
     if status != 0x0000:
         raise NetworkError(f'C-ECHO to modality "{modality.name}" failed'
@@ -286,17 +287,20 @@ def send(association: Association, dataset: Dataset, originator: tuple[str, int 
 
 def store(server: Server, modality: Modality, operations: list[SubOperation], *,
           originator: tuple[str, int | None] = ("", None), permissive: bool = False,
-          after_each: Callable[[bool], None] | None = None) -> int:
+          after_each: Callable[[bool], None] | None = None,
+          timeout: float | None = None) -> int:
     """Send instances over one association; the number that failed.
 
     Unless ``permissive``, the first failure stops the transfer with a NetworkError.
-    ``after_each(stored)`` follows every instance (a job records its progress there).
+    ``after_each(stored)`` follows every instance (a job records its progress there);
+    ``associate`` says what ``timeout`` overrides.
     """
     if not operations:
         return 0
     failed = 0
     transcoding = transcoding_allowed(server, modality)
-    with associate(server, modality, store_contexts(server, operations)) as association:
+    with associate(server, modality, store_contexts(server, operations),
+                   timeout) as association:
         for op in operations:
             why = send(association, prepared(server, association, op, transcoding), originator)
             if why is not None:

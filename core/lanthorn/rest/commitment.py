@@ -16,7 +16,7 @@ from ..errors import BadRequest, UnknownResource
 from ..index.commitments import CommitmentRecord
 from ..model import Level
 from ..types import PluginRoute, permitted
-from .common import answer, json_body, server_of
+from .common import answer, json_body, server_of, timeout_option
 from .modalities import modality_of
 
 if TYPE_CHECKING:
@@ -40,9 +40,7 @@ async def commit(request: Request) -> Response:
     modality = modality_of(request)
     server = server_of(request)
     instances = await run_in_threadpool(_instances, server, parsed)
-    timeout = parsed.get("Timeout") if isinstance(parsed, dict) else None
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
-        raise BadRequest('"Timeout" must be a number of seconds')
+    timeout = timeout_option(parsed)
     transaction = await run_in_threadpool(request_commitment, server, modality, instances,
                                           timeout)
     return answer({"ID": transaction, "Path": f"/storage-commitment/{transaction}"})

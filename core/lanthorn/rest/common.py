@@ -68,6 +68,17 @@ def json_body(data: bytes) -> Any:
         raise BadRequest("The body must contain a JSON object") from None
 
 
+def timeout_option(body: Any) -> float | None:
+    """A request body's ``Timeout`` in seconds (None when not given): how long to wait
+    for a remote modality, instead of its own ``Timeout`` and ``DicomScuTimeout``."""
+    value = body.get("Timeout") if isinstance(body, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise BadRequest('"Timeout" must be a number of seconds')
+    return float(value)
+
+
 def answer(data: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status)
 

@@ -21,7 +21,7 @@ from ..dimse import scu
 from ..dimse.access import Modality, all_modalities, modality_named, parse_modality
 from ..errors import BadRequest
 from ..types import PluginRoute, permitted
-from .common import answer, flag, json_body, server_of
+from .common import answer, flag, json_body, server_of, timeout_option
 from .sending import Destination, advance
 
 if TYPE_CHECKING:
@@ -44,8 +44,10 @@ def configuration(request: Request) -> Response:
 
 
 async def echo(request: Request) -> Response:
-    modality = modality_of(request)
-    await run_in_threadpool(scu.echo, server_of(request), modality)
+    """C-ECHO; the body may give a ``Timeout`` in seconds, as Orthanc's."""
+    body = await request.body()
+    timeout = timeout_option(json_body(body) if body.strip() else None)
+    await run_in_threadpool(scu.echo, server_of(request), modality_of(request), timeout)
     return answer({})
 
 
@@ -76,6 +78,7 @@ def send_to_modality(server: Server, parameters: dict[str, Any], checkpoint: dic
                   parameters.get("MoveOriginatorID"))
     scu.store(server, modality, scu.plan(server, instances[checkpoint.get("Next", 0):]),
               originator=originator, permissive=bool(parameters.get("Permissive", False)),
+              timeout=timeout_option(parameters),
               after_each=lambda stored: advance(server, parameters, checkpoint, stored, progress,
                                                 remote=modality.aet))
 

@@ -31,7 +31,16 @@ from ..index.queries import QueryRecord
 from ..jobs import JobContext, JobType
 from ..model import Level, format_tag
 from ..types import PluginRoute, permitted
-from .common import answer, asynchronous, dicom_form, job_answer, json_body, server_of, text
+from .common import (
+    answer,
+    asynchronous,
+    dicom_form,
+    job_answer,
+    json_body,
+    server_of,
+    text,
+    timeout_option,
+)
 from .modalities import modality_of
 
 if TYPE_CHECKING:
@@ -57,7 +66,7 @@ async def query(request: Request) -> Response:
     if body.get("Normalize", True):
         asked = _normalized(server_of(request), asked, level)
     record = await run_in_threadpool(_run_query, server_of(request), modality, level, asked,
-                                     _timeout(body))
+                                     timeout_option(body))
     return answer({"ID": record.id, "Path": f"/queries/{record.id}"})
 
 
@@ -215,7 +224,7 @@ def child_query(child: Level):  # noqa: ANN201 - a Starlette endpoint
         server = server_of(request)
         modality = modality_named(server, record.modality)
         created = await run_in_threadpool(_run_query, server, modality, child, asked,
-                                          _timeout(body))
+                                          timeout_option(body))
         return answer({"ID": created.id, "Path": f"/queries/{created.id}"})
 
     return endpoint
@@ -270,7 +279,7 @@ def _retrieve(server: Server, modality_name: str, identifiers: list[Dataset],
         "Method": method.upper(),
         "TargetAet": str(options.get("TargetAet") or server.config["DicomAet"]),
         "LocalAet": options.get("LocalAet", ""),
-        "Timeout": _timeout(options),
+        "Timeout": timeout_option(options),
         "Identifiers": [i.to_json_dict() for i in identifiers],
         "Form": "simplify" if options.get("Simplify") else
                 "full" if options.get("Full") else "short",
@@ -343,15 +352,6 @@ def _level(value: Any) -> Level:
     except (ValueError, AttributeError):
         raise BadRequest(f'"Level" must be Patient, Study, Series or Instance, not '
                          f"{json.dumps(value)}") from None
-
-
-def _timeout(body: dict[str, Any]) -> float | None:
-    value = body.get("Timeout")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise BadRequest('"Timeout" must be a number of seconds')
-    return float(value)
 
 
 def _retrieve_options(data: bytes) -> dict[str, Any]:
