@@ -188,7 +188,8 @@ def test_bad_storage_commitment_requests(client: TestClient) -> None:
 
 
 def test_both_ways_with_orthanc(tmp_path: Path, lanthorn_config: Config) -> None:
-    """Orthanc asks Lanthorn, and Lanthorn asks Orthanc, over real associations."""
+    """Orthanc asks Lanthorn, and Lanthorn asks Orthanc, over real associations: after a
+    store (``StorageCommitment`` in its body, as Orthanc's) and on its own."""
     binary = require_tool("Orthanc", "orthanc")
     http_port, dicom_port = free_port(), free_port()
     config = tmp_path / "orthanc.json"
@@ -218,12 +219,18 @@ def test_both_ways_with_orthanc(tmp_path: Path, lanthorn_config: Config) -> None
             assert [s["SOPInstanceUID"] for s in seen["Success"]] == [uid]
             assert [f["SOPInstanceUID"] for f in seen["Failures"]] == ["1.2.3.404"]
 
-            theirs.post("/instances", content=data)
+            instance = ours.get("/instances").json()[0]
+            sent = ours.post("/modalities/orthanc/store", json={
+                "Resources": [instance], "StorageCommitment": True}).json()
+            assert sent["InstancesCount"] == 1 and sent["FailedInstancesCount"] == 0
+            chained = sent["StorageCommitmentTransactionUID"]
             ours_asked = ours.post("/modalities/orthanc/storage-commitment",
                                    json={"DicomInstances": [[CT, uid]]}).json()["ID"]
-            wait_until(lambda: ours.get(f"/storage-commitment/{ours_asked}").json()["Status"]
-                       != "Pending")
-            assert ours.get(f"/storage-commitment/{ours_asked}").json()["Status"] == "Success"
+            for transaction in (chained, ours_asked):
+                wait_until(lambda t=transaction: ours.get(f"/storage-commitment/{t}").json()[
+                    "Status"] != "Pending")
+                assert ours.get(f"/storage-commitment/{transaction}").json()["Status"] == \
+                    "Success"
     finally:
         server.stop()
         server.close()

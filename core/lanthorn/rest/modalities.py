@@ -19,6 +19,7 @@ from ..config import ConfigError
 from ..dicom import parse_instance
 from ..dimse import scu
 from ..dimse.access import Modality, all_modalities, modality_named, parse_modality
+from ..dimse.commitment import request_commitment
 from ..errors import BadRequest
 from ..types import PluginRoute, permitted
 from .common import answer, flag, json_body, server_of, timeout_option
@@ -69,18 +70,29 @@ async def store(request: Request) -> Response:
                                    {"Modality": modality.name})
 
 
+#: The report's (and checkpoint's) key for the storage commitment asked after a store.
+COMMITMENT = "StorageCommitmentTransactionUID"
+
+
 def send_to_modality(server: Server, parameters: dict[str, Any], checkpoint: dict[str, Any],
                      progress: Callable[[float], None] | None = None) -> None:
-    """C-STORE the ``Instances`` of a store request, from ``checkpoint["Next"]`` on."""
+    """C-STORE the ``Instances`` of a store request, from ``checkpoint["Next"]`` on; then,
+    with ``StorageCommitment``, ask the modality to commit to every one of them, once (a
+    permissive store's failures come back as the report's failures)."""
     modality = modality_named(server, parameters["Modality"])
     instances = parameters["Instances"]
     originator = (str(parameters.get("MoveOriginatorAet", "")),
                   parameters.get("MoveOriginatorID"))
+    timeout = timeout_option(parameters)
     scu.store(server, modality, scu.plan(server, instances[checkpoint.get("Next", 0):]),
               originator=originator, permissive=bool(parameters.get("Permissive", False)),
-              timeout=timeout_option(parameters),
+              timeout=timeout,
               after_each=lambda stored: advance(server, parameters, checkpoint, stored, progress,
                                                 remote=modality.aet))
+    if parameters.get("StorageCommitment") is True and COMMITMENT not in checkpoint:
+        sent = [[op.sop_class, op.sop_instance] for op in scu.plan(server, instances)]
+        if sent:
+            checkpoint[COMMITMENT] = request_commitment(server, modality, sent, timeout)
 
 
 def store_report(server: Server, parameters: dict[str, Any],
@@ -96,6 +108,8 @@ def store_report(server: Server, parameters: dict[str, Any],
     }
     if parameters["Resources"]:
         report["ParentResources"] = parameters["Resources"]
+    if COMMITMENT in checkpoint:
+        report[COMMITMENT] = checkpoint[COMMITMENT]
     return dict(sorted(report.items()))
 
 
