@@ -74,6 +74,28 @@ def test_echo(lanthorn_client: TestClient, remote: StoreSCP) -> None:
     assert 'cannot reach modality "down"' in down.json()["Details"]
 
 
+def test_echo_checks_find_when_asked(lanthorn_client: TestClient, remote: StoreSCP) -> None:
+    """The peer echoes but has no C-FIND: ``CheckFind`` makes the echo fail (the answering
+    case is in test_query_retrieve.py)."""
+    assert lanthorn_client.post("/modalities/peer/echo", json={"CheckFind": False}).json() == {}
+    refused = lanthorn_client.post("/modalities/peer/echo", json={"CheckFind": True})
+    assert refused.status_code == 500
+    assert "accepted none of the proposed presentation contexts" in refused.json()["Details"]
+    wrong = lanthorn_client.post("/modalities/peer/echo", json={"CheckFind": "yes"})
+    assert wrong.status_code == 400 and '"CheckFind"' in wrong.json()["Details"]
+
+
+@pytest.mark.lanthorn_config(DicomEchoChecksFind=True)
+def test_dicom_echo_checks_find_is_the_default(lanthorn_client: TestClient,
+                                                remote: StoreSCP) -> None:
+    assert lanthorn_client.post("/modalities/peer/echo").status_code == 500
+    assert lanthorn_client.post("/modalities/peer/echo", json={"CheckFind": False}).json() == {}
+    peer = {"AET": PEER_AET, "Host": "127.0.0.1", "Port": remote.port}
+    assert lanthorn_client.post("/tools/dicom-echo", json=peer).status_code == 500
+    assert lanthorn_client.post("/tools/dicom-echo", json={**peer, "CheckFind": False}
+                                ).json() == {}
+
+
 def test_echo_to_a_modality_given_in_the_body(lanthorn_client: TestClient,
                                                remote: StoreSCP) -> None:
     answer = lanthorn_client.post("/tools/dicom-echo", json={

@@ -181,6 +181,11 @@ def test_move_resources_and_the_deprecated_finds(client: TestClient,
     assert len(instances.json()) == 1, instances.json()['Details']
 
 
+def test_echo_checks_find_against_a_modality_that_answers(client: TestClient,
+                                                         remote: httpx2.Client) -> None:
+    assert client.post("/modalities/remote/echo", json={"CheckFind": True}).json() == {}
+
+
 @pytest.mark.lanthorn_config(QueryRetrieveSize=2)
 def test_only_the_most_recent_queries_are_kept(client: TestClient,
                                                remote: httpx2.Client) -> None:

@@ -201,6 +201,8 @@ OPTIONS: tuple[Option, ...] = (
         int,
         "Seconds to wait for a remote modality to answer an outgoing request.",
     ),
+    Option("DicomEchoChecksFind", False, bool, "A C-ECHO to a modality over REST also "
+           "sends it a C-FIND (of a study that does not exist), which it must answer."),
     Option("DicomTlsEnabled", False, bool, "The DICOM listener accepts only TLS "
            "associations (DICOM TLS, PS3.15 B.1)."),
     Option("DicomTlsCertificate", None, str, "PEM certificate of this server for DICOM TLS "
@@ -694,7 +696,7 @@ def default_config_text() -> str:
 ORTHANC_ONLY_OPTIONS = frozenset({
     "BuiltinDecoderTranscoderOrder",
     "DeidentifyLogsDicomVersion",
-    "DicomAssociationCloseDelay", "DicomEchoChecksFind",
+    "DicomAssociationCloseDelay",
     "Dictionary", "ExecuteLuaEnabled",
     "HttpCompressionEnabled", "HttpProxy", "HttpRequestTimeout", "HttpVerbose",
     "HttpsCACertificates", "HttpsVerifyPeers",

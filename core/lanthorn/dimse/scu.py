@@ -121,6 +121,8 @@ def associate(server: Server, modality: Modality, contexts: list[PresentationCon
                                max_pdu=int(server.config["MaximumPduLength"]), **options)
     if not association.is_established:
         why = "the association was rejected" if association.is_rejected \
+            else "it accepted none of the proposed presentation contexts" \
+            if association.acceptor.primitive is not None \
             else "no association (connection refused, or no answer)"
         raise NetworkError(f'cannot reach modality "{modality.name}" (AET {modality.aet} '
                            f"at {modality.host}:{modality.port}): {why}")

@@ -1,7 +1,7 @@
-"""``/modalities``: the remote modalities of ``DicomModalities``, C-ECHO and C-STORE to them.
+"""``/modalities``: the remote modalities, C-ECHO and C-STORE to them.
 
-Modalities come from the configuration only (``DicomModalitiesInDatabase``, and with
-it ``PUT``/``DELETE``, comes later). A store runs during the request, or as a
+Modalities come from ``DicomModalities`` and from ``PUT /modalities/{id}`` (kept in the
+index; across restarts with ``DicomModalitiesInDatabase``). A store runs during the request, or as a
 "DicomModalityStore" job that retries network failures (see ``rest.sending``).
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,10 +19,11 @@ from starlette.routing import Route
 
 from ..config import ConfigError
 from ..dicom import parse_instance
-from ..dimse import scu
+from ..dimse import remote, scu
 from ..dimse.access import Modality, all_modalities, modality_named, parse_modality
 from ..dimse.commitment import request_commitment
 from ..errors import BadRequest
+from ..model import Level
 from ..types import PluginRoute, permitted
 from .common import answer, flag, json_body, server_of, timeout_option
 from .sending import Destination, advance
@@ -45,22 +48,40 @@ def configuration(request: Request) -> Response:
 
 
 async def echo(request: Request) -> Response:
-    """C-ECHO; the body may give a ``Timeout`` in seconds, as Orthanc's."""
     body = await request.body()
-    timeout = timeout_option(json_body(body) if body.strip() else None)
-    await run_in_threadpool(scu.echo, server_of(request), modality_of(request), timeout)
+    await run_in_threadpool(_echo, server_of(request), modality_of(request),
+                            json_body(body) if body.strip() else {})
     return answer({})
 
 
 async def echo_anywhere(request: Request) -> Response:
     """``POST /tools/dicom-echo``: C-ECHO to a modality given in the body, configured or
     not (Orthanc's object form: AET, Host, Port, Timeout...)."""
+    body = json_body(await request.body())
     try:
-        modality = parse_modality("(dicom-echo)", json_body(await request.body()))
+        modality = parse_modality("(dicom-echo)", body)
     except ConfigError as exc:
         raise BadRequest(str(exc)) from None
-    await run_in_threadpool(scu.echo, server_of(request), modality)
+    await run_in_threadpool(_echo, server_of(request), modality, body)
     return answer({})
+
+
+def _echo(server: Server, modality: Modality, body: Any) -> None:
+    """C-ECHO, then, with the body's ``CheckFind`` (by default ``DicomEchoChecksFind``),
+    a C-FIND of a study that does not exist, as Orthanc: a modality that echoes but will
+    not answer our queries fails here, not at the first real query. The body's
+    ``Timeout`` (seconds) bounds each."""
+    options = body if isinstance(body, dict) else {}
+    timeout = timeout_option(options)
+    check_find = options.get("CheckFind", server.config["DicomEchoChecksFind"])
+    if not isinstance(check_find, bool):
+        raise BadRequest('"CheckFind" must be true or false')
+    scu.echo(server, modality, timeout)
+    if check_find:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = generate_uid()
+        remote.find(server, modality, query, remote.find_model(Level.STUDY), timeout)
 
 
 async def store(request: Request) -> Response:
