@@ -1,8 +1,9 @@
 """``/modalities``: the remote modalities, C-ECHO and C-STORE to them.
 
 Modalities come from ``DicomModalities`` and from ``PUT /modalities/{id}`` (kept in the
-index; across restarts with ``DicomModalitiesInDatabase``). A store runs during the request, or as a
-"DicomModalityStore" job that retries network failures (see ``rest.sending``).
+index; across restarts with ``DicomModalitiesInDatabase``). A store runs during the
+request, or as a "DicomModalityStore" job that retries network failures (see
+``rest.sending``).
 """
 
 from __future__ import annotations
