@@ -196,8 +196,11 @@ def test_a_request_timeout_overrides_dicom_scu_timeout(lanthorn_client: TestClie
     instance = lanthorn_client.post("/instances", content=make_instance()).json()["ID"]
     failed_within(5, lambda: lanthorn_client.post(hung + "/store", json={
         "Resources": [instance], "Timeout": 1}))
-    wrong = lanthorn_client.post(hung + "/echo", json={"Timeout": "soon"})
-    assert wrong.status_code == 400 and '"Timeout"' in wrong.json()["Details"]
+    for path, body in (("/echo", {"Timeout": "soon"}),
+                       ("/store", {"Resources": [instance], "Timeout": -1, "Asynchronous": True})):
+        wrong = lanthorn_client.post(hung + path, json=body)
+        assert wrong.status_code == 400 and '"Timeout"' in wrong.json()["Details"], path
+    assert lanthorn_client.get("/jobs").json() == []  # refused before a job was queued
 
 
 @pytest.mark.lanthorn_config(DicomScuTimeout=1)

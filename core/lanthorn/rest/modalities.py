@@ -135,7 +135,7 @@ def store_report(server: Server, parameters: dict[str, Any],
     return dict(sorted(report.items()))
 
 
-MODALITY = Destination("DicomModalityStore", send_to_modality, store_report)
+MODALITY = Destination("DicomModalityStore", send_to_modality, store_report, timeout_option)
 STORE_JOB_TYPE = MODALITY.job()
 
 
