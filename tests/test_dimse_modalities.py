@@ -170,6 +170,25 @@ def test_client_associations_propose_the_maximum_pdu_length(lanthorn_client: Tes
     assert sent.status_code == 200 and remote.seen_during_store == [16384]
 
 
+def test_a_store_body_overrides_the_modality_for_one_request(lanthorn_client: TestClient,
+                                                             remote: StoreSCP) -> None:
+    """Orthanc's ``CalledAet``, ``Host``, ``Port`` and ``LocalAet`` of a store body: "down"
+    points at a closed port, the body sends to the peer instead, under other AETs."""
+    remote.on_store = lambda event: (event.assoc.requestor.primitive.called_ae_title.strip(),
+                                     event.assoc.requestor.ae_title)
+    instance = lanthorn_client.post("/instances", content=make_instance()).json()["ID"]
+    body = {"Resources": [instance], "CalledAet": "ELSEWHERE", "Host": "127.0.0.1",
+            "Port": remote.port, "LocalAet": "SENDER"}
+    sent = lanthorn_client.post("/modalities/down/store", json=body).json()
+    assert (sent["RemoteAet"], sent["LocalAet"], sent["FailedInstancesCount"]) == \
+        ("ELSEWHERE", "SENDER", 0)
+    assert remote.seen_during_store == [("ELSEWHERE", "SENDER")]
+    for wrong in ({"Port": "x"}, {"CalledAet": "A" * 17}, {"Host": 3}):
+        answer = lanthorn_client.post("/modalities/down/store",
+                                      json={**body, **wrong, "Asynchronous": True})
+        assert answer.status_code == 400 and next(iter(wrong)) in answer.json()["Details"]
+
+
 @pytest.fixture
 def hung(lanthorn_client: TestClient) -> Iterator[str]:
     """A modality whose port accepts connections and never answers (the kernel completes

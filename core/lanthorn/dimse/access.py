@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, ConfigError
@@ -99,6 +99,22 @@ def _modality(name: str, entry: Any) -> Modality:
                     str(entry.get("Manufacturer", "Generic")), str(entry.get("LocalAet", "")),
                     _integer(entry.get("Timeout", 0), f"{where}: the timeout", 0, 86400),
                     permissions, use_tls)
+
+
+#: What a request body may change of a modality for one operation (Orthanc's names).
+OVERRIDES = {"CalledAet": "aet", "Host": "host", "Port": "port", "LocalAet": "local_aet"}
+
+
+def with_overrides(modality: Modality, options: dict[str, Any]) -> Modality:
+    """``modality`` for one request: the body's ``CalledAet``, ``Host`` and ``Port`` in
+    place of the configured ones, and its ``LocalAet`` unless the configuration sets one,
+    as Orthanc; ConfigError when one is malformed."""
+    parse = {"aet": _aet, "host": _host, "port": _port, "local_aet": _aet}
+    changes = {attribute: parse[attribute](options[key], f'"{key}"')
+               for key, attribute in OVERRIDES.items() if options.get(key) not in (None, "")}
+    if modality.local_aet:
+        changes.pop("local_aet", None)
+    return replace(modality, **changes)
 
 
 def _aet(value: Any, where: str) -> str:

@@ -21,7 +21,13 @@ from starlette.routing import Route
 from ..config import ConfigError
 from ..dicom import parse_instance
 from ..dimse import remote, scu
-from ..dimse.access import Modality, all_modalities, modality_named, parse_modality
+from ..dimse.access import (
+    Modality,
+    all_modalities,
+    modality_named,
+    parse_modality,
+    with_overrides,
+)
 from ..dimse.commitment import request_commitment
 from ..errors import BadRequest
 from ..model import Level
@@ -35,6 +41,14 @@ if TYPE_CHECKING:
 
 def modality_of(request: Request) -> Modality:
     return modality_named(server_of(request), request.path_params["id"])
+
+
+def modality_for(modality: Modality, options: dict[str, Any]) -> Modality:
+    """``with_overrides`` for a request body: a malformed value is a 400."""
+    try:
+        return with_overrides(modality, options)
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def list_modalities(request: Request) -> Response:
@@ -101,7 +115,7 @@ def send_to_modality(server: Server, parameters: dict[str, Any], checkpoint: dic
     """C-STORE the ``Instances`` of a store request, from ``checkpoint["Next"]`` on; then,
     with ``StorageCommitment``, ask the modality to commit to every one of them, once (a
     permissive store's failures come back as the report's failures)."""
-    modality = modality_named(server, parameters["Modality"])
+    modality = modality_for(modality_named(server, parameters["Modality"]), parameters)
     instances = parameters["Instances"]
     originator = (str(parameters.get("MoveOriginatorAet", "")),
                   parameters.get("MoveOriginatorID"))
@@ -120,7 +134,7 @@ def send_to_modality(server: Server, parameters: dict[str, Any], checkpoint: dic
 def store_report(server: Server, parameters: dict[str, Any],
                  checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Orthanc's account of a store (the answer, or the job's content)."""
-    modality = modality_named(server, parameters["Modality"])
+    modality = modality_for(modality_named(server, parameters["Modality"]), parameters)
     report: dict[str, Any] = {
         "Description": "REST API",
         "FailedInstancesCount": checkpoint.get("Failed", 0),
@@ -135,7 +149,12 @@ def store_report(server: Server, parameters: dict[str, Any],
     return dict(sorted(report.items()))
 
 
-MODALITY = Destination("DicomModalityStore", send_to_modality, store_report, timeout_option)
+def _check_store(server: Server, options: dict[str, Any], target: dict[str, Any]) -> None:
+    timeout_option(options)
+    modality_for(modality_named(server, target["Modality"]), options)
+
+
+MODALITY = Destination("DicomModalityStore", send_to_modality, store_report, _check_store)
 STORE_JOB_TYPE = MODALITY.job()
 
 

@@ -13,7 +13,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
@@ -41,7 +40,7 @@ from .common import (
     text,
     timeout_option,
 )
-from .modalities import modality_of
+from .modalities import modality_for, modality_of
 
 if TYPE_CHECKING:
     from ..dimse.access import Modality
@@ -60,7 +59,7 @@ CHILD_QUERIES = {
 
 async def query(request: Request) -> Response:
     body = _object(await request.body())
-    modality = _with_local_aet(modality_of(request), body)
+    modality = modality_for(modality_of(request), body)
     level = _level(body.get("Level"))
     asked = remote.dataset_of(_mapping(body.get("Query", {}), "Query"))
     if body.get("Normalize", True):
@@ -296,7 +295,7 @@ def run_retrievals(server: Server, parameters: dict[str, Any], checkpoint: dict[
                    progress: Callable[[float], None] | None = None) -> None:
     """The C-MOVEs or C-GETs of a retrieval, one identifier after the other, from the
     checkpoint."""
-    modality = _with_local_aet(modality_named(server, parameters["Modality"]), parameters)
+    modality = modality_for(modality_named(server, parameters["Modality"]), parameters)
     identifiers = parameters["Identifiers"]
     checkpoint.setdefault("Next", 0)
     while checkpoint["Next"] < len(identifiers):
@@ -313,7 +312,7 @@ def run_retrievals(server: Server, parameters: dict[str, Any], checkpoint: dict[
 
 def retrieve_report(server: Server, parameters: dict[str, Any]) -> dict[str, Any]:
     """Orthanc's account of a retrieval (the answer, or the job's content)."""
-    modality = _with_local_aet(modality_named(server, parameters["Modality"]), parameters)
+    modality = modality_for(modality_named(server, parameters["Modality"]), parameters)
     return {"Description": "REST API",
             "LocalAet": modality.local_aet or server.config["DicomAet"],
             "Query": [dataset_json(Dataset.from_json(i), parameters["Form"])
@@ -364,16 +363,6 @@ def _retrieve_options(data: bytes) -> dict[str, Any]:
 
 def _body_form(body: dict[str, Any]) -> Mode:
     return "short" if body.get("Short") else "full" if body.get("Full") else "simplify"
-
-
-def _with_local_aet(modality: Modality, options: dict[str, Any]) -> Modality:
-    """``LocalAet`` of a request, unless the modality's configuration sets one."""
-    local = options.get("LocalAet")
-    if local and not modality.local_aet:
-        if not isinstance(local, str):
-            raise BadRequest('"LocalAet" must be a string')
-        return replace(modality, local_aet=local)
-    return modality
 
 
 def routes() -> list[PluginRoute]:

@@ -34,8 +34,9 @@ class Destination:
     job_type: str
     send: Send
     report: Report
-    #: Refuses bad options (BadRequest) before anything is sent or queued as a job.
-    check: Callable[[dict[str, Any]], object] = lambda options: None
+    #: ``check(server, options, target)`` refuses bad options (BadRequest) before
+    #: anything is sent or queued as a job.
+    check: Callable[[Any, dict[str, Any], dict[str, Any]], None] = lambda *_: None
 
     def start(self, server: Server, body: bytes, target: dict[str, Any]) -> Response:
         """Answer a store request: the report when done, or ``{ID, Path}`` of its job.
@@ -58,7 +59,7 @@ class Destination:
 
     def _parameters(self, server: Server, resources: list[str], options: dict[str, Any],
                     target: dict[str, Any]) -> dict[str, Any]:
-        self.check(options)
+        self.check(server, options, target)
         for public_id in resources:
             if server.index.lookup(public_id) is None:
                 raise UnknownResource(f"resource {public_id} does not exist")
