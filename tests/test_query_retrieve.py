@@ -181,6 +181,21 @@ def test_move_resources_and_the_deprecated_finds(client: TestClient,
     assert len(instances.json()) == 1, instances.json()['Details']
 
 
+def test_a_permissive_move_skips_what_the_modality_fails(client: TestClient,
+                                                         remote: httpx2.Client) -> None:
+    """The remote does not know the destination "NOWHERE" (0xA801): the first move fails
+    the request, unless ``Permissive``, which goes on to the next one."""
+    resources = [{"StudyInstanceUID": "1.2.3"}, {"StudyInstanceUID": "1.2.1"}]
+    strict = client.post("/modalities/remote/move", json={
+        "Level": "Study", "Resources": resources, "TargetAet": "NOWHERE"})
+    assert strict.status_code == 500 and "0xA801" in strict.json()["Details"]
+    job = client.post("/modalities/remote/move", json={
+        "Level": "Study", "Resources": resources, "TargetAet": "NOWHERE",
+        "Permissive": True, "Synchronous": False}).json()
+    wait_until(lambda: client.get(f"/jobs/{job['ID']}").json()["State"] == "Success")
+    assert client.get(f"/jobs/{job['ID']}").json()["Progress"] == 100
+
+
 def test_echo_checks_find_against_a_modality_that_answers(client: TestClient,
                                                          remote: httpx2.Client) -> None:
     assert client.post("/modalities/remote/echo", json={"CheckFind": True}).json() == {}

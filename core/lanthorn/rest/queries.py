@@ -10,6 +10,7 @@ process serves ``/queries/{id}``. Retrievals are C-MOVEs or C-GETs (``RetrieveMe
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from ..dicom import Mode, dataset_json
 from ..dimse import remote
 from ..dimse.access import modality_named
 from ..dimse.request import WORKLIST
-from ..errors import BadRequest, UnknownResource
+from ..errors import BadRequest, DimseFailure, UnknownResource
 from ..index.queries import QueryRecord
 from ..jobs import JobContext, JobType
 from ..model import Level, format_tag
@@ -45,6 +46,8 @@ from .modalities import modality_for, modality_of
 if TYPE_CHECKING:
     from ..dimse.access import Modality
     from ..server import Server
+
+log = logging.getLogger(__name__)
 
 #: What one can do with an answer, by its level (``GET /queries/{id}/answers/{index}``).
 CHILD_QUERIES = {
@@ -279,6 +282,7 @@ def _retrieve(server: Server, modality_name: str, identifiers: list[Dataset],
         "TargetAet": str(options.get("TargetAet") or server.config["DicomAet"]),
         "LocalAet": options.get("LocalAet", ""),
         "Timeout": timeout_option(options),
+        "Permissive": options.get("Permissive") is True,
         "Identifiers": [i.to_json_dict() for i in identifiers],
         "Form": "simplify" if options.get("Simplify") else
                 "full" if options.get("Full") else "short",
@@ -294,17 +298,24 @@ def _retrieve(server: Server, modality_name: str, identifiers: list[Dataset],
 def run_retrievals(server: Server, parameters: dict[str, Any], checkpoint: dict[str, int],
                    progress: Callable[[float], None] | None = None) -> None:
     """The C-MOVEs or C-GETs of a retrieval, one identifier after the other, from the
-    checkpoint."""
+    checkpoint. With ``Permissive``, one the modality answers with a failure is logged
+    and skipped (as Orthanc); a lost association still stops the retrieval."""
     modality = modality_for(modality_named(server, parameters["Modality"]), parameters)
     identifiers = parameters["Identifiers"]
     checkpoint.setdefault("Next", 0)
     while checkpoint["Next"] < len(identifiers):
         found = Dataset.from_json(identifiers[checkpoint["Next"]])
-        if parameters["Method"] == "C-GET":
-            remote.get(server, modality, found, parameters["Timeout"])
-        else:
-            remote.move(server, modality, found, remote.move_model(remote.level_of(found)),
-                        parameters["TargetAet"], parameters["Timeout"])
+        try:
+            if parameters["Method"] == "C-GET":
+                remote.get(server, modality, found, parameters["Timeout"])
+            else:
+                remote.move(server, modality, found, remote.move_model(remote.level_of(found)),
+                            parameters["TargetAet"], parameters["Timeout"])
+        except DimseFailure as exc:
+            if not parameters.get("Permissive"):
+                raise
+            log.warning("retrieval %d of %d skipped (Permissive): %s", checkpoint["Next"] + 1,
+                        len(identifiers), exc.message)
         checkpoint["Next"] += 1
         if progress is not None:
             progress(checkpoint["Next"] / len(identifiers))
