@@ -52,8 +52,10 @@ class Peer:
         self.port = free_port()
         self.reports: list[tuple[int, Dataset]] = []
         self.requests: list[Dataset] = []
+        self.stored: list[str] = []
         self.ae = AE(PEER_AET)
         self.ae.add_supported_context(PUSH_MODEL, scu_role=True, scp_role=True)
+        self.ae.add_supported_context(CT)  # to receive what it is then asked to commit
 
     def _on_report(self, event: Any) -> tuple[int, None]:
         self.reports.append((event.request.EventTypeID, event.event_information))
@@ -63,9 +65,14 @@ class Peer:
         self.requests.append(event.action_information)
         return 0x0000, None
 
+    def _on_store(self, event: Any) -> int:
+        self.stored.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
     @property
     def handlers(self) -> list[Any]:
-        return [(evt.EVT_N_EVENT_REPORT, self._on_report), (evt.EVT_N_ACTION, self._on_action)]
+        return [(evt.EVT_N_EVENT_REPORT, self._on_report), (evt.EVT_N_ACTION, self._on_action),
+                (evt.EVT_C_STORE, self._on_store)]
 
     @staticmethod
     def ask(port: int, request: Dataset, aet: str = PEER_AET) -> int:
@@ -177,6 +184,25 @@ def test_lanthorn_asks_and_reads_the_report_then_removes_what_was_committed(
     unknown = Dataset()
     unknown.TransactionUID = "1.2.3.777"
     assert peer.report(lanthorn_server.config["DicomPort"], unknown, 1) != 0x0000
+
+
+def test_a_store_asks_for_commitment_of_every_instance_it_sent(
+        lanthorn_server: lanthorn.Server, client: TestClient, peer: Peer) -> None:
+    """``"StorageCommitment": true``: after the C-STOREs, one N-ACTION naming every
+    instance of the request, also when the store runs as a job."""
+    first, second = store(lanthorn_server), store(lanthorn_server)
+    resources = [r.public_id for d in (first, second)
+                 for r in lanthorn_server.index.lookup_identifier(d.SOPInstanceUID)]
+    job = client.post("/modalities/peer/store", json={
+        "Resources": resources, "StorageCommitment": True, "Asynchronous": True}).json()
+    wait_until(lambda: client.get(f"/jobs/{job['ID']}").json()["State"] == "Success")
+    transaction = client.get(f"/jobs/{job['ID']}").json()["Content"][
+        "StorageCommitmentTransactionUID"]
+    [request] = peer.requests
+    assert request.TransactionUID == transaction
+    assert sorted(i.ReferencedSOPInstanceUID for i in request.ReferencedSOPSequence) == \
+        sorted(peer.stored) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+    assert client.get(f"/storage-commitment/{transaction}").json()["Status"] == "Pending"
 
 
 def test_bad_storage_commitment_requests(client: TestClient) -> None:
