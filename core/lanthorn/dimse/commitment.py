@@ -11,6 +11,7 @@ report (``/storage-commitment/{id}``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
@@ -21,7 +22,7 @@ from ..errors import DimseFailure
 from ..jobs import JobContext, JobType
 from ..model import Level
 from .access import AccessRules, modality_named
-from .scu import associate
+from .scu import SOP_INSTANCE_UID, associate
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -46,6 +47,13 @@ def references(dataset: Dataset, sequence: str = "ReferencedSOPSequence") -> lis
     return [[str(item.get("ReferencedSOPClassUID", "")),
              str(item.get("ReferencedSOPInstanceUID", ""))]
             for item in dataset.get(sequence, [])]
+
+
+def stored_references(server: Server, ids: Sequence[int]) -> list[list[str]]:
+    """``[[SOP class, SOP instance], ...]`` of stored instances (index IDs), from the
+    index: what a commitment request names."""
+    return [[info.metadata.get("SopClassUid", ""), info.main_tags.get(SOP_INSTANCE_UID, "")]
+            for info in server.index.describe(ids)]
 
 
 def _sequence(refs: list[list[str]], with_reason: bool = False) -> list[Dataset]:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..dimse.commitment import request_commitment
+from ..dimse.commitment import request_commitment, stored_references
 from ..errors import BadRequest, UnknownResource
 from ..index.commitments import CommitmentRecord
 from ..model import Level
@@ -22,7 +22,6 @@ from .modalities import modality_of
 if TYPE_CHECKING:
     from ..server import Server
 
-SOP_INSTANCE_UID = 0x00080018
 #: Descriptions of the standard's failure reasons (PS3.4 J.3.2.1.1).
 FAILURE_REASONS = {
     0x0110: "Processing failure",
@@ -59,10 +58,8 @@ def _instances(server: Server, body: Any) -> list[list[str]]:
         found = server.index.lookup(public_id) if isinstance(public_id, str) else None
         if found is None:
             raise UnknownResource(f"no resource has the ID {public_id}")
-        ids = server.index.descendants(found.id, Level.INSTANCE)
-        instances += [[info.metadata.get("SopClassUid", ""),
-                       info.main_tags.get(SOP_INSTANCE_UID, "")]
-                      for info in server.index.describe(ids)]
+        instances += stored_references(
+            server, server.index.descendants(found.id, Level.INSTANCE))
     if not instances:
         raise BadRequest("no instance to commit")
     return instances

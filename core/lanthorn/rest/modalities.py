@@ -28,7 +28,7 @@ from ..dimse.access import (
     parse_modality,
     with_overrides,
 )
-from ..dimse.commitment import request_commitment
+from ..dimse.commitment import request_commitment, stored_references
 from ..errors import BadRequest
 from ..model import Level
 from ..types import PluginRoute, permitted
@@ -126,7 +126,8 @@ def send_to_modality(server: Server, parameters: dict[str, Any], checkpoint: dic
               after_each=lambda stored: advance(server, parameters, checkpoint, stored, progress,
                                                 remote=modality.aet))
     if parameters.get("StorageCommitment") is True and COMMITMENT not in checkpoint:
-        sent = [[op.sop_class, op.sop_instance] for op in scu.plan(server, instances)]
+        found = [server.index.lookup(public_id) for public_id in instances]
+        sent = stored_references(server, [r.id for r in found if r is not None])
         if sent:
             checkpoint[COMMITMENT] = request_commitment(server, modality, sent, timeout)
 
