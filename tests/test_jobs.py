@@ -18,9 +18,8 @@ from starlette.testclient import TestClient
 
 import lanthorn
 from lanthorn.config import Config
+from lanthorn.jobs import JobInterrupted
 from lanthorn.testing import ServerProcess
-
-pytestmark = pytest.mark.all_index_backends
 
 #: The keys of a job in Orthanc 1.10's answers, and of its content per job type.
 JOB_KEYS = {"CompletionTime", "Content", "CreationTime", "EffectiveRuntime", "ErrorCode",
@@ -31,7 +30,8 @@ ARCHIVE_CONTENT = {"ArchiveSize", "ArchiveSizeMB", "Description", "InstancesCoun
 STORE_CONTENT = {"Description", "FailedInstancesCount", "InstancesCount", "LocalAet",
                  "ParentResources", "RemoteAet"}
 Get = Callable[[str], Any]
-pytestmark = pytest.mark.lanthorn_config(JobRetryCount=1, JobRetryDelay=0.2)
+pytestmark = [pytest.mark.all_index_backends,
+              pytest.mark.lanthorn_config(JobRetryCount=1, JobRetryDelay=0.2)]
 
 
 def wait_job(get: Get, job_id: str, until: Callable[[dict[str, Any]], bool] | None = None,
@@ -232,6 +232,31 @@ def test_the_state_machine_of_a_waiting_job(lanthorn_server: lanthorn.Server,
     for method, path in (("GET", "/jobs/nope"), ("POST", "/jobs/nope/cancel"),
                          ("DELETE", "/jobs/nope"), ("GET", f"/jobs/{job_id}/archive")):
         assert lanthorn_client.request(method, path).status_code == 404
+
+
+class PausedThenCancelled:
+    """A job that asks to be paused, and to be cancelled while it stops for the pause."""
+
+    @lanthorn.hookimpl
+    def register_job_types(self, server: lanthorn.Server) -> list[lanthorn.JobType]:
+        def run(context: lanthorn.JobContext) -> None:
+            server.jobs.pause(context.id)
+            try:
+                context.progress(0.5, force=True)
+            except JobInterrupted:
+                server.jobs.cancel(context.id)
+                raise
+
+        return [lanthorn.JobType("PausedThenCancelled", run)]
+
+
+@pytest.mark.lanthorn_plugins(PausedThenCancelled())
+def test_a_cancel_while_a_job_stops_for_a_pause_is_not_lost(
+        lanthorn_server: lanthorn.Server, lanthorn_client: TestClient) -> None:
+    job_id = lanthorn_server.jobs.submit("PausedThenCancelled", {})
+    job = wait_job(lanthorn_client.get, job_id,
+                   lambda job: job["State"] not in ("Pending", "Running"))
+    assert (job["State"], job["ErrorCode"]) == ("Failure", 37)
 
 
 def test_without_save_jobs_a_fresh_start_forgets_jobs(

@@ -149,14 +149,19 @@ class JobEngine:
         return job_id
 
     def cancel(self, job_id: str) -> None:
-        record = self._get(job_id)
+        """Fail a waiting job now, or ask a running one to stop; retried when the job
+        changed state in between (a running job that just paused is cancelled paused)."""
+        self._get(job_id)
         jobs = self.server.index.jobs
-        if record.state in (PENDING, PAUSED, RETRY) and jobs.update(
-                job_id, expect=(PENDING, PAUSED, RETRY), state=FAILURE,
-                error_code=CanceledJob.orthanc_status, error_details="", completed=time.time()):
-            self._signal(job_id, ChangeType.JobFailure)
-            return
-        jobs.update(job_id, expect=(RUNNING,), request="cancel")
+        while True:
+            if jobs.update(job_id, expect=(PENDING, PAUSED, RETRY), state=FAILURE,
+                           error_code=CanceledJob.orthanc_status, error_details="",
+                           completed=time.time()):
+                self._signal(job_id, ChangeType.JobFailure)
+                return
+            if jobs.update(job_id, expect=(RUNNING,), request="cancel") \
+                    or self._get(job_id).state in FINISHED:
+                return
 
     def pause(self, job_id: str) -> None:
         self._get(job_id)
@@ -285,12 +290,16 @@ class JobEngine:
                         runtime=record.runtime + time.time() - started):
             log.info("job %s (%s) succeeded", record.id, record.job_type)
 
-    def _finish(self, record: JobRecord, **values: Any) -> bool:
-        """Record how a run ended, unless another process took the job over meanwhile."""
+    def _finish(self, record: JobRecord, *, unless_request: str | None = None,
+                **values: Any) -> bool:
+        """Record how a run ended, unless another process took the job over meanwhile
+        (or, quietly, when ``unless_request`` came in meanwhile)."""
         if not self.server.index.jobs.update(record.id, expect=(RUNNING,), run_by=self.identity,
-                                             owner=None, request=None, **values):
-            log.warning("job %s was taken over by another process; its outcome here is "
-                        "dropped", record.id)
+                                             unless_request=unless_request, owner=None,
+                                             request=None, **values):
+            if unless_request is None:
+                log.warning("job %s was taken over by another process; its outcome here is "
+                            "dropped", record.id)
             return False
         if values["state"] in FINISHED:
             self._signal(record.id, ChangeType.JobSuccess if values["state"] == SUCCESS
@@ -306,12 +315,15 @@ class JobEngine:
                      started: float) -> None:
         common = {"checkpoint": context.checkpoint, "content": context.content,
                   "runtime": record.runtime + time.time() - started}
-        if reason == "cancel":
-            self._finish(record, state=FAILURE, error_code=CanceledJob.orthanc_status,
-                         completed=time.time(), **common)
-        else:  # paused by a user, or this process is stopping: resume later
-            self._finish(record, state=PAUSED if reason == "pause" else PENDING, **common)
-        log.info("job %s stopped: %s", record.id, reason)
+        # Paused by a user, or this process is stopping: resume later, unless a cancel
+        # came in while it was stopping, which must not be lost.
+        if reason != "cancel" and self._finish(
+                record, state=PAUSED if reason == "pause" else PENDING,
+                unless_request="cancel", **common):
+            log.info("job %s stopped: %s", record.id, reason)
+        elif self._finish(record, state=FAILURE, error_code=CanceledJob.orthanc_status,
+                          completed=time.time(), **common):
+            log.info("job %s stopped: cancel", record.id)
 
     def _failed(self, context: JobContext, record: JobRecord, job_type: JobType | None,
                 exc: Exception, started: float) -> None:

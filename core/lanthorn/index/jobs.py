@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 
 from . import schema as s
 
@@ -79,14 +79,18 @@ class JobTable:
             return [_record(row) for row in rows]
 
     def update(self, job_id: str, *, expect: Sequence[str] = (), run_by: str | None = None,
-               **values: Any) -> bool:
+               unless_request: str | None = None, **values: Any) -> bool:
         """Change a job if it is in one of the ``expect`` states (and, when ``run_by`` is
-        given, still owned by that process); False if it was not."""
+        given, still owned by that process; when ``unless_request`` is given, not asked
+        for that); False if it was not."""
         condition = [s.jobs.c.id == job_id]
         if expect:
             condition.append(s.jobs.c.state.in_(expect))
         if run_by is not None:
             condition.append(s.jobs.c.owner == run_by)
+        if unless_request is not None:
+            condition.append(or_(s.jobs.c.request.is_(None),
+                                 s.jobs.c.request != unless_request))
         encoded = {k: json.dumps(v) if k in _JSON else v for k, v in values.items()}
         with self.index.write() as conn:
             return bool(conn.execute(update(s.jobs).where(*condition)
