@@ -1,7 +1,9 @@
-"""The project keeps its promises to a new user: the README's commands are what CI runs."""
+"""The project keeps its promises to a new user: the README's commands are what CI runs;
+and its tests run where they say they do."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -26,3 +28,13 @@ def test_ci_runs_the_readme_test_command_and_its_install() -> None:
     assert test in ci.splitlines()
     pip_install = re.search(r"\S*pip install [^&]*", install)
     assert pip_install and pip_install.group(0).strip() in ci
+
+
+def test_each_test_module_sets_its_marks_once() -> None:
+    """A second ``pytestmark =`` silently drops the first one's marks (a module once lost
+    ``all_index_backends`` that way, and its tests ran on SQLite alone)."""
+    for module in sorted({*ROOT.glob("tests/test_*.py"), *ROOT.glob("plugins/*/tests/test_*.py")}):
+        tree = ast.parse(module.read_text())
+        assignments = [node for node in tree.body if isinstance(node, ast.Assign)
+                       and any(getattr(t, "id", None) == "pytestmark" for t in node.targets)]
+        assert len(assignments) <= 1, f"{module.relative_to(ROOT)} sets pytestmark twice"
