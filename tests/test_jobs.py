@@ -234,26 +234,37 @@ def test_the_state_machine_of_a_waiting_job(lanthorn_server: lanthorn.Server,
         assert lanthorn_client.request(method, path).status_code == 404
 
 
-class PausedThenCancelled:
-    """A job that asks to be paused, and to be cancelled while it stops for the pause."""
+class AsksToStop:
+    """A job that pauses or cancels itself (``Asks``) at its first progress report, and
+    again (``WhileStopping``) while it stops for that."""
 
     @lanthorn.hookimpl
     def register_job_types(self, server: lanthorn.Server) -> list[lanthorn.JobType]:
+        def ask(context: lanthorn.JobContext, key: str) -> None:
+            for action in context.parameters[key]:
+                getattr(server.jobs, action)(context.id)
+
         def run(context: lanthorn.JobContext) -> None:
-            server.jobs.pause(context.id)
+            ask(context, "Asks")
             try:
                 context.progress(0.5, force=True)
             except JobInterrupted:
-                server.jobs.cancel(context.id)
+                ask(context, "WhileStopping")
                 raise
 
-        return [lanthorn.JobType("PausedThenCancelled", run)]
+        return [lanthorn.JobType("AsksToStop", run)]
 
 
-@pytest.mark.lanthorn_plugins(PausedThenCancelled())
-def test_a_cancel_while_a_job_stops_for_a_pause_is_not_lost(
-        lanthorn_server: lanthorn.Server, lanthorn_client: TestClient) -> None:
-    job_id = lanthorn_server.jobs.submit("PausedThenCancelled", {})
+@pytest.mark.parametrize("asks, while_stopping", [
+    (["pause"], ["cancel"]),  # the cancel came in as the job stopped for the pause
+    (["cancel", "pause"], []),  # the pause came in after the cancel
+], ids=["cancel-while-pausing", "pause-after-cancel"])
+@pytest.mark.lanthorn_plugins(AsksToStop())
+def test_a_cancel_wins_over_a_pause_of_a_running_job(
+        lanthorn_server: lanthorn.Server, lanthorn_client: TestClient, asks: list[str],
+        while_stopping: list[str]) -> None:
+    job_id = lanthorn_server.jobs.submit("AsksToStop", {"Asks": asks,
+                                                        "WhileStopping": while_stopping})
     job = wait_job(lanthorn_client.get, job_id,
                    lambda job: job["State"] not in ("Pending", "Running"))
     assert (job["State"], job["ErrorCode"]) == ("Failure", 37)

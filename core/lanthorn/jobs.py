@@ -149,25 +149,30 @@ class JobEngine:
         return job_id
 
     def cancel(self, job_id: str) -> None:
-        """Fail a waiting job now, or ask a running one to stop; retried when the job
-        changed state in between (a running job that just paused is cancelled paused)."""
+        if self._stop(job_id, "cancel", state=FAILURE, error_code=CanceledJob.orthanc_status,
+                      error_details="", completed=time.time()):
+            self._signal(job_id, ChangeType.JobFailure)
+
+    def pause(self, job_id: str) -> None:
+        self._stop(job_id, "pause", state=PAUSED)
+
+    def _stop(self, job_id: str, request: str, **now: Any) -> bool:
+        """Change a waiting job to ``now`` (True), or ask a running one for ``request``.
+
+        Retried when the job changed state in between (a running job that stopped for a
+        pause meanwhile is cancelled as a paused one). A finished job stays as it is, and
+        a cancel already asked for is not replaced by a pause.
+        """
         self._get(job_id)
         jobs = self.server.index.jobs
         while True:
-            if jobs.update(job_id, expect=(PENDING, PAUSED, RETRY), state=FAILURE,
-                           error_code=CanceledJob.orthanc_status, error_details="",
-                           completed=time.time()):
-                self._signal(job_id, ChangeType.JobFailure)
-                return
-            if jobs.update(job_id, expect=(RUNNING,), request="cancel") \
-                    or self._get(job_id).state in FINISHED:
-                return
-
-    def pause(self, job_id: str) -> None:
-        self._get(job_id)
-        jobs = self.server.index.jobs
-        if not jobs.update(job_id, expect=(PENDING, RETRY), state=PAUSED):
-            jobs.update(job_id, expect=(RUNNING,), request="pause")
+            if jobs.update(job_id, expect=(PENDING, PAUSED, RETRY), **now):
+                return True
+            if jobs.update(job_id, expect=(RUNNING,), unless_request="cancel", request=request):
+                return False
+            record = self._get(job_id)
+            if record.state in FINISHED or record.request == "cancel":
+                return False
 
     def resume(self, job_id: str) -> None:
         self._get(job_id)
