@@ -12,15 +12,15 @@ import errno
 import os
 import re
 import stat
-import threading
 import uuid as uuidlib
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from .errors import InexistentItem, StorageFull
+from .pools import SharedPool
 
 
 @runtime_checkable
@@ -226,8 +226,7 @@ AHEAD_FILES = 16
 AHEAD_BYTES = 16 << 20
 #: Reads in flight at once, over every answer of the process.
 READER_THREADS = 8
-_readers: ThreadPoolExecutor | None = None
-_readers_lock = threading.Lock()
+_readers = SharedPool(READER_THREADS, "storage-read")
 
 
 def read_ahead_files(area: StorageArea, files: Sequence[StoredFile]) -> list[Iterator[bytes]]:
@@ -247,8 +246,8 @@ def read_ahead_files(area: StorageArea, files: Sequence[StoredFile]) -> list[Ite
             if budget < 0:
                 return
             if number not in pending:
-                pending[number] = _reader_pool().submit(read_all, area, file.uuid,
-                                                        file.compression)
+                pending[number] = _readers.submit(read_all, area, file.uuid,
+                                                  file.compression)
 
     def stream(number: int) -> Iterator[bytes]:
         prefetch(number)
@@ -259,14 +258,6 @@ def read_ahead_files(area: StorageArea, files: Sequence[StoredFile]) -> list[Ite
             yield read.result()
 
     return [stream(number) for number in range(len(files))]
-
-
-def _reader_pool() -> ThreadPoolExecutor:
-    global _readers
-    with _readers_lock:
-        if _readers is None:
-            _readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="storage-read")
-        return _readers
 
 
 def _inflated(handle: BinaryIO, chunk: int) -> Iterator[bytes]:
