@@ -23,6 +23,7 @@ from sqlalchemy import event
 
 from lanthorn import Origin
 from lanthorn.index.records import Attachment, NewInstance
+from lanthorn.ingest import HASHED_BESIDE_BYTES
 from lanthorn.model import public_ids
 from lanthorn.testing import make_instance
 
@@ -219,6 +220,23 @@ def test_storage_compression(lanthorn_client: Any, lanthorn_config: Any,
     statistics = lanthorn_client.get("/statistics").json()
     assert int(statistics["TotalDiskSize"]) == stored.stat().st_size
     assert int(statistics["TotalUncompressedSize"]) == len(data)
+
+
+@pytest.mark.parametrize("compressed", [
+    pytest.param(False, id="plain"),
+    pytest.param(True, id="zlib", marks=pytest.mark.lanthorn_config(StorageCompression=True))])
+@pytest.mark.parametrize("rows", [8, 256], ids=["small", "hashed-beside"])
+def test_md5s_of_a_stored_file(lanthorn_client: Any, lanthorn_config: Any, compressed: bool,
+                               rows: int) -> None:
+    """Small files are hashed in line, large ones (128 KB) on the hashing threads."""
+    data = make_instance(rows=rows, columns=rows)
+    assert (len(data) >= HASHED_BESIDE_BYTES) == (rows == 256)
+    instance = lanthorn_client.post("/instances", content=data).json()["ID"]
+    [file] = Path(lanthorn_config["StorageDirectory"]).glob("[0-9a-f][0-9a-f]/*/*")
+    url = f"/instances/{instance}/attachments/dicom"
+    assert [lanthorn_client.get(f"{url}/{op}").text for op in ("md5", "compressed-md5")] == \
+        [hashlib.md5(data).hexdigest(), hashlib.md5(file.read_bytes()).hexdigest()]
+    assert (file.read_bytes() == data) == (not compressed)
 
 
 def test_public_ids_of_a_multi_valued_patient_id(lanthorn_client: Any,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import time
 import zipfile
 import zlib
@@ -25,6 +26,7 @@ from .errors import BadFileFormat, LanthornError, Rejected
 from .index.records import Attachment, NewInstance, StorageLimits
 from .index.sql import orthanc_date
 from .model import public_ids
+from .pools import SharedPool
 from .redact import phi
 from .storage import COMPRESSION_NONE, COMPRESSION_ZLIB, compress, new_uuid
 from .transcode import transcode
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: Orthanc's content type of the DICOM file attachment.
 DICOM_ATTACHMENT = 1
+#: From this size on, a file's MD5 is computed on a helper thread (for smaller ones,
+#: handing the work over costs more than it saves).
+HASHED_BESIDE_BYTES = 64 << 10
+_hashers = SharedPool(os.cpu_count() or 1, "lanthorn-md5")
 
 
 @dataclass(frozen=True)
@@ -123,16 +129,22 @@ class Ingester:
         return StoredInstance(ids, "Success" if outcome.stored else "AlreadyStored", parsed.uids)
 
     def write_file(self, data: bytes) -> Attachment:
+        """Write the file, with the MD5s of its bytes and of what is stored.
+
+        A large file is hashed on another core while this thread compresses, writes and
+        flushes it (hashlib lets go of the interpreter lock as it hashes): a 0.5 MB CT's
+        MD5 takes about 0.8 ms, a tenth of its C-STORE from one association.
+        """
         uuid = new_uuid()
-        md5 = hashlib.md5(data).hexdigest()
+        md5 = _md5(data)
         if self.server.config["StorageCompression"]:
             stored, compression = compress(data), COMPRESSION_ZLIB
-            stored_md5 = hashlib.md5(stored).hexdigest()
+            stored_md5 = _md5(stored)
         else:
             stored, compression, stored_md5 = data, COMPRESSION_NONE, md5
         self.server.storage.write(uuid, stored)
         return Attachment(DICOM_ATTACHMENT, uuid, len(stored), len(data), compression,
-                          stored_md5, md5)
+                          stored_md5(), md5())
 
     def store_many(self, data: bytes, origin: Origin) -> Iterator[BatchItem]:
         """A ZIP archive member by member, or a single file; bad members are reported.
@@ -203,3 +215,16 @@ def file_metadata(parsed: ParsedInstance) -> dict[str, str | None]:
     offset = parsed.pixel_data_offset
     return {"TransferSyntax": parsed.transfer_syntax, "SopClassUid": parsed.sop_class,
             "PixelDataOffset": None if offset is None else str(offset)}
+
+
+def _md5(data: bytes) -> Callable[[], str]:
+    """The hex MD5 of ``data``, to be taken when needed; of a large file, computed
+    meanwhile on the process's hashing threads."""
+    if len(data) < HASHED_BESIDE_BYTES:
+        digest = _hex_md5(data)
+        return lambda: digest
+    return _hashers.submit(_hex_md5, data).result
+
+
+def _hex_md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
