@@ -10,9 +10,10 @@ resumes them from their last checkpoint. A job's writes are fenced by its owner,
 runner that lost its lease (but lives) stops at its next progress report.
 
 Cancel and pause of a running job are requests that the job sees the next time it
-reports progress. Job types marked ``retry`` treat network failures as transient: the
-job waits in state "Retry" and tries again with doubling delays (``JobRetryCount``,
-``JobRetryDelay``), then fails and stays visible, and can be resubmitted.
+reports progress; a cancel wins over a pause asked before or after it. Job types
+marked ``retry`` treat network failures as transient: the job waits in state "Retry"
+and tries again with doubling delays (``JobRetryCount``, ``JobRetryDelay``), then fails
+and stays visible, and can be resubmitted.
 """
 
 from __future__ import annotations
